@@ -1,0 +1,239 @@
+{{/* Names ----------------------------------------------------------------------------------- */}}
+
+{{- define "iceway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Kept short enough that "<fullname>-signal-admin" stays within 63 characters. */}}
+{{- define "iceway.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "iceway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels: call with (dict "ctx" $ "component" "turn"). ---------------------------------------- */}}
+
+{{- define "iceway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "iceway.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end -}}
+
+{{- define "iceway.labels" -}}
+helm.sh/chart: {{ include "iceway.chart" .ctx }}
+{{ include "iceway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: iceway
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Images ------------------------------------------------------------------------------------ */}}
+
+{{/* (dict "ctx" $ "binary" "iceway-turn") */}}
+{{- define "iceway.image" -}}
+{{- $img := .ctx.Values.image -}}
+{{- $tag := default .ctx.Chart.AppVersion $img.tag -}}
+{{- if $img.registry -}}
+{{- printf "%s/%s/%s:%s" $img.registry $img.repositoryPrefix .binary $tag -}}
+{{- else -}}
+{{- printf "%s/%s:%s" $img.repositoryPrefix .binary $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "iceway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "iceway.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secrets ----------------------------------------------------------------------------------- */}}
+
+{{- define "iceway.secretName" -}}
+{{- default (printf "%s-secrets" (include "iceway.fullname" .)) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{/* ICE server URLs handed to apps, one per line. */}}
+{{- define "iceway.iceServerURLs" -}}
+{{- if .Values.iceServers.urls -}}
+{{- range .Values.iceServers.urls }}
+{{ . }}
+{{- end -}}
+{{- else if .Values.turn.publicHost -}}
+{{- $h := .Values.turn.publicHost -}}
+{{- $p := .Values.turn.ports }}
+stun:{{ $h }}:{{ $p.udp }}
+turn:{{ $h }}:{{ $p.udp }}?transport=udp
+turn:{{ $h }}:{{ $p.tcp }}?transport=tcp
+{{- if .Values.turn.tls.enabled }}
+turns:{{ $h }}:{{ $p.tls }}?transport=tcp
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Security ---------------------------------------------------------------------------------- */}}
+
+{{/* (dict "ctx" $ "ports" (list ...)): the hardened context, plus NET_BIND_SERVICE only when a
+     listening port is below 1024. */}}
+{{- define "iceway.containerSecurityContext" -}}
+{{- $sc := deepCopy .ctx.Values.containerSecurityContext -}}
+{{- $low := false -}}
+{{- range .ports }}{{ if lt (int .) 1024 }}{{ $low = true }}{{ end }}{{ end -}}
+{{- if $low -}}
+{{- $caps := default dict $sc.capabilities -}}
+{{- $_ := set $caps "add" (list "NET_BIND_SERVICE") -}}
+{{- $_ := set $sc "capabilities" $caps -}}
+{{- end -}}
+{{- toYaml $sc -}}
+{{- end -}}
+
+{{/* Pod-level pieces -------------------------------------------------------------------------- */}}
+
+{{/* (dict "ctx" $ "port" 9478) */}}
+{{- define "iceway.probes" -}}
+{{- $p := .ctx.Values.probes -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: {{ .port }}
+  initialDelaySeconds: {{ $p.liveness.initialDelaySeconds }}
+  periodSeconds: {{ $p.liveness.periodSeconds }}
+  timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
+  failureThreshold: {{ $p.liveness.failureThreshold }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: {{ .port }}
+  initialDelaySeconds: {{ $p.readiness.initialDelaySeconds }}
+  periodSeconds: {{ $p.readiness.periodSeconds }}
+  timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
+  failureThreshold: {{ $p.readiness.failureThreshold }}
+{{- end -}}
+
+{{/* The image has no shell: sleep through the preStop hook, so endpoints and load balancers drop
+     the pod before SIGTERM starts the drain. */}}
+{{- define "iceway.lifecycle" -}}
+{{- if gt (int .) 0 }}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ . }}
+{{- end -}}
+{{- end -}}
+
+{{/* Arguments every service takes: (dict "ctx" $ "component" "turn" "admin" 9478) */}}
+{{- define "iceway.commonArgs" -}}
+- --config=/etc/iceway/config/{{ .component }}.toml
+- --admin=0.0.0.0:{{ .admin }}
+- --log-format={{ .ctx.Values.logFormat }}
+{{- end -}}
+
+{{/* signal and auth: app-JWT keys, the TURN secret and the ICE URLs. */}}
+{{- define "iceway.appAuthArgs" -}}
+{{- if .Values.appAuth.hs256 }}
+- --jwt-secret-file=/etc/iceway/secrets/{{ .Values.secrets.jwtSecretKey }}
+{{- end }}
+{{- range .Values.appAuth.publicKeys.keys }}
+- --jwt-key={{ .kid }}={{ .alg }}:/etc/iceway/jwt-keys/{{ .file }}
+{{- end }}
+- --turn-secret-file=/etc/iceway/secrets/{{ .Values.secrets.turnSecretsKey }}
+{{- range (include "iceway.iceServerURLs" . | trim | splitList "\n") }}
+{{- if . }}
+- --turn-url={{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* (dict "ctx" $ "component" "signal" "jwt" true) */}}
+{{- define "iceway.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "iceway.fullname" .ctx }}-config
+    items:
+      - key: {{ .component }}.toml
+        path: {{ .component }}.toml
+{{- if ne .component "stun" }}
+- name: secrets
+  secret:
+    secretName: {{ include "iceway.secretName" .ctx }}
+    defaultMode: 0440
+    items:
+      - key: {{ .ctx.Values.secrets.turnSecretsKey }}
+        path: {{ .ctx.Values.secrets.turnSecretsKey }}
+      {{- if and .jwt .ctx.Values.appAuth.hs256 }}
+      - key: {{ .ctx.Values.secrets.jwtSecretKey }}
+        path: {{ .ctx.Values.secrets.jwtSecretKey }}
+      {{- end }}
+{{- end }}
+{{- if and .jwt .ctx.Values.appAuth.publicKeys.secretName }}
+- name: jwt-keys
+  secret:
+    secretName: {{ .ctx.Values.appAuth.publicKeys.secretName }}
+    defaultMode: 0440
+{{- end }}
+- name: tmp
+  emptyDir:
+    sizeLimit: 16Mi
+{{- end -}}
+
+{{- define "iceway.volumeMounts" -}}
+- name: config
+  mountPath: /etc/iceway/config
+  readOnly: true
+{{- if ne .component "stun" }}
+- name: secrets
+  mountPath: /etc/iceway/secrets
+  readOnly: true
+{{- end }}
+{{- if and .jwt .ctx.Values.appAuth.publicKeys.secretName }}
+- name: jwt-keys
+  mountPath: /etc/iceway/jwt-keys
+  readOnly: true
+{{- end }}
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{/* Pod annotations that roll the pods when their configuration changes. */}}
+{{- define "iceway.checksums" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- if not .Values.secrets.existingSecret }}
+checksum/secrets: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end }}
+{{- end -}}
+
+{{/* Number of relay ports the range holds. */}}
+{{- define "iceway.relayPortCount" -}}
+{{- add 1 (sub (int .Values.turn.relayRange.max) (int .Values.turn.relayRange.min)) -}}
+{{- end -}}
+
+{{/* Label selector the alert rules scope their series with. */}}
+{{- define "iceway.alertSelector" -}}
+namespace="{{ .Release.Namespace }}"
+{{- end -}}
+
+{{/* iceway-turn's client listeners. `--listen ADDR` opens UDP and TCP on ADDR. */}}
+{{- define "iceway.turnListenArgs" -}}
+{{- $p := .ports }}
+- --listen=0.0.0.0:{{ $p.udp }}
+{{- if ne (int $p.udp) (int $p.tcp) }}
+- --listen=0.0.0.0:{{ $p.tcp }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what Iceway's tests need on a fresh Debian machine: real peers and servers (coturn's
+# clients, redis-server, prometheus/promtool, chromium), network-namespace tools, helm and the
+# schema validators. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_pkgs=(coturn redis-server prometheus nftables iproute2 iputils-ping chromium chromium-driver
+          unzip ca-certificates procps)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's coturn and redis packages start system services where an init runs; tests start their
+# own instances on free ports, so nothing else is needed here.
+
+if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "cargo-nextest missing: installing"
+  cargo install --locked cargo-nextest
+fi
+
+# Helm, kubernetes-validate, yamllint (chart checks) and node modules (browser e2e tests).
+[ -x scripts/install-helm-tools.sh ] && scripts/install-helm-tools.sh
+if [ -f e2e/package.json ] && [ ! -d e2e/node_modules ]; then
+  (cd e2e && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi)
+fi
+echo "test dependencies ready"

@@ -1,0 +1,19 @@
+//! Plumbing shared by every Iceway service: configuration loading, logging, the Prometheus
+//! registry, the admin listener and graceful shutdown. Each deployable builds on these so that
+//! ops see the same flags, endpoints and behaviour everywhere.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use admin::{AdminServer, serve_admin};
+pub use cli::CommonArgs;
+pub use config::{ConfigError, ConfigLoader};
+pub use metrics::new_registry;
+pub use secret::{SecretError, read_secret, read_secret_lines};
+pub use shutdown::Shutdown;
+pub use telemetry::{LogFormat, init_tracing};

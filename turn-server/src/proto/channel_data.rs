@@ -1,0 +1,98 @@
+//! ChannelData (RFC 8656 §12.4): parsed and written without `stun` and without allocating, since
+//! every relayed packet of a bound channel goes through here.
+
+/// Channel numbers a client may bind (RFC 8656 §12).
+pub const CHANNEL_MIN: u16 = 0x4000;
+pub const CHANNEL_MAX: u16 = 0x4FFF;
+pub const HEADER_LEN: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelData<'a> {
+    pub number: u16,
+    pub payload: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelDataError {
+    #[error("shorter than the 4-byte ChannelData header")]
+    TooShort,
+    #[error("channel number {0:#06x} outside 0x4000-0x4FFF")]
+    BadNumber(u16),
+    #[error("length field {0} runs past the datagram")]
+    LengthPastEnd(u16),
+}
+
+pub fn is_channel_data(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|b| b & 0xC0 == 0x40)
+}
+
+pub fn is_valid_number(number: u16) -> bool {
+    (CHANNEL_MIN..=CHANNEL_MAX).contains(&number)
+}
+
+/// Parses one ChannelData message. Trailing bytes (padding, which is optional over UDP) are ignored.
+pub fn parse(buf: &[u8]) -> Result<ChannelData<'_>, ChannelDataError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Err(ChannelDataError::TooShort);
+    };
+    let number = u16::from_be_bytes([header[0], header[1]]);
+    let len = u16::from_be_bytes([header[2], header[3]]);
+    if !is_valid_number(number) {
+        return Err(ChannelDataError::BadNumber(number));
+    }
+    let payload = buf
+        .get(HEADER_LEN..HEADER_LEN + usize::from(len))
+        .ok_or(ChannelDataError::LengthPastEnd(len))?;
+    Ok(ChannelData { number, payload })
+}
+
+/// Writes the 4-byte header for a payload of `len` bytes.
+pub fn header(number: u16, len: u16) -> [u8; HEADER_LEN] {
+    let n = number.to_be_bytes();
+    let l = len.to_be_bytes();
+    [n[0], n[1], l[0], l[1]]
+}
+
+pub const fn padded(len: usize) -> usize {
+    (len + 3) & !3
+}
+
+/// The length of the STUN message or ChannelData frame that starts with these 4 bytes on a
+/// stream transport (RFC 8656 §12.5: ChannelData is padded to 4 bytes over TCP/TLS).
+/// `None` means the stream is not TURN and must be closed.
+pub fn stream_frame_len(first4: [u8; 4]) -> Option<usize> {
+    let len = usize::from(u16::from_be_bytes([first4[2], first4[3]]));
+    match first4[0] & 0xC0 {
+        0x00 => Some(20 + len),
+        0x40 => Some(HEADER_LEN + padded(len)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_ignores_padding() {
+        let buf = [0x40, 0x01, 0x00, 0x03, 1, 2, 3, 0];
+        let cd = parse(&buf).expect("valid");
+        assert_eq!(cd.number, 0x4001);
+        assert_eq!(cd.payload, &[1, 2, 3]);
+    }
+
+    #[test]
+    fn rejects_bad_inputs() {
+        assert_eq!(parse(&[0x40, 0x00]), Err(ChannelDataError::TooShort));
+        assert_eq!(parse(&[0x50, 0x00, 0, 0]), Err(ChannelDataError::BadNumber(0x5000)));
+        assert_eq!(parse(&[0x40, 0x00, 0, 5, 1]), Err(ChannelDataError::LengthPastEnd(5)));
+    }
+
+    #[test]
+    fn stream_frames() {
+        assert_eq!(stream_frame_len([0x00, 0x01, 0x00, 0x08]), Some(28));
+        assert_eq!(stream_frame_len([0x40, 0x00, 0x00, 0x05]), Some(12));
+        assert_eq!(stream_frame_len([0x80, 0, 0, 0]), None);
+        assert_eq!(header(0x4001, 258), [0x40, 0x01, 0x01, 0x02]);
+    }
+}
