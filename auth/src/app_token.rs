@@ -98,6 +98,8 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Secret(#[from] iceway_service::SecretError),
     #[error("HS256 secret is {0} bytes; at least {MIN_HS256_SECRET_LEN} are required")]
     WeakSecret(usize),
     #[error("{alg} needs a PEM public key (BEGIN PUBLIC KEY); refusing a private key or other PEM")]
@@ -120,7 +122,10 @@ pub struct VerificationKey {
 
 impl fmt::Debug for VerificationKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerificationKey").field("kid", &self.kid).field("alg", &self.alg).finish()
+        f.debug_struct("VerificationKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish()
     }
 }
 
@@ -129,16 +134,20 @@ impl VerificationKey {
     /// secrets; configuration paths use [`VerificationKey::hs256_from_file`], which insists on
     /// [`MIN_HS256_SECRET_LEN`].
     pub fn hs256(kid: &str, secret: &[u8]) -> Self {
-        Self { kid: kid.to_owned(), alg: Algorithm::Hs256, key: DecodingKey::from_secret(secret) }
+        Self {
+            kid: kid.to_owned(),
+            alg: Algorithm::Hs256,
+            key: DecodingKey::from_secret(secret),
+        }
     }
 
-    /// An HS256 secret read from a file (a mounted Kubernetes Secret); one trailing newline is
-    /// ignored because editors and `echo` add it.
+    /// An HS256 secret read from a file (a mounted Kubernetes Secret) with
+    /// `iceway_service::read_secret`, which drops surrounding whitespace.
     pub fn hs256_from_file(kid: &str, path: &Path) -> Result<Self, KeyError> {
         if kid.is_empty() {
             return Err(KeyError::EmptyKid);
         }
-        let secret = read_secret_file(path)?;
+        let secret = iceway_service::read_secret(path)?.into_bytes();
         if secret.len() < MIN_HS256_SECRET_LEN {
             return Err(KeyError::WeakSecret(secret.len()));
         }
@@ -169,7 +178,11 @@ impl VerificationKey {
             Algorithm::Hs256 => unreachable!("handled above"),
         }
         .map_err(|source| KeyError::BadPem { alg, source })?;
-        Ok(Self { kid: kid.to_owned(), alg, key })
+        Ok(Self {
+            kid: kid.to_owned(),
+            alg,
+            key,
+        })
     }
 
     /// Parses `KID=ALG:FILE` as given to `--jwt-key`, reading FILE. For HS256, FILE holds the
@@ -190,8 +203,10 @@ impl VerificationKey {
         if alg == Algorithm::Hs256 {
             return Self::hs256_from_file(kid, path);
         }
-        let pem = std::fs::read(path)
-            .map_err(|source| KeyError::Read { path: file.to_owned(), source })?;
+        let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+            path: file.to_owned(),
+            source,
+        })?;
         Self::from_pem(kid, alg, &pem)
     }
 
@@ -202,18 +217,6 @@ impl VerificationKey {
     pub fn algorithm(&self) -> Algorithm {
         self.alg
     }
-}
-
-pub(crate) fn read_secret_file(path: &Path) -> Result<Vec<u8>, KeyError> {
-    let mut bytes = std::fs::read(path)
-        .map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-    }
-    Ok(bytes)
 }
 
 /// What a caller is allowed to be.
@@ -447,16 +450,22 @@ impl AppTokenVerifier {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".to_owned());
         }
-        let data = jsonwebtoken::decode::<AppClaims>(token, &key.key, &validation)
+        // Decoded as JSON first so that jsonwebtoken's claim checks (which run after its own
+        // deserialization) report a missing `exp` as such rather than as a shape error.
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
             .map_err(|e| map_jwt_error(e.kind()))?;
-        let claims = data.claims;
+        let claims: AppClaims =
+            serde_json::from_value(data.claims).map_err(|_| AppTokenError::Malformed)?;
 
         let now = unix_seconds(now);
         let leeway = self.leeway.as_secs();
         if claims.exp.saturating_add(leeway) < now {
             return Err(AppTokenError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
             return Err(AppTokenError::NotYetValid);
         }
         Ok(claims)
@@ -506,7 +515,13 @@ mod tests {
     }
 
     fn claims() -> AppClaims {
-        AppClaims::new("cam-1", Role::Camera, vec![], now(), Duration::from_secs(3600))
+        AppClaims::new(
+            "cam-1",
+            Role::Camera,
+            vec![],
+            now(),
+            Duration::from_secs(3600),
+        )
     }
 
     fn verifier(keys: Vec<VerificationKey>) -> AppTokenVerifier {
@@ -549,9 +564,24 @@ mod tests {
     #[test]
     fn rs256_es256_eddsa_tokens_verify_with_their_pinned_keys() {
         let cases = [
-            (J::RS256, Algorithm::Rs256, EncodingKey::from_rsa_pem(RSA_PRIVATE), RSA_PUBLIC),
-            (J::ES256, Algorithm::Es256, EncodingKey::from_ec_pem(EC_PRIVATE), EC_PUBLIC),
-            (J::EdDSA, Algorithm::EdDsa, EncodingKey::from_ed_pem(ED_PRIVATE), ED_PUBLIC),
+            (
+                J::RS256,
+                Algorithm::Rs256,
+                EncodingKey::from_rsa_pem(RSA_PRIVATE),
+                RSA_PUBLIC,
+            ),
+            (
+                J::ES256,
+                Algorithm::Es256,
+                EncodingKey::from_ec_pem(EC_PRIVATE),
+                EC_PUBLIC,
+            ),
+            (
+                J::EdDSA,
+                Algorithm::EdDsa,
+                EncodingKey::from_ed_pem(ED_PRIVATE),
+                ED_PUBLIC,
+            ),
         ];
         for (jalg, alg, enc, public) in cases {
             let enc = enc.expect("private key fixture");
@@ -571,7 +601,10 @@ mod tests {
         let last = bytes.len() - 2;
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).expect("ascii");
-        assert_eq!(v.verify_at(&tampered, now()), Err(AppTokenError::BadSignature));
+        assert_eq!(
+            v.verify_at(&tampered, now()),
+            Err(AppTokenError::BadSignature)
+        );
     }
 
     #[test]
@@ -583,7 +616,10 @@ mod tests {
         let forged = b64(&serde_json::to_vec(&evil).expect("json"));
         parts[1] = &forged;
         let v = verifier(vec![VerificationKey::hs256("default", SECRET)]);
-        assert_eq!(v.verify_at(&parts.join("."), now()), Err(AppTokenError::BadSignature));
+        assert_eq!(
+            v.verify_at(&parts.join("."), now()),
+            Err(AppTokenError::BadSignature)
+        );
     }
 
     #[test]
@@ -620,13 +656,29 @@ mod tests {
     fn hs256_token_signed_with_rsa_public_pem_is_refused_by_rs256_key() {
         // Algorithm confusion: the attacker knows the RSA public key and uses its PEM text as an
         // HMAC secret, hoping the verifier feeds the same bytes to HMAC.
-        let token = sign(J::HS256, Some("rsa"), &EncodingKey::from_secret(RSA_PUBLIC), &claims());
+        let token = sign(
+            J::HS256,
+            Some("rsa"),
+            &EncodingKey::from_secret(RSA_PUBLIC),
+            &claims(),
+        );
         let key = VerificationKey::from_pem("rsa", Algorithm::Rs256, RSA_PUBLIC).expect("key");
         let v = verifier(vec![key.clone()]);
-        assert_eq!(v.verify_at(&token, now()), Err(AppTokenError::AlgorithmNotAllowed));
+        assert_eq!(
+            v.verify_at(&token, now()),
+            Err(AppTokenError::AlgorithmNotAllowed)
+        );
         // Also when the token omits kid and the single key is picked implicitly.
-        let token = sign(J::HS256, None, &EncodingKey::from_secret(RSA_PUBLIC), &claims());
-        assert_eq!(v.verify_at(&token, now()), Err(AppTokenError::AlgorithmNotAllowed));
+        let token = sign(
+            J::HS256,
+            None,
+            &EncodingKey::from_secret(RSA_PUBLIC),
+            &claims(),
+        );
+        assert_eq!(
+            v.verify_at(&token, now()),
+            Err(AppTokenError::AlgorithmNotAllowed)
+        );
     }
 
     #[test]
@@ -654,7 +706,10 @@ mod tests {
         let token = mint_hs256("other", SECRET, &claims());
         let v = verifier(vec![VerificationKey::hs256("default", SECRET)]);
         assert_eq!(v.verify_at(&token, now()), Err(AppTokenError::UnknownKey));
-        assert_eq!(verifier(vec![]).verify_at(&token, now()), Err(AppTokenError::UnknownKey));
+        assert_eq!(
+            verifier(vec![]).verify_at(&token, now()),
+            Err(AppTokenError::UnknownKey)
+        );
     }
 
     #[test]
@@ -666,7 +721,10 @@ mod tests {
             VerificationKey::hs256("default", SECRET),
             VerificationKey::hs256("second", b"another"),
         ]);
-        assert_eq!(two.verify_at(&token, now()), Err(AppTokenError::MissingKeyId));
+        assert_eq!(
+            two.verify_at(&token, now()),
+            Err(AppTokenError::MissingKeyId)
+        );
     }
 
     #[test]
@@ -726,14 +784,33 @@ mod tests {
         // An array audience naming us is fine; one that does not is refused.
         let mut raw = serde_json::to_value(claims()).expect("json");
         raw["aud"] = serde_json::json!(["other", "iceway"]);
-        let token = sign(J::HS256, Some("default"), &EncodingKey::from_secret(SECRET), &raw);
-        assert_eq!(v.verify_at(&token, now()).map(|c| c.aud), Ok(Some("other".into())));
+        let token = sign(
+            J::HS256,
+            Some("default"),
+            &EncodingKey::from_secret(SECRET),
+            &raw,
+        );
+        assert_eq!(
+            v.verify_at(&token, now()).map(|c| c.aud),
+            Ok(Some("other".into()))
+        );
         raw["aud"] = serde_json::json!(["other"]);
-        let token = sign(J::HS256, Some("default"), &EncodingKey::from_secret(SECRET), &raw);
-        assert_eq!(v.verify_at(&token, now()), Err(AppTokenError::WrongAudience));
+        let token = sign(
+            J::HS256,
+            Some("default"),
+            &EncodingKey::from_secret(SECRET),
+            &raw,
+        );
+        assert_eq!(
+            v.verify_at(&token, now()),
+            Err(AppTokenError::WrongAudience)
+        );
         // DESIGN §2 lists aud as optional: a token without it is accepted.
         c.aud = None;
-        assert!(v.verify_at(&mint_hs256("default", SECRET, &c), now()).is_ok());
+        assert!(
+            v.verify_at(&mint_hs256("default", SECRET, &c), now())
+                .is_ok()
+        );
     }
 
     #[test]
@@ -756,7 +833,10 @@ mod tests {
             Err(AppTokenError::MissingClaim("iss".into()))
         );
         c.iss = Some("https://app.example".into());
-        assert!(v.verify_at(&mint_hs256("default", SECRET, &c), now()).is_ok());
+        assert!(
+            v.verify_at(&mint_hs256("default", SECRET, &c), now())
+                .is_ok()
+        );
     }
 
     #[test]
@@ -765,19 +845,41 @@ mod tests {
         let good = mint_hs256("default", SECRET, &claims());
         let too_long = "a".repeat(MAX_TOKEN_LEN + 1);
         for token in ["", "abc", "a.b", "a.b.c.d", "!!!.e30.", too_long.as_str()] {
-            assert_eq!(v.verify_at(token, now()), Err(AppTokenError::Malformed), "{token:.20}");
+            assert_eq!(
+                v.verify_at(token, now()),
+                Err(AppTokenError::Malformed),
+                "{token:.20}"
+            );
         }
         // Valid signature over claims of the wrong shape (role missing).
         let raw = serde_json::json!({"sub": "x", "exp": claims().exp});
-        let token = sign(J::HS256, Some("default"), &EncodingKey::from_secret(SECRET), &raw);
+        let token = sign(
+            J::HS256,
+            Some("default"),
+            &EncodingKey::from_secret(SECRET),
+            &raw,
+        );
         assert_eq!(v.verify_at(&token, now()), Err(AppTokenError::Malformed));
         // Missing exp.
         let raw = serde_json::json!({"sub": "x", "role": "camera"});
-        let token = sign(J::HS256, Some("default"), &EncodingKey::from_secret(SECRET), &raw);
-        assert_eq!(v.verify_at(&token, now()), Err(AppTokenError::MissingClaim("exp".into())));
+        let token = sign(
+            J::HS256,
+            Some("default"),
+            &EncodingKey::from_secret(SECRET),
+            &raw,
+        );
+        assert_eq!(
+            v.verify_at(&token, now()),
+            Err(AppTokenError::MissingClaim("exp".into()))
+        );
         // Unknown role.
         let raw = serde_json::json!({"sub": "x", "role": "admin", "exp": claims().exp});
-        let token = sign(J::HS256, Some("default"), &EncodingKey::from_secret(SECRET), &raw);
+        let token = sign(
+            J::HS256,
+            Some("default"),
+            &EncodingKey::from_secret(SECRET),
+            &raw,
+        );
         assert_eq!(v.verify_at(&token, now()), Err(AppTokenError::Malformed));
         assert!(v.verify_at(&good, now()).is_ok());
     }
@@ -786,7 +888,10 @@ mod tests {
     fn header_with_hand_written_alg_is_checked_exactly() {
         let v = verifier(vec![VerificationKey::hs256("default", SECRET)]);
         let token = hs256_raw(r#"{"alg":"hs256","kid":"default"}"#, &claims(), SECRET);
-        assert_eq!(v.verify_at(&token, now()), Err(AppTokenError::AlgorithmNotAllowed));
+        assert_eq!(
+            v.verify_at(&token, now()),
+            Err(AppTokenError::AlgorithmNotAllowed)
+        );
         let token = hs256_raw(r#"{"alg":"HS256","kid":"default"}"#, &claims(), SECRET);
         assert!(v.verify_at(&token, now()).is_ok());
     }
@@ -801,7 +906,10 @@ mod tests {
             VerificationKey::from_pem("k", Algorithm::Es256, RSA_PUBLIC),
             Err(KeyError::BadPem { .. })
         ));
-        assert!(matches!(VerificationKey::parse_spec("nokid"), Err(KeyError::BadSpec(_))));
+        assert!(matches!(
+            VerificationKey::parse_spec("nokid"),
+            Err(KeyError::BadSpec(_))
+        ));
         assert!(matches!(
             VerificationKey::parse_spec("k=PS512:/x"),
             Err(KeyError::UnknownAlgorithm(_))
@@ -813,8 +921,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pem = dir.path().join("ec.pem");
         std::fs::write(&pem, EC_PUBLIC).expect("write");
-        let key = VerificationKey::parse_spec(&format!("app-2=es256:{}", pem.display()))
-            .expect("spec");
+        let key =
+            VerificationKey::parse_spec(&format!("app-2=es256:{}", pem.display())).expect("spec");
         assert_eq!((key.kid(), key.algorithm()), ("app-2", Algorithm::Es256));
         let short = dir.path().join("short");
         std::fs::write(&short, "tooshort\n").expect("write");

@@ -26,7 +26,8 @@ impl IceServersConfig {
     /// the first bad one, and a zero TTL.
     pub fn validate(&self) -> Result<(), String> {
         for url in &self.urls {
-            if scheme(url).is_none() || url.split_once(':').is_none_or(|(_, rest)| rest.is_empty()) {
+            if scheme(url).is_none() || url.split_once(':').is_none_or(|(_, rest)| rest.is_empty())
+            {
                 return Err(format!(
                     "ICE server URL {url:?} must start with stun:, stuns:, turn: or turns:"
                 ));
@@ -153,7 +154,9 @@ impl IceServers {
         let expires_at = if self.turn_urls.is_empty() {
             now + self.ttl
         } else {
-            let minted = self.creds.mint(self.format, user, self.ttl, self.limits, now)?;
+            let minted = self
+                .creds
+                .mint(self.format, user, self.ttl, self.limits, now)?;
             ice_servers.push(IceServer {
                 urls: self.turn_urls.clone(),
                 username: Some(minted.username),
@@ -174,7 +177,9 @@ impl IceServers {
         username: &str,
         now: SystemTime,
     ) -> Result<TurnRestResponse, CredentialError> {
-        let minted = self.creds.mint(self.format, username, self.ttl, self.limits, now)?;
+        let minted = self
+            .creds
+            .mint(self.format, username, self.ttl, self.limits, now)?;
         Ok(TurnRestResponse {
             username: minted.username,
             password: minted.password,
@@ -220,7 +225,9 @@ mod tests {
     #[test]
     fn ice_servers_json_has_the_rtc_configuration_shape() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_699_996_400);
-        let resp = ice(CredentialFormat::Rest, &URLS).for_user("alice", now).expect("list");
+        let resp = ice(CredentialFormat::Rest, &URLS)
+            .for_user("alice", now)
+            .expect("list");
         let json = serde_json::to_value(&resp).expect("json");
         assert_eq!(
             json,
@@ -251,7 +258,10 @@ mod tests {
 
     #[test]
     fn turn_rest_response_has_the_draft_uberti_shape() {
-        let ice = ice(CredentialFormat::Jwt, &URLS).with_limits(TurnLimits { alloc: Some(2), kbps: None });
+        let ice = ice(CredentialFormat::Jwt, &URLS).with_limits(TurnLimits {
+            alloc: Some(2),
+            kbps: None,
+        });
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let resp = ice.turn_rest("bob", now).expect("resp");
         assert_eq!(resp.ttl, 3600);

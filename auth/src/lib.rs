@@ -7,13 +7,16 @@
 
 pub mod api;
 pub mod app_token;
+pub mod config;
 pub mod ice_servers;
 pub mod turn_credential;
 
 pub use app_token::{
     AppClaims, AppTokenError, AppTokenVerifier, KeyError, Role, VerificationKey, mint_hs256,
 };
-pub use ice_servers::{IceServer, IceServers, IceServersConfig, IceServersResponse, TurnRestResponse};
+pub use ice_servers::{
+    IceServer, IceServers, IceServersConfig, IceServersResponse, TurnRestResponse,
+};
 pub use turn_credential::{
     CredentialError, CredentialFormat, MintedCredential, TurnCredentials, TurnGrant, TurnLimits,
     TurnSecret, long_term_key,
@@ -22,5 +25,7 @@ pub use turn_credential::{
 /// Seconds since the Unix epoch; times before it count as 0 (a clock that far off fails checks
 /// anyway, and no caller should panic on it).
 pub(crate) fn unix_seconds(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -42,7 +42,9 @@ pub struct TurnSecret {
 
 impl fmt::Debug for TurnSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TurnSecret").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("TurnSecret")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -50,7 +52,10 @@ impl TurnSecret {
     /// A secret whose kid is derived from the secret itself (see
     /// [`TurnCredentials::from_secret_lines`]).
     pub fn derived(secret: &[u8]) -> Self {
-        Self { kid: derived_kid(secret), secret: secret.to_vec() }
+        Self {
+            kid: derived_kid(secret),
+            secret: secret.to_vec(),
+        }
     }
 }
 
@@ -87,7 +92,9 @@ impl std::str::FromStr for CredentialFormat {
         match s {
             "rest" => Ok(CredentialFormat::Rest),
             "jwt" => Ok(CredentialFormat::Jwt),
-            _ => Err(format!("unknown credential format {s:?} (expected rest or jwt)")),
+            _ => Err(format!(
+                "unknown credential format {s:?} (expected rest or jwt)"
+            )),
         }
     }
 }
@@ -212,7 +219,9 @@ pub struct TurnCredentials {
 
 impl fmt::Debug for TurnCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.secrets.iter().map(|s| &s.kid)).finish()
+        f.debug_list()
+            .entries(self.secrets.iter().map(|s| &s.kid))
+            .finish()
     }
 }
 
@@ -252,9 +261,10 @@ impl TurnCredentials {
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .map(|line| match line.split_once('=') {
-                Some((kid, secret)) if valid_kid(kid) && !secret.is_empty() => {
-                    TurnSecret { kid: kid.to_owned(), secret: secret.as_bytes().to_vec() }
-                }
+                Some((kid, secret)) if valid_kid(kid) && !secret.is_empty() => TurnSecret {
+                    kid: kid.to_owned(),
+                    secret: secret.as_bytes().to_vec(),
+                },
                 _ => TurnSecret::derived(line.as_bytes()),
             })
             .collect();
@@ -351,14 +361,22 @@ impl TurnCredentials {
         self.check_jwt(username, realm, now)
     }
 
-    fn check_jwt(&self, username: &str, realm: &str, now: u64) -> Result<TurnGrant, CredentialError> {
+    fn check_jwt(
+        &self,
+        username: &str,
+        realm: &str,
+        now: u64,
+    ) -> Result<TurnGrant, CredentialError> {
         let header = raw_header(username).ok_or(CredentialError::Malformed)?;
         if header.alg != "HS256" {
             return Err(CredentialError::AlgorithmNotAllowed);
         }
         let kid = header.kid.ok_or(CredentialError::MissingKeyId)?;
-        let secret =
-            self.secrets.iter().find(|s| s.kid == kid).ok_or(CredentialError::UnknownKey)?;
+        let secret = self
+            .secrets
+            .iter()
+            .find(|s| s.kid == kid)
+            .ok_or(CredentialError::UnknownKey)?;
         let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -385,7 +403,10 @@ impl TurnCredentials {
             user: claims.sub,
             format: CredentialFormat::Jwt,
             expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp),
-            limits: TurnLimits { alloc: claims.alloc, kbps: claims.kbps },
+            limits: TurnLimits {
+                alloc: claims.alloc,
+                kbps: claims.kbps,
+            },
             keys: vec![key],
         })
     }
@@ -402,11 +423,15 @@ fn split_rest(username: &str) -> Option<(u64, &str)> {
 
 fn valid_kid(kid: &str) -> bool {
     (1..=32).contains(&kid.len())
-        && kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn derived_kid(secret: &[u8]) -> String {
-    let digest = Sha1::new_with_prefix(b"iceway-turn-kid\0").chain_update(secret).finalize();
+    let digest = Sha1::new_with_prefix(b"iceway-turn-kid\0")
+        .chain_update(secret)
+        .finalize();
     let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
     format!("k{hex}")
 }
@@ -450,7 +475,10 @@ mod tests {
     #[test]
     fn rest_password_matches_openssl_vectors() {
         // printf '%s' '1700000000:alice' | openssl dgst -sha1 -hmac 'secret' -binary | base64
-        assert_eq!(password(b"secret", "1700000000:alice"), "d8soP47RbdIKLDUOpnJPVQyq5Ts=");
+        assert_eq!(
+            password(b"secret", "1700000000:alice"),
+            "d8soP47RbdIKLDUOpnJPVQyq5Ts="
+        );
         // printf '%s' '1700003600:bob:with:colons' | openssl dgst -sha1 -hmac 'north-secret' -binary | base64
         assert_eq!(
             password(b"north-secret", "1700003600:bob:with:colons"),
@@ -479,11 +507,18 @@ mod tests {
     #[test]
     fn long_term_key_matches_md5sum_vectors() {
         // printf '%s' 'user:realm:pass' | md5sum
-        assert_eq!(hex(&long_term_key("user", "realm", "pass")), "8493fbc53ba582fb4c044c456bdc40eb");
+        assert_eq!(
+            hex(&long_term_key("user", "realm", "pass")),
+            "8493fbc53ba582fb4c044c456bdc40eb"
+        );
         // P=$(printf '%s' '1700000000:alice' | openssl dgst -sha1 -hmac 'secret' -binary | base64)
         // printf '%s' "1700000000:alice:iceway.example:$P" | md5sum
         assert_eq!(
-            hex(&long_term_key("1700000000:alice", "iceway.example", "d8soP47RbdIKLDUOpnJPVQyq5Ts=")),
+            hex(&long_term_key(
+                "1700000000:alice",
+                "iceway.example",
+                "d8soP47RbdIKLDUOpnJPVQyq5Ts="
+            )),
             "42a27bad0732b175c432fcbff4b83e94"
         );
     }
@@ -491,7 +526,9 @@ mod tests {
     #[test]
     fn rest_check_strips_the_timestamp_and_offers_a_key_per_secret() {
         let c = creds("secret\nother-secret\n");
-        let g = c.check("1700000000:alice", "iceway.example", at(1_699_999_000)).expect("grant");
+        let g = c
+            .check("1700000000:alice", "iceway.example", at(1_699_999_000))
+            .expect("grant");
         assert_eq!(g.user, "alice");
         assert_eq!(g.format, CredentialFormat::Rest);
         assert_eq!(g.expires_at, at(1_700_000_000));
@@ -517,35 +554,58 @@ mod tests {
     #[test]
     fn jwt_mint_and_check_round_trip_with_limits() {
         let c = creds("main=first-secret\nold=second-secret");
-        let limits = TurnLimits { alloc: Some(3), kbps: Some(2000) };
+        let limits = TurnLimits {
+            alloc: Some(3),
+            kbps: Some(2000),
+        };
         let m = c
-            .mint(CredentialFormat::Jwt, "cam-42", Duration::from_secs(600), limits, at(1_000))
+            .mint(
+                CredentialFormat::Jwt,
+                "cam-42",
+                Duration::from_secs(600),
+                limits,
+                at(1_000),
+            )
             .expect("mint");
         let header = m.username.split('.').next().expect("header");
         let header = URL_SAFE_NO_PAD.decode(header).expect("b64");
         assert_eq!(header, br#"{"alg":"HS256","kid":"main"}"#);
         assert_eq!(m.password, password(b"first-secret", &m.username));
 
-        let g = c.check(&m.username, "iceway.example", at(1_000)).expect("grant");
+        let g = c
+            .check(&m.username, "iceway.example", at(1_000))
+            .expect("grant");
         assert_eq!(g.user, "cam-42");
         assert_eq!(g.format, CredentialFormat::Jwt);
         assert_eq!(g.limits, limits);
         assert_eq!(g.expires_at, at(1_600));
-        assert_eq!(g.keys, vec![long_term_key(&m.username, "iceway.example", &m.password)]);
+        assert_eq!(
+            g.keys,
+            vec![long_term_key(&m.username, "iceway.example", &m.password)]
+        );
     }
 
     #[test]
     fn jwt_minted_with_an_older_secret_still_checks_after_rotation() {
         let before = creds("old=second-secret");
         let m = before
-            .mint(CredentialFormat::Jwt, "u", Duration::from_secs(60), TurnLimits::default(), at(0))
+            .mint(
+                CredentialFormat::Jwt,
+                "u",
+                Duration::from_secs(60),
+                TurnLimits::default(),
+                at(0),
+            )
             .expect("mint");
         let after = creds("new=first-secret\nold=second-secret");
         let g = after.check(&m.username, "r", at(10)).expect("grant");
         assert_eq!(g.keys, vec![long_term_key(&m.username, "r", &m.password)]);
         // And once the old secret is retired, the kid is unknown.
         let retired = creds("new=first-secret");
-        assert_eq!(retired.check(&m.username, "r", at(10)), Err(CredentialError::UnknownKey));
+        assert_eq!(
+            retired.check(&m.username, "r", at(10)),
+            Err(CredentialError::UnknownKey)
+        );
     }
 
     #[test]
@@ -553,7 +613,13 @@ mod tests {
         let a = creds("alpha-secret\nbeta-secret");
         let b = creds("beta-secret\nalpha-secret");
         let m = a
-            .mint(CredentialFormat::Jwt, "u", Duration::from_secs(60), TurnLimits::default(), at(0))
+            .mint(
+                CredentialFormat::Jwt,
+                "u",
+                Duration::from_secs(60),
+                TurnLimits::default(),
+                at(0),
+            )
             .expect("mint");
         assert!(b.check(&m.username, "r", at(0)).is_ok());
         assert!(a.secrets()[0].kid.starts_with('k') && a.secrets()[0].kid.len() == 9);
@@ -566,15 +632,27 @@ mod tests {
     fn jwt_check_refusals() {
         let c = creds("main=first-secret");
         let m = c
-            .mint(CredentialFormat::Jwt, "u", Duration::from_secs(60), TurnLimits::default(), at(0))
+            .mint(
+                CredentialFormat::Jwt,
+                "u",
+                Duration::from_secs(60),
+                TurnLimits::default(),
+                at(0),
+            )
             .expect("mint");
-        assert_eq!(c.check(&m.username, "r", at(61)), Err(CredentialError::Expired));
+        assert_eq!(
+            c.check(&m.username, "r", at(61)),
+            Err(CredentialError::Expired)
+        );
 
         let mut tampered = m.username.clone().into_bytes();
         let i = tampered.len() - 3;
         tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).expect("ascii");
-        assert_eq!(c.check(&tampered, "r", at(0)), Err(CredentialError::BadSignature));
+        assert_eq!(
+            c.check(&tampered, "r", at(0)),
+            Err(CredentialError::BadSignature)
+        );
 
         let encode = |header: serde_json::Value, claims: serde_json::Value, secret: &[u8]| {
             let h = URL_SAFE_NO_PAD.encode(header.to_string());
@@ -582,36 +660,82 @@ mod tests {
             let msg = format!("{h}.{p}");
             let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("key");
             mac.update(msg.as_bytes());
-            format!("{msg}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+            format!(
+                "{msg}.{}",
+                URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+            )
         };
         let claims = serde_json::json!({"sub":"u","exp":100,"iat":0,"aud":"turn"});
-        let ok = encode(serde_json::json!({"alg":"HS256","kid":"main"}), claims.clone(), b"first-secret");
+        let ok = encode(
+            serde_json::json!({"alg":"HS256","kid":"main"}),
+            claims.clone(),
+            b"first-secret",
+        );
         assert!(c.check(&ok, "r", at(0)).is_ok());
         let wrong_aud = serde_json::json!({"sub":"u","exp":100,"iat":0,"aud":"iceway"});
-        let t = encode(serde_json::json!({"alg":"HS256","kid":"main"}), wrong_aud, b"first-secret");
+        let t = encode(
+            serde_json::json!({"alg":"HS256","kid":"main"}),
+            wrong_aud,
+            b"first-secret",
+        );
         assert_eq!(c.check(&t, "r", at(0)), Err(CredentialError::WrongAudience));
-        let t = encode(serde_json::json!({"alg":"HS256"}), claims.clone(), b"first-secret");
+        let t = encode(
+            serde_json::json!({"alg":"HS256"}),
+            claims.clone(),
+            b"first-secret",
+        );
         assert_eq!(c.check(&t, "r", at(0)), Err(CredentialError::MissingKeyId));
-        let t = encode(serde_json::json!({"alg":"HS256","kid":"nope"}), claims.clone(), b"first-secret");
+        let t = encode(
+            serde_json::json!({"alg":"HS256","kid":"nope"}),
+            claims.clone(),
+            b"first-secret",
+        );
         assert_eq!(c.check(&t, "r", at(0)), Err(CredentialError::UnknownKey));
-        let t = encode(serde_json::json!({"alg":"none","kid":"main"}), claims.clone(), b"x");
-        assert_eq!(c.check(&t, "r", at(0)), Err(CredentialError::AlgorithmNotAllowed));
+        let t = encode(
+            serde_json::json!({"alg":"none","kid":"main"}),
+            claims.clone(),
+            b"x",
+        );
+        assert_eq!(
+            c.check(&t, "r", at(0)),
+            Err(CredentialError::AlgorithmNotAllowed)
+        );
         let no_aud = serde_json::json!({"sub":"u","exp":100,"iat":0});
-        let t = encode(serde_json::json!({"alg":"HS256","kid":"main"}), no_aud, b"first-secret");
+        let t = encode(
+            serde_json::json!({"alg":"HS256","kid":"main"}),
+            no_aud,
+            b"first-secret",
+        );
         assert_eq!(c.check(&t, "r", at(0)), Err(CredentialError::Malformed));
 
         for bad in ["", "alice", ":alice", "12a:alice", "a.b", "x.y.z"] {
-            assert_eq!(c.check(bad, "r", at(0)), Err(CredentialError::Malformed), "{bad:?}");
+            assert_eq!(
+                c.check(bad, "r", at(0)),
+                Err(CredentialError::Malformed),
+                "{bad:?}"
+            );
         }
-        assert_eq!(c.check(&"1".repeat(514), "r", at(0)), Err(CredentialError::TooLong));
+        assert_eq!(
+            c.check(&"1".repeat(514), "r", at(0)),
+            Err(CredentialError::TooLong)
+        );
     }
 
     #[test]
     fn jwt_username_stays_under_509_bytes_and_long_user_ids_are_refused() {
         let c = creds("main=first-secret");
-        let limits = TurnLimits { alloc: Some(u32::MAX), kbps: Some(u32::MAX) };
+        let limits = TurnLimits {
+            alloc: Some(u32::MAX),
+            kbps: Some(u32::MAX),
+        };
         let mint = |user: &str| {
-            c.mint(CredentialFormat::Jwt, user, Duration::from_secs(u32::MAX.into()), limits, at(1_800_000_000))
+            c.mint(
+                CredentialFormat::Jwt,
+                user,
+                Duration::from_secs(u32::MAX.into()),
+                limits,
+                at(1_800_000_000),
+            )
         };
         // Find the longest user id that still mints; its username must be under 509 bytes and
         // one more byte must be refused.
@@ -629,12 +753,21 @@ mod tests {
             }
         }
         assert!(longest > 200, "room for realistic user ids, got {longest}");
-        assert_eq!(mint(&"u".repeat(longest + 1)), Err(CredentialError::TooLong));
+        assert_eq!(
+            mint(&"u".repeat(longest + 1)),
+            Err(CredentialError::TooLong)
+        );
         assert_eq!(mint(&"u".repeat(5_000)), Err(CredentialError::TooLong));
         // REST usernames obey the same bound.
         let long = "u".repeat(600);
         assert_eq!(
-            c.mint(CredentialFormat::Rest, &long, Duration::from_secs(1), limits, at(0)),
+            c.mint(
+                CredentialFormat::Rest,
+                &long,
+                Duration::from_secs(1),
+                limits,
+                at(0)
+            ),
             Err(CredentialError::TooLong)
         );
     }
@@ -644,21 +777,38 @@ mod tests {
         let c = creds("s");
         for user in ["", "a\nb", "tab\there"] {
             assert_eq!(
-                c.mint(CredentialFormat::Rest, user, Duration::ZERO, TurnLimits::default(), at(0)),
+                c.mint(
+                    CredentialFormat::Rest,
+                    user,
+                    Duration::ZERO,
+                    TurnLimits::default(),
+                    at(0)
+                ),
                 Err(CredentialError::InvalidUser)
             );
         }
-        assert_eq!(TurnCredentials::from_secret_lines("\n# comment\n").err(), Some(CredentialError::NoSecrets));
+        assert_eq!(
+            TurnCredentials::from_secret_lines("\n# comment\n").err(),
+            Some(CredentialError::NoSecrets)
+        );
         assert_eq!(
             TurnCredentials::from_secret_lines("a=x\na=y").err(),
             Some(CredentialError::DuplicateKey("a".into()))
         );
         assert_eq!(
-            TurnCredentials::new(vec![TurnSecret { kid: "k".into(), secret: vec![] }]).err(),
+            TurnCredentials::new(vec![TurnSecret {
+                kid: "k".into(),
+                secret: vec![]
+            }])
+            .err(),
             Some(CredentialError::EmptySecret("k".into()))
         );
         assert_eq!(
-            TurnCredentials::new(vec![TurnSecret { kid: "bad kid".into(), secret: vec![1] }]).err(),
+            TurnCredentials::new(vec![TurnSecret {
+                kid: "bad kid".into(),
+                secret: vec![1]
+            }])
+            .err(),
             Some(CredentialError::InvalidKeyId("bad kid".into()))
         );
     }
@@ -667,9 +817,18 @@ mod tests {
     fn debug_output_hides_secrets_and_passwords() {
         let c = creds("main=hunter2-secret");
         let m = c
-            .mint(CredentialFormat::Rest, "u", Duration::from_secs(1), TurnLimits::default(), at(0))
+            .mint(
+                CredentialFormat::Rest,
+                "u",
+                Duration::from_secs(1),
+                TurnLimits::default(),
+                at(0),
+            )
             .expect("mint");
         let text = format!("{c:?} {m:?} {:?}", c.secrets()[0]);
-        assert!(!text.contains("hunter2") && !text.contains(&m.password), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains(&m.password),
+            "{text}"
+        );
     }
 }

@@ -1,1 +1,267 @@
-fn main() {}
+//! CLI: parse flags, run one mode, print the summary / JSON, write the HTML report.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use iceway_auth::turn_credential::CredentialFormat;
+use iceway_loadtest::credentials::CredentialSource;
+use iceway_loadtest::datagram::{self, StunOptions, TurnOptions, TurnProtocol};
+use iceway_loadtest::driver::DriverConfig;
+use iceway_loadtest::engine::{LoadPlan, Pace};
+use iceway_loadtest::render;
+use iceway_loadtest::stats::Report;
+
+#[derive(Parser)]
+#[command(
+    name = "iceway-loadtest",
+    version,
+    about = "TURN, STUN and signaling load generator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// N TURN allocations relaying to an echo peer (or the ceiling relay with --protocol ceiling).
+    Turn(Box<TurnArgs>),
+    /// A STUN Binding flood with a bounded in-flight window.
+    Stun(StunArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// How long to send (after setup), e.g. 5s, 1m.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop each flow after this many packets (whichever comes first with --duration).
+    #[arg(long)]
+    packets: Option<u64>,
+    /// Packets per second per flow; 0 floods with --window packets in flight per flow.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Flood: packets in flight per flow.
+    #[arg(long, default_value_t = 8)]
+    window: u32,
+    /// After sending stops, wait this long for packets still in flight.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// Flood: refill a flow's window after this long without a reply.
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    loss_timeout: Duration,
+    /// Worker threads on the load side.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// The server's PID, for CPU seconds, work per CPU-second and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Client source addresses, comma-separated (used round-robin).
+    #[arg(long, value_delimiter = ',')]
+    bind: Vec<IpAddr>,
+    /// Print the report as JSON on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Time-series interval for the plots.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    interval: Duration,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Channel,
+    Indication,
+    Ceiling,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CredentialFormatArg {
+    Rest,
+    Jwt,
+}
+
+#[derive(Args)]
+struct TurnArgs {
+    /// TURN server (or ceiling relay) address.
+    #[arg(long)]
+    server: SocketAddr,
+    #[arg(long, short = 'n', default_value_t = 100)]
+    allocations: usize,
+    #[arg(long, value_enum, default_value = "channel")]
+    protocol: ProtocolArg,
+    /// Payload bytes per packet (at least 12: sequence number and send time).
+    #[arg(long, default_value_t = 120)]
+    size: usize,
+    /// Static long-term credentials NAME:PASSWORD.
+    #[arg(long, conflicts_with_all = ["secret", "secret_file"])]
+    user: Option<String>,
+    /// Shared secret for minted credentials (REST or JWT).
+    #[arg(long, env = "ICEWAY_LOADTEST_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Secret file as the server reads it: one secret per line or KID=SECRET; the first signs.
+    #[arg(long, conflicts_with = "secret")]
+    secret_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "rest")]
+    credential: CredentialFormatArg,
+    /// Lifetime of minted credentials.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// An external UDP echo peer instead of the built-in one.
+    #[arg(long)]
+    peer: Option<SocketAddr>,
+    /// Where the built-in echo peer listens (the server must be allowed to reach it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    echo_bind: SocketAddr,
+    /// Allocation handshakes in progress at once.
+    #[arg(long, default_value_t = 64)]
+    setup_concurrency: usize,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    setup_timeout: Duration,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct StunArgs {
+    #[arg(long)]
+    server: SocketAddr,
+    /// Client sockets.
+    #[arg(long, default_value_t = 16)]
+    sockets: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn driver_config(c: &Common, payload: usize, setup: (usize, Duration)) -> DriverConfig {
+    DriverConfig {
+        threads: c.threads.max(1),
+        setup_concurrency: setup.0.max(1),
+        setup_timeout: setup.1,
+        plan: LoadPlan {
+            pace: if c.rate > 0.0 {
+                Pace::Paced { pps: c.rate }
+            } else {
+                Pace::Flood {
+                    window: c.window.max(1),
+                }
+            },
+            payload,
+            duration: c.duration,
+            packets_per_flow: c.packets,
+            drain: c.drain,
+            loss_timeout: c.loss_timeout,
+            interval: c.interval.max(Duration::from_millis(10)),
+        },
+        server_pid: c.server_pid,
+        progress: !c.no_progress && !c.json,
+    }
+}
+
+fn credentials(args: &TurnArgs) -> anyhow::Result<CredentialSource> {
+    if let Some(user) = &args.user {
+        let (username, password) = user
+            .split_once(':')
+            .context("--user must be NAME:PASSWORD")?;
+        return Ok(CredentialSource::Static {
+            username: username.into(),
+            password: password.into(),
+        });
+    }
+    let lines = match (&args.secret, &args.secret_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading --secret-file {}", path.display()))?,
+        (None, None) => return Ok(CredentialSource::None),
+    };
+    let format = match args.credential {
+        CredentialFormatArg::Rest => CredentialFormat::Rest,
+        CredentialFormatArg::Jwt => CredentialFormat::Jwt,
+    };
+    CredentialSource::minted(&lines, format, args.ttl).context("the TURN secret")
+}
+
+fn output(report: &Report, common: &Common) -> anyhow::Result<()> {
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", render::human(report));
+    }
+    if let Some(path) = &common.report {
+        std::fs::write(path, render::html(report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match Cli::parse().mode {
+        Mode::Turn(args) => {
+            if args.size < iceway_loadtest::proto::STAMP_LEN
+                || args.size > iceway_loadtest::batch::MAX_DATAGRAM - 64
+            {
+                bail!(
+                    "--size must be between {} and {}",
+                    iceway_loadtest::proto::STAMP_LEN,
+                    iceway_loadtest::batch::MAX_DATAGRAM - 64
+                );
+            }
+            let opts = TurnOptions {
+                server: args.server,
+                protocol: match args.protocol {
+                    ProtocolArg::Channel => TurnProtocol::Channel,
+                    ProtocolArg::Indication => TurnProtocol::Indication,
+                    ProtocolArg::Ceiling => TurnProtocol::Ceiling,
+                },
+                allocations: args.allocations,
+                credentials: credentials(&args)?,
+                peer: args.peer,
+                echo_bind: args.echo_bind,
+                bind: args.common.bind.clone(),
+                driver: driver_config(
+                    &args.common,
+                    args.size,
+                    (args.setup_concurrency, args.setup_timeout),
+                ),
+            };
+            let report = datagram::run_turn(&opts)?;
+            output(&report, &args.common)
+        }
+        Mode::Stun(args) => {
+            let opts = StunOptions {
+                server: args.server,
+                sockets: args.sockets,
+                bind: args.common.bind.clone(),
+                driver: driver_config(&args.common, 0, (1, Duration::from_secs(1))),
+            };
+            let report = datagram::run_stun(&opts)?;
+            output(&report, &args.common)
+        }
+    }
+}

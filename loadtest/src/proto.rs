@@ -13,7 +13,7 @@ use stun::attributes::{
 use stun::error_code::ErrorCodeAttribute;
 use stun::integrity::MessageIntegrity;
 use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, METHOD_ALLOCATE,
+    CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE,
     METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, Message, MessageType, Setter,
 };
 use stun::textattrs::TextAttribute;
@@ -429,10 +429,95 @@ fn add_peer(m: &mut Message, peer: SocketAddr) {
     let _ = a.add_to_as(m, ATTR_XOR_PEER_ADDRESS);
 }
 
+/// The ceiling relay's only control message: a 0xFFFF-tagged frame naming the peer (IPv4
+/// address and port); the relay answers with the same frame naming its relay socket.
+pub const CEILING_BIND_TAG: u16 = 0xFFFF;
+
+pub fn ceiling_bind_frame(addr: SocketAddr) -> Option<[u8; 10]> {
+    let SocketAddr::V4(a) = addr else { return None };
+    let mut f = [0_u8; 10];
+    f[..2].copy_from_slice(&CEILING_BIND_TAG.to_be_bytes());
+    f[2..4].copy_from_slice(&6_u16.to_be_bytes());
+    f[4..8].copy_from_slice(&a.ip().octets());
+    f[8..10].copy_from_slice(&a.port().to_be_bytes());
+    Some(f)
+}
+
+pub fn parse_ceiling_bind(b: &[u8]) -> Option<SocketAddr> {
+    if b.len() < 10 || b[..2] != CEILING_BIND_TAG.to_be_bytes() {
+        return None;
+    }
+    let ip = std::net::Ipv4Addr::new(b[4], b[5], b[6], b[7]);
+    Some(SocketAddr::new(
+        IpAddr::V4(ip),
+        u16::from_be_bytes([b[8], b[9]]),
+    ))
+}
+
+/// Either control plane, behind one face for the driver.
+pub enum Handshake {
+    Turn(Box<AllocationHandshake>),
+    Ceiling { request: Vec<u8>, done: bool },
+}
+
+impl Handshake {
+    pub fn ceiling(peer: SocketAddr) -> Result<Self, HandshakeError> {
+        let request = ceiling_bind_frame(peer)
+            .ok_or_else(|| HandshakeError::Malformed("the ceiling relay is IPv4 only".into()))?
+            .to_vec();
+        Ok(Handshake::Ceiling {
+            request,
+            done: false,
+        })
+    }
+
+    pub fn start(&mut self) -> Vec<u8> {
+        match self {
+            Handshake::Turn(h) => h.start(),
+            Handshake::Ceiling { request, .. } => request.clone(),
+        }
+    }
+
+    pub fn last_request(&self) -> &[u8] {
+        match self {
+            Handshake::Turn(h) => h.last_request(),
+            Handshake::Ceiling { request, .. } => request,
+        }
+    }
+
+    /// True once the allocation itself exists (before the permission or channel).
+    pub fn allocated(&self) -> bool {
+        match self {
+            Handshake::Turn(h) => h.relayed().is_some(),
+            Handshake::Ceiling { done, .. } => *done,
+        }
+    }
+
+    pub fn on_response(&mut self, b: &[u8]) -> Result<Step, HandshakeError> {
+        match self {
+            Handshake::Turn(h) => h.on_response(b),
+            Handshake::Ceiling { done, .. } => match parse_ceiling_bind(b) {
+                Some(relayed) if !*done => {
+                    *done = true;
+                    Ok(Step::Ready { relayed })
+                }
+                _ => Ok(Step::Ignore),
+            },
+        }
+    }
+
+    pub fn deallocate(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Handshake::Turn(h) => Some(h.deallocate()),
+            Handshake::Ceiling { .. } => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stun::message::{Getter, TransactionId};
+    use stun::agent::TransactionId;
 
     fn peer() -> SocketAddr {
         "127.0.0.1:40000".parse().expect("literal address")

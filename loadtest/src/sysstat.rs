@@ -42,7 +42,7 @@ pub fn parse_status_rss_kb(status: &str) -> Option<u64> {
 }
 
 /// The kernel's UDP counters that say packets were dropped (this network namespace, all sockets).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UdpCounters {
     pub rcvbuf_errors: u64,
     pub sndbuf_errors: u64,
@@ -108,7 +108,8 @@ mod tests {
 
     #[test]
     fn stat_with_odd_command_name() {
-        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 4 0 99 0 0";
+        let line =
+            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 4 0 99 0 0";
         assert_eq!(parse_stat_cpu_ticks(line), Some(325));
     }
 

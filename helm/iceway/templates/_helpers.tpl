@@ -237,3 +237,36 @@ namespace="{{ .Release.Namespace }}"
 - --listen=0.0.0.0:{{ $p.tcp }}
 {{- end }}
 {{- end -}}
+
+{{/* TOML from a values map. Helm's toToml writes every YAML number as a float (10 -> 10.0), which
+     integer settings refuse; this writes integral numbers as integers.
+     (dict "table" MAP "prefix" "turn") */}}
+{{- define "iceway.tomlValue" -}}
+{{- if kindIs "string" . -}}{{ toJson . }}
+{{- else if kindIs "bool" . -}}{{ . }}
+{{- else if or (kindIs "float64" .) (kindIs "float32" .) -}}
+{{- if eq (floor .) (float64 .) }}{{ int64 . }}{{ else }}{{ . }}{{ end -}}
+{{- else if kindIs "slice" . -}}
+[{{ range $i, $e := . }}{{ if $i }}, {{ end }}{{ include "iceway.tomlValue" $e }}{{ end }}]
+{{- else if kindIs "invalid" . -}}{{ fail "a TOML value cannot be null" }}
+{{- else -}}{{ . }}
+{{- end -}}
+{{- end -}}
+
+{{- define "iceway.toml" -}}
+{{- $t := .table -}}
+{{- range $k := keys $t | sortAlpha }}
+{{- $v := index $t $k }}
+{{- if not (kindIs "map" $v) }}
+{{ $k }} = {{ include "iceway.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- range $k := keys $t | sortAlpha }}
+{{- $v := index $t $k }}
+{{- if kindIs "map" $v }}
+{{- $name := ternary $k (printf "%s.%s" $.prefix $k) (eq $.prefix "") }}
+[{{ $name }}]
+{{- include "iceway.toml" (dict "table" $v "prefix" $name) }}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use md5::{Digest, Md5};
+pub use iceway_auth::turn_credential::long_term_key;
 
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -28,17 +28,6 @@ pub struct CredentialFailure {
 
 pub trait CredentialStore: Send + Sync {
     fn lookup(&self, username: &str, realm: &str, now: SystemTime) -> Result<Grant, CredentialFailure>;
-}
-
-/// RFC 8489 §9.2.2: MD5(username ":" realm ":" password).
-pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
-    let mut h = Md5::new();
-    h.update(username.as_bytes());
-    h.update(b":");
-    h.update(realm.as_bytes());
-    h.update(b":");
-    h.update(password.as_bytes());
-    h.finalize().into()
 }
 
 /// `--user NAME:PASSWORD` users, for development. Only the derived key is kept.

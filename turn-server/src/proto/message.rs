@@ -180,7 +180,7 @@ mod tests {
             let addr: SocketAddr = addr.parse().expect("addr");
             let mut m = Message::new();
             m.transaction_id.0 = [9; 12];
-            m.write_transaction_id();
+            m.write_header();
             add_xor_address(&mut m, stun::attributes::ATTR_XOR_PEER_ADDRESS, addr);
             let v = first(&m, stun::attributes::ATTR_XOR_PEER_ADDRESS).expect("attr");
             assert_eq!(decode_xor_address(v, &[9; 12]), Some(addr));

@@ -1,0 +1,168 @@
+//! One webrtc-rs peer connection as the reference clients use it: built from the welcome's ICE
+//! servers, its events turned into a channel, candidates turned into DESIGN §3 frames, and the
+//! selected candidate pair read from getStats.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidate, RTCIceCandidateInit, RTCIceGatheringState,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCStatsReportEntry,
+    Registry, StatsSelector, register_default_interceptors,
+};
+
+use crate::ice;
+use crate::protocol::{ClientFrame, IceServer};
+
+/// What a peer connection tells its session.
+pub enum PcEvent {
+    Candidate(RTCIceCandidate),
+    GatheringComplete,
+    State(RTCPeerConnectionState),
+    Track(Arc<dyn TrackRemote>),
+}
+
+impl std::fmt::Debug for PcEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PcEvent::Candidate(c) => write!(f, "Candidate({c:?})"),
+            PcEvent::GatheringComplete => write!(f, "GatheringComplete"),
+            PcEvent::State(s) => write!(f, "State({s})"),
+            PcEvent::Track(_) => write!(f, "Track"),
+        }
+    }
+}
+
+struct Events {
+    tx: mpsc::UnboundedSender<PcEvent>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        let _ = self.tx.send(PcEvent::Candidate(event.candidate));
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.tx.send(PcEvent::GatheringComplete);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.tx.send(PcEvent::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.tx.send(PcEvent::Track(track));
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    pub ice_servers: Vec<IceServer>,
+    pub relay_only: bool,
+    /// Local address to gather on; chosen from the route to the ICE servers when absent.
+    pub bind: Option<IpAddr>,
+    pub signal_url: String,
+}
+
+pub type Pc = Arc<dyn PeerConnection>;
+
+pub async fn new_peer(
+    opts: &PeerOptions,
+) -> Result<(Pc, mpsc::UnboundedReceiver<PcEvent>), webrtc::error::Error> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs()?;
+    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    let policy = if opts.relay_only {
+        RTCIceTransportPolicy::Relay
+    } else {
+        RTCIceTransportPolicy::All
+    };
+    let config = RTCConfigurationBuilder::new()
+        .with_ice_servers(ice::to_rtc(&opts.ice_servers))
+        .with_ice_transport_policy(policy)
+        .build();
+    let bind = opts
+        .bind
+        .or_else(|| ice::pick_local_ip(&opts.ice_servers, &opts.signal_url))
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(config)
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(Events { tx }))
+        .with_udp_addrs(vec![std::net::SocketAddr::new(bind, 0)])
+        .build()
+        .await?;
+    Ok((Arc::new(pc), rx))
+}
+
+/// The DESIGN §3 candidate frame for a local candidate.
+pub fn candidate_frame(to: &str, c: &RTCIceCandidate) -> Option<ClientFrame> {
+    let init = c.to_json().ok()?;
+    Some(ClientFrame::Candidate {
+        to: to.to_owned(),
+        candidate: init.candidate,
+        // webrtc-rs fills sdpMid with "", which browsers reject; the m-line index (everything is
+        // bundled on the first one) is what they then use.
+        sdp_mid: init.sdp_mid.filter(|m| !m.is_empty()),
+        sdp_mline_index: init.sdp_mline_index.or(Some(0)),
+    })
+}
+
+pub fn candidate_init(
+    candidate: String,
+    sdp_mid: Option<String>,
+    sdp_mline_index: Option<u16>,
+) -> RTCIceCandidateInit {
+    RTCIceCandidateInit {
+        candidate,
+        sdp_mid,
+        sdp_mline_index,
+        ..Default::default()
+    }
+}
+
+/// The candidate types of the selected pair, e.g. ("relay", "relay").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SelectedPair {
+    pub local: String,
+    pub remote: String,
+    pub local_address: Option<String>,
+    pub remote_address: Option<String>,
+}
+
+pub async fn selected_pair(pc: &Pc) -> Option<SelectedPair> {
+    let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
+    let selected_id = report
+        .transport()
+        .map(|t| t.selected_candidate_pair_id.clone())
+        .filter(|id| !id.is_empty());
+    let pair = report
+        .candidate_pairs()
+        .find(|p| Some(&p.stats.id) == selected_id.as_ref())
+        .or_else(|| report.candidate_pairs().find(|p| p.nominated))?;
+    let lookup = |id: &str| match report.get(id) {
+        Some(RTCStatsReportEntry::LocalCandidate(c))
+        | Some(RTCStatsReportEntry::RemoteCandidate(c)) => Some((
+            c.candidate_type.to_string(),
+            c.address.clone().map(|a| format!("{a}:{}", c.port)),
+        )),
+        _ => None,
+    };
+    let (local, local_address) = lookup(&pair.local_candidate_id)?;
+    let (remote, remote_address) = lookup(&pair.remote_candidate_id)?;
+    Some(SelectedPair {
+        local,
+        remote,
+        local_address,
+        remote_address,
+    })
+}

@@ -1,0 +1,265 @@
+//! The WebSocket side of signaling: connect with the app token as a bearer header (native
+//! clients, DESIGN §3), wait for `welcome`, then exchange frames through channels. A writer task
+//! keeps the heartbeat; a reader task hands parsed frames on and reports how the socket closed.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::protocol::{ClientFrame, IceServer, ServerFrame, ice_servers_of};
+
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("signaling URL {0:?} is not a ws:// or wss:// URL")]
+    BadUrl(String),
+    #[error("cannot reach the signaling server: {0}")]
+    Connect(#[source] tungstenite::Error),
+    #[error("the signaling server refused the token ({0})")]
+    Unauthorized(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("no welcome from the signaling server within {0:?}")]
+    NoWelcome(Duration),
+    #[error("the signaling server closed the connection before welcome ({0})")]
+    ClosedEarly(String),
+    #[error("the welcome frame's iceServers are malformed: {0}")]
+    BadIceServers(#[source] serde_json::Error),
+}
+
+impl SignalError {
+    /// Errors a reconnect cannot fix.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            SignalError::Unauthorized(_) | SignalError::Forbidden(_) | SignalError::BadUrl(_)
+        )
+    }
+}
+
+/// What the server said in `welcome`.
+#[derive(Debug, Clone)]
+pub struct Welcome {
+    pub session: String,
+    pub ice_servers: Vec<IceServer>,
+    pub heartbeat: Duration,
+}
+
+/// Something from the server: a frame, or the end of the connection.
+#[derive(Debug)]
+pub enum Incoming {
+    Frame(ServerFrame),
+    Closed(Closed),
+}
+
+/// How the connection ended. `code` is the WebSocket close code when the server sent one.
+#[derive(Debug, Clone)]
+pub struct Closed {
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+impl Closed {
+    /// 4001 unauthorized and 4003 forbidden cannot be fixed by reconnecting.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self.code, Some(4001) | Some(4003))
+    }
+}
+
+/// Sends frames to the server. Cloneable; sending after the socket closed is a no-op that
+/// returns false (the session resynchronises after reconnecting).
+#[derive(Debug, Clone)]
+pub struct SignalSender {
+    tx: mpsc::UnboundedSender<ClientFrame>,
+}
+
+impl SignalSender {
+    pub fn send(&self, frame: ClientFrame) -> bool {
+        self.tx.send(frame).is_ok()
+    }
+}
+
+/// Connects, authenticates and waits for `welcome`.
+pub async fn connect(
+    url: &str,
+    token: &str,
+) -> Result<(Welcome, SignalSender, mpsc::UnboundedReceiver<Incoming>), SignalError> {
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        return Err(SignalError::BadUrl(url.to_owned()));
+    }
+    let mut request = url
+        .into_client_request()
+        .map_err(|_| SignalError::BadUrl(url.to_owned()))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        SignalError::Unauthorized("token has characters not allowed in a header".into())
+    })?;
+    request.headers_mut().insert("Authorization", bearer);
+    let (ws, _response) = match tokio_tungstenite::connect_async(request).await {
+        Ok(ok) => ok,
+        Err(tungstenite::Error::Http(resp)) => {
+            let reason = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_else(|| resp.status().to_string());
+            return Err(match resp.status().as_u16() {
+                401 => SignalError::Unauthorized(reason),
+                403 => SignalError::Forbidden(reason),
+                _ => SignalError::Connect(tungstenite::Error::Http(resp)),
+            });
+        }
+        Err(e) => return Err(SignalError::Connect(e)),
+    };
+    let (mut sink, mut stream) = ws.split();
+
+    // Until welcome arrives nothing else may happen, so read it inline.
+    let welcome = tokio::time::timeout(WELCOME_TIMEOUT, async {
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(Message::Text(text)) => match ServerFrame::parse(&text) {
+                    Ok(ServerFrame::Welcome {
+                        session,
+                        ice_servers,
+                        heartbeat,
+                        ..
+                    }) => {
+                        let ice_servers =
+                            ice_servers_of(&ice_servers).map_err(SignalError::BadIceServers)?;
+                        let heartbeat = heartbeat
+                            .filter(|s| s.is_finite() && *s > 0.0)
+                            .map(Duration::from_secs_f64)
+                            .unwrap_or(DEFAULT_HEARTBEAT);
+                        return Ok(Welcome {
+                            session,
+                            ice_servers,
+                            heartbeat,
+                        });
+                    }
+                    Ok(ServerFrame::Error { code, message, .. }) => {
+                        let text = message.unwrap_or_else(|| code.clone());
+                        match code.as_str() {
+                            "unauthorized" => return Err(SignalError::Unauthorized(text)),
+                            "forbidden" => return Err(SignalError::Forbidden(text)),
+                            _ => tracing::warn!(%code, %text, "error before welcome"),
+                        }
+                    }
+                    Ok(other) => tracing::debug!(?other, "frame before welcome ignored"),
+                    Err(e) => tracing::warn!(error = %e, "malformed frame before welcome"),
+                },
+                Ok(Message::Close(frame)) => return Err(close_error(frame)),
+                Ok(_) => {}
+                Err(e) => return Err(SignalError::Connect(e)),
+            }
+        }
+        Err(SignalError::ClosedEarly("connection ended".into()))
+    })
+    .await
+    .map_err(|_| SignalError::NoWelcome(WELCOME_TIMEOUT))??;
+
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ClientFrame>();
+    let (in_tx, in_rx) = mpsc::unbounded_channel::<Incoming>();
+    let heartbeat = welcome.heartbeat;
+
+    tokio::spawn(async move {
+        let mut ping = tokio::time::interval(heartbeat);
+        ping.tick().await;
+        loop {
+            let frame = tokio::select! {
+                f = out_rx.recv() => match f {
+                    Some(f) => f,
+                    None => break,
+                },
+                _ = ping.tick() => ClientFrame::Ping,
+            };
+            if sink.send(Message::text(frame.to_json())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    tokio::spawn(async move {
+        let mut closed = Closed {
+            code: None,
+            reason: "connection ended".into(),
+        };
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(Message::Text(text)) => match ServerFrame::parse(&text) {
+                    Ok(ServerFrame::Pong) => {}
+                    Ok(frame) => {
+                        if in_tx.send(Incoming::Frame(frame)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "malformed frame from server"),
+                },
+                Ok(Message::Close(frame)) => {
+                    closed = Closed {
+                        code: frame.as_ref().map(|f| u16::from(f.code)),
+                        reason: frame
+                            .map(|f| f.reason.to_string())
+                            .unwrap_or_else(|| "closed".into()),
+                    };
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    closed.reason = e.to_string();
+                    break;
+                }
+            }
+        }
+        let _ = in_tx.send(Incoming::Closed(closed));
+    });
+
+    Ok((welcome, SignalSender { tx: out_tx }, in_rx))
+}
+
+fn close_error(frame: Option<CloseFrame>) -> SignalError {
+    let code = frame.as_ref().map(|f| u16::from(f.code));
+    let reason = frame
+        .map(|f| f.reason.to_string())
+        .unwrap_or_else(|| "no reason".into());
+    match code {
+        Some(4001) => SignalError::Unauthorized(reason),
+        Some(4003) => SignalError::Forbidden(reason),
+        _ => SignalError::ClosedEarly(reason),
+    }
+}
+
+/// Capped exponential backoff between reconnect attempts (0.5 s, 1 s, 2 s … 10 s).
+pub fn backoff(attempt: u32) -> Duration {
+    let ms = 500u64.saturating_mul(1u64 << attempt.min(5));
+    Duration::from_millis(ms.min(10_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(500));
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(30), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn fatal_closes_are_auth_and_forbidden() {
+        let c = |code| Closed {
+            code: Some(code),
+            reason: String::new(),
+        };
+        assert!(c(4001).is_fatal());
+        assert!(c(4003).is_fatal());
+        assert!(!c(1001).is_fatal());
+    }
+}

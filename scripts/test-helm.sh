@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Checks the Helm chart, its alert rules, the Grafana dashboard and the Dockerfiles with real tools:
+#   helm lint --strict and helm template for the default values and every helm/iceway/ci/*.yaml,
+#   kubernetes-validate --strict (Kubernetes 1.30 and 1.37 schemas) and yamllint on the output,
+#   values that must be refused, hardened pods and standard labels (scripts/helm_checks.py),
+#   promtool check rules + promtool test rules (a firing and a silent case for every alert),
+#   every dashboard expression as a recording rule through promtool check rules,
+#   DESIGN §4 metric names only, hadolint on deploy/docker/Dockerfile.
+# Tools: scripts/install-helm-tools.sh (helm, kubernetes-validate, yamllint, hadolint into
+# $ICEWAY_TOOLS_DIR, default .tools/; promtool from Debian's prometheus package).
+# Ends with a "N passed, N failed" line; exits non-zero when a check fails or a tool is missing.
+set -uo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="${ICEWAY_TOOLS_DIR:-$repo/.tools}"
+export PATH="$tools/bin:$PATH"
+chart="$repo/helm/iceway"
+release=t
+namespace=iceway
+kube_versions=(1.30.0 1.37.0)
+
+passed=0
+failed=0
+failed_names=()
+out="$(mktemp -d "${TMPDIR:-/tmp}/iceway-helm.XXXXXX")"
+trap 'rm -rf "$out"' EXIT
+
+missing=()
+for t in helm kubernetes-validate yamllint promtool hadolint; do
+  command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+done
+py="$tools/venv/bin/python"
+[ -x "$py" ] || py=python3
+"$py" -c 'import yaml' 2>/dev/null || missing+=("python3-yaml")
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "test-helm: missing tools: ${missing[*]}" >&2
+  echo "test-helm: run scripts/install-helm-tools.sh (as root for promtool), or set ICEWAY_TOOLS_DIR" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+# check NAME COMMAND...: runs one check, keeps its output in $out/log/NAME, prints it on failure.
+mkdir -p "$out/log"
+check() {
+  local name="$1"; shift
+  local log="$out/log/${name//[^A-Za-z0-9_.-]/_}"
+  if "$@" >"$log" 2>&1; then
+    passed=$((passed + 1))
+    echo "ok   $name"
+  else
+    failed=$((failed + 1))
+    failed_names+=("$name")
+    echo "FAIL $name"
+    sed 's/^/     /' "$log" | tail -40
+  fi
+}
+
+# must_fail NAME EXPECTED-MESSAGE HELM-ARGS...: helm template must refuse these values.
+must_fail() {
+  local name="$1" expected="$2"; shift 2
+  local log="$out/log/refuse_${name}"
+  if helm template "$release" "$chart" -n "$namespace" "$@" >"$log" 2>&1; then
+    echo "helm template accepted values that must be refused: $*"
+    return 1
+  fi
+  grep -qF -- "$expected" "$log" || { echo "refused, but without \"$expected\":"; cat "$log"; return 1; }
+}
+
+# The tools themselves must refuse a broken manifest, or a pass proves nothing.
+validate_catches_unknown_field() {
+  printf 'apiVersion: v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  portz: []\n' >"$out/bad.yaml"
+  ! kubernetes-validate --strict --quiet "$out/bad.yaml"
+}
+
+echo "== tools: $(helm version --short), kubernetes-validate $(kubernetes-validate --version), $(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3)"
+check "kubernetes-validate refuses an unknown field" validate_catches_unknown_field
+
+# --- render every value set ---------------------------------------------------------------------
+value_sets=(default)
+for f in "$chart"/ci/*-values.yaml; do value_sets+=("$(basename "$f" -values.yaml)"); done
+
+for vs in "${value_sets[@]}"; do
+  args=()
+  [ "$vs" = default ] || args=(-f "$chart/ci/$vs-values.yaml")
+  rendered="$out/$vs.yaml"
+  check "helm lint --strict [$vs]" helm lint --strict "$chart" -n "$namespace" "${args[@]}"
+  check "helm template [$vs]" sh -c 'helm template "$@" > "'"$rendered"'"' _ "$release" "$chart" -n "$namespace" "${args[@]}"
+  [ -s "$rendered" ] || continue
+  for kv in "${kube_versions[@]}"; do
+    check "kubernetes-validate --strict k8s $kv [$vs]" kubernetes-validate --strict --quiet -k "$kv" "$rendered"
+  done
+  check "yamllint [$vs]" yamllint -s -d '{extends: default, rules: {line-length: disable, document-start: disable, indentation: {indent-sequences: whatever}}}' "$rendered"
+  check "hardened pods, probes, labels [$vs]" "$py" "$repo/scripts/helm_checks.py" manifests "$rendered"
+done
+
+# --- values the chart must refuse ---------------------------------------------------------------
+check "refuses: signal scaled out without Redis" must_fail signal-no-redis "needs signal.redis.url" --set signal.replicas=3
+check "refuses: signal HPA without Redis" must_fail hpa-no-redis "needs signal.redis.url" --set signal.autoscaling.enabled=true
+check "refuses: LoadBalancer TURN with a wide relay range" must_fail lb-range "more than turn.service.maxRelayPorts" \
+  --set turn.mode=deployment --set turn.externalIP.value=203.0.113.1
+check "refuses: LoadBalancer TURN without an external IP" must_fail lb-ip "needs turn.externalIP.value" \
+  --set turn.mode=deployment --set turn.relayRange.min=50000 --set turn.relayRange.max=50009
+check "refuses: LoadBalancer TURN with 2 replicas" must_fail lb-replicas "turn.replicas must be 1" \
+  --set turn.mode=deployment --set turn.externalIP.value=203.0.113.1 --set turn.relayRange.min=50000 \
+  --set turn.relayRange.max=50009 --set turn.replicas=2
+check "refuses: TLS without a certificate source" must_fail tls "turn.tls.enabled needs" --set turn.tls.enabled=true
+check "refuses: ServiceMonitor and PodMonitor together" must_fail monitors "enable one" \
+  --set metrics.serviceMonitor.enabled=true --set metrics.podMonitor.enabled=true
+check "refuses: unknown value (schema)" must_fail schema-typo "additional properties" --set signal.replica=2
+check "refuses: bad relay range type (schema)" must_fail schema-type "relayRange" --set turn.relayRange.min=80
+
+# --- alert rules --------------------------------------------------------------------------------
+rules="$out/rules/rules.yaml"
+mkdir -p "$out/rules"
+cp "$chart/tests/alerts.test.yaml" "$out/rules/"
+check "extract PrometheusRule [all-on]" "$py" "$repo/scripts/helm_checks.py" extract-rules "$out/all-on.yaml" "$rules"
+check "promtool check rules (alerts)" promtool check rules "$rules"
+check "promtool test rules (alerts)" sh -c 'cd "$1" && promtool test rules alerts.test.yaml' _ "$out/rules"
+check "every alert: runbook, firing and silent tests" "$py" "$repo/scripts/helm_checks.py" alert-coverage \
+  "$rules" "$chart/tests/alerts.test.yaml" "$repo/docs/runbook.md"
+
+# --- dashboard ----------------------------------------------------------------------------------
+dash="$chart/files/dashboards/iceway.json"
+check "dashboard JSON is generated (scripts/gen-dashboard.py)" sh -c \
+  '"$1" "$2/scripts/gen-dashboard.py" --stdout | diff -u "$3" -' _ "$py" "$repo" "$dash"
+check "dashboard ConfigMap carries the JSON" sh -c \
+  '"$1" -c "import sys,yaml,json; d=[x for x in yaml.safe_load_all(open(sys.argv[1])) if x and x[\"kind\"]==\"ConfigMap\" and x[\"metadata\"][\"name\"].endswith(\"-dashboard\")][0]; assert d[\"metadata\"][\"labels\"][\"grafana_dashboard\"]==\"1\"; assert json.loads(d[\"data\"][\"iceway.json\"])==json.load(open(sys.argv[2]))" "$2" "$3"' \
+  _ "$py" "$out/all-on.yaml" "$dash"
+check "dashboard expressions as recording rules" "$py" "$repo/scripts/helm_checks.py" dashboard-rules "$dash" "$out/dashboard-rules.yaml"
+check "promtool check rules (dashboard expressions)" promtool check rules "$out/dashboard-rules.yaml"
+check "dashboard and alerts use DESIGN §4 names only, dashboard shows all" "$py" "$repo/scripts/helm_checks.py" \
+  names-contract "$dash" "$rules"
+
+# --- Dockerfiles --------------------------------------------------------------------------------
+shopt -s nullglob
+dockerfiles=("$repo"/deploy/docker/Dockerfile "$repo"/deploy/docker/*.Dockerfile)
+shopt -u nullglob
+existing=(); for f in "${dockerfiles[@]}"; do [ -f "$f" ] && existing+=("$f"); done; dockerfiles=("${existing[@]}")
+if [ "${#dockerfiles[@]}" -eq 0 ]; then
+  check "Dockerfiles exist" false
+fi
+for f in "${dockerfiles[@]}"; do
+  check "hadolint $(basename "$f")" hadolint --failure-threshold warning "$f"
+done
+
+echo
+if [ "$failed" -gt 0 ]; then
+  echo "failed checks:"
+  printf '  %s\n' "${failed_names[@]}"
+fi
+echo "helm: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,26 @@
+//! `iceway-signal`: WebSocket signaling between cameras and viewers (DESIGN §3).
+//!
+//! A camera publishes, viewers watch it, and the server relays their offers, answers and ICE
+//! candidates. With `redis_url` set, replicas share presence and route through Redis.
+//!
+//! ```text
+//! server.rs      listener, /v1/ws upgrade, drain
+//! connection.rs  one task per socket: auth, welcome, frames <-> mailbox
+//! protocol.rs    the frames (serde-tagged enums) and codes
+//! router/        sessions, presence, watching: in memory or over Redis
+//! limits.rs      rate limit, per-user connections, liveness
+//! metrics.rs     the Prometheus series of DESIGN §4
+//! config.rs      the typed configuration
+//! ```
+
+mod connection;
+pub mod config;
+pub mod limits;
+pub mod metrics;
+pub mod protocol;
+pub mod router;
+mod server;
+mod web;
+
+pub use config::{Credentials, Overrides, SignalConfig};
+pub use server::{SignalError, SignalServer, run};

@@ -1,0 +1,103 @@
+//! The signal series of DESIGN §4. Labels stay low-cardinality: frame types, results, reasons.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Open, authenticated WebSocket sessions.
+    pub connections: IntGauge,
+    /// Upgrade and authentication outcomes: `accepted`, `unauthorized`, `user_limit`,
+    /// `process_limit`, `draining`, `auth_timeout`.
+    pub connections_total: IntCounterVec,
+    /// Cameras published on this process.
+    pub cameras_online: IntGauge,
+    /// Viewer sessions on this process.
+    pub viewers: IntGauge,
+    /// Client frames by `type` and `result` (`ok` or an error code).
+    pub messages_total: IntCounterVec,
+    /// From a relayed frame's arrival at the sender's server to its hand-off to the receiver's
+    /// socket (across replicas when Redis routes it).
+    pub relay_latency: Histogram,
+    pub auth_failures_total: IntCounterVec,
+    pub backplane_errors_total: IntCounter,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            connections: IntGauge::new(
+                "iceway_signal_connections",
+                "Open authenticated WebSocket sessions.",
+            )?,
+            connections_total: IntCounterVec::new(
+                Opts::new(
+                    "iceway_signal_connections_total",
+                    "WebSocket connections by outcome.",
+                ),
+                &["result"],
+            )?,
+            cameras_online: IntGauge::new(
+                "iceway_signal_cameras_online",
+                "Cameras published on this process.",
+            )?,
+            viewers: IntGauge::new("iceway_signal_viewers", "Viewer sessions on this process.")?,
+            messages_total: IntCounterVec::new(
+                Opts::new(
+                    "iceway_signal_messages_total",
+                    "Client frames by type and result.",
+                ),
+                &["type", "result"],
+            )?,
+            relay_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "iceway_signal_relay_latency_seconds",
+                    "Time to relay an offer, answer or candidate to its peer's socket.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0,
+                ]),
+            )?,
+            auth_failures_total: IntCounterVec::new(
+                Opts::new(
+                    "iceway_signal_auth_failures_total",
+                    "Refused authentications by reason.",
+                ),
+                &["reason"],
+            )?,
+            backplane_errors_total: IntCounter::new(
+                "iceway_signal_backplane_errors_total",
+                "Failed Redis operations and lost pub/sub connections.",
+            )?,
+        };
+        registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.connections_total.clone()))?;
+        registry.register(Box::new(m.cameras_online.clone()))?;
+        registry.register(Box::new(m.viewers.clone()))?;
+        registry.register(Box::new(m.messages_total.clone()))?;
+        registry.register(Box::new(m.relay_latency.clone()))?;
+        registry.register(Box::new(m.auth_failures_total.clone()))?;
+        registry.register(Box::new(m.backplane_errors_total.clone()))?;
+        Ok(m)
+    }
+
+    /// Unregistered series, for unit tests that do not look at metrics.
+    #[cfg(test)]
+    pub fn unregistered() -> Self {
+        Self::register(&Registry::new()).expect("fresh registry")
+    }
+
+    pub fn message(&self, kind: &str, result: &str) {
+        self.messages_total.with_label_values(&[kind, result]).inc();
+    }
+
+    pub fn connection(&self, result: &str) {
+        self.connections_total.with_label_values(&[result]).inc();
+    }
+
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures_total.with_label_values(&[reason]).inc();
+    }
+}

@@ -1,0 +1,237 @@
+//! The sessions of this process and the cameras they watch. Both routers keep one; only what
+//! reaches the hub reaches a connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::{Delivery, Mailbox, SendError, SessionId};
+
+/// A camera's presence as this process knows it: `None` not yet known (Redis lookup pending),
+/// `Some(None)` offline, `Some(Some(s))` online as session `s`.
+pub type Known = Option<Option<SessionId>>;
+
+#[derive(Debug, Default)]
+pub struct Hub {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sessions: HashMap<SessionId, Mailbox>,
+    watches: HashMap<String, Watch>,
+}
+
+#[derive(Debug, Default)]
+struct Watch {
+    known: Known,
+    viewers: Vec<SessionId>,
+}
+
+impl Hub {
+    pub fn insert_session(&self, session: SessionId, mailbox: Mailbox) {
+        self.state.lock().sessions.insert(session, mailbox);
+    }
+
+    pub fn remove_session(&self, session: &str) {
+        self.state.lock().sessions.remove(session);
+    }
+
+    pub fn contains(&self, session: &str) -> bool {
+        self.state.lock().sessions.contains_key(session)
+    }
+
+    pub fn session_ids(&self) -> Vec<SessionId> {
+        self.state.lock().sessions.keys().cloned().collect()
+    }
+
+    /// Hands `delivery` to a session of this process.
+    pub fn deliver(&self, to: &str, delivery: Arc<Delivery>) -> Result<(), SendError> {
+        let mut state = self.state.lock();
+        deliver(&mut state, to, delivery)
+    }
+
+    /// Adds `viewer` to the watchers of `camera`. A new watch starts from `initial`; if the
+    /// presence is known the viewer is told at once. Returns whether this is the first watcher
+    /// here (the Redis router then subscribes to the camera's channel).
+    pub fn add_watcher(&self, camera: &str, viewer: &SessionId, initial: Known) -> bool {
+        let mut state = self.state.lock();
+        let first = !state.watches.contains_key(camera);
+        let watch = state.watches.entry(camera.to_owned()).or_default();
+        if first {
+            watch.known = initial;
+        }
+        if !watch.viewers.contains(viewer) {
+            watch.viewers.push(viewer.clone());
+        }
+        if let Some(session) = watch.known.clone() {
+            let d = Arc::new(Delivery::CameraState {
+                camera: camera.to_owned(),
+                session,
+            });
+            let _ = deliver(&mut state, viewer, d);
+        }
+        first
+    }
+
+    /// Removes `viewer` from the watchers of `camera`; returns whether it was the last one.
+    pub fn remove_watcher(&self, camera: &str, viewer: &str) -> bool {
+        let mut state = self.state.lock();
+        let Some(watch) = state.watches.get_mut(camera) else {
+            return false;
+        };
+        watch.viewers.retain(|v| &**v != viewer);
+        if watch.viewers.is_empty() {
+            state.watches.remove(camera);
+            return true;
+        }
+        false
+    }
+
+    /// What this process knows of `camera`, if anyone here watches it.
+    pub fn known(&self, camera: &str) -> Option<Known> {
+        self.state.lock().watches.get(camera).map(|w| w.known.clone())
+    }
+
+    /// Watched cameras and what is known of each, for a presence sweep.
+    pub fn watched(&self) -> Vec<(String, Known)> {
+        let state = self.state.lock();
+        state
+            .watches
+            .iter()
+            .map(|(c, w)| (c.clone(), w.known.clone()))
+            .collect()
+    }
+
+    /// Records the presence of `camera` and tells its watchers if it changed.
+    pub fn observe(&self, camera: &str, session: Option<SessionId>) {
+        self.observe_if(camera, None, session);
+    }
+
+    /// As [`observe`](Self::observe), but only if what is known still equals `expected`: a
+    /// lookup answered after a newer event must not undo that event.
+    pub fn observe_if(&self, camera: &str, expected: Option<&Known>, session: Option<SessionId>) {
+        let mut state = self.state.lock();
+        let Some(watch) = state.watches.get_mut(camera) else {
+            return;
+        };
+        if expected.is_some_and(|e| *e != watch.known) {
+            return;
+        }
+        if watch.known.as_ref() == Some(&session) {
+            return;
+        }
+        watch.known = Some(session.clone());
+        let viewers = watch.viewers.clone();
+        let d = Arc::new(Delivery::CameraState {
+            camera: camera.to_owned(),
+            session,
+        });
+        for v in &viewers {
+            let _ = deliver(&mut state, v, d.clone());
+        }
+    }
+
+    /// An offline event for `session`: applies only if it is the session known online.
+    pub fn observe_offline(&self, camera: &str, session: &str) {
+        let expected: Known = Some(Some(SessionId::from(session)));
+        self.observe_if(camera, Some(&expected), None);
+    }
+}
+
+fn deliver(state: &mut State, to: &str, delivery: Arc<Delivery>) -> Result<(), SendError> {
+    let Some(mailbox) = state.sessions.get(to) else {
+        return Err(SendError::Gone);
+    };
+    match mailbox.try_send(delivery) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => {
+            // Dropping the only sender ends the session's mailbox; its task sees that and
+            // closes the socket (4008). Keeping it would mean dropping events silently.
+            state.sessions.remove(to);
+            Err(SendError::Full)
+        }
+        Err(TrySendError::Closed(_)) => {
+            state.sessions.remove(to);
+            Err(SendError::Gone)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    fn session(hub: &Hub, id: &str) -> (SessionId, mpsc::Receiver<Arc<Delivery>>) {
+        let (tx, rx) = mpsc::channel(4);
+        let id: SessionId = Arc::from(id);
+        hub.insert_session(id.clone(), tx);
+        (id, rx)
+    }
+
+    fn state(rx: &mut mpsc::Receiver<Arc<Delivery>>) -> Option<Option<String>> {
+        match rx.try_recv().ok().as_deref() {
+            Some(Delivery::CameraState { session, .. }) => {
+                Some(session.as_ref().map(|s| s.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn watchers_learn_presence_changes_once() {
+        let hub = Hub::default();
+        let (v, mut rx) = session(&hub, "v");
+        assert!(hub.add_watcher("cam", &v, Some(None)));
+        assert_eq!(state(&mut rx), Some(None));
+        hub.observe("cam", Some(Arc::from("c1")));
+        hub.observe("cam", Some(Arc::from("c1")));
+        assert_eq!(state(&mut rx), Some(Some("c1".into())));
+        assert_eq!(state(&mut rx), None, "no repeat for an unchanged presence");
+        hub.observe_offline("cam", "c0");
+        assert_eq!(state(&mut rx), None, "offline of a stale session is ignored");
+        hub.observe_offline("cam", "c1");
+        assert_eq!(state(&mut rx), Some(None));
+    }
+
+    #[test]
+    fn a_stale_lookup_does_not_undo_a_newer_event() {
+        let hub = Hub::default();
+        let (v, mut rx) = session(&hub, "v");
+        hub.add_watcher("cam", &v, None);
+        assert_eq!(state(&mut rx), None, "unknown presence is not reported");
+        let before = hub.known("cam").expect("watched");
+        hub.observe("cam", Some(Arc::from("c2")));
+        hub.observe_if("cam", Some(&before), None);
+        assert_eq!(state(&mut rx), Some(Some("c2".into())));
+        assert_eq!(state(&mut rx), None);
+    }
+
+    #[test]
+    fn a_session_that_stops_reading_is_dropped_not_buffered() {
+        let hub = Hub::default();
+        let (v, _rx) = session(&hub, "v");
+        for _ in 0..4 {
+            hub.deliver(&v, Arc::new(Delivery::Replaced { camera: "c".into() }))
+                .expect("room");
+        }
+        let full = hub.deliver(&v, Arc::new(Delivery::Replaced { camera: "c".into() }));
+        assert_eq!(full, Err(SendError::Full));
+        assert!(!hub.contains(&v));
+    }
+
+    #[test]
+    fn last_watcher_removes_the_watch() {
+        let hub = Hub::default();
+        let (a, _ra) = session(&hub, "a");
+        let (b, _rb) = session(&hub, "b");
+        assert!(hub.add_watcher("cam", &a, Some(None)));
+        assert!(!hub.add_watcher("cam", &b, Some(None)));
+        assert!(!hub.remove_watcher("cam", &a));
+        assert!(hub.remove_watcher("cam", &b));
+        assert!(hub.known("cam").is_none());
+    }
+}

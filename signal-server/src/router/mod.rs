@@ -1,0 +1,140 @@
+//! Routing between sessions: who is connected, which cameras are online, who watches them.
+//!
+//! [`Router`] has two implementations: [`MemoryRouter`] (one process holds everything) and
+//! [`RedisRouter`] (replicas share presence through TTL keys and route frames over pub/sub).
+//! Both keep the sessions of *this* process in a [`Hub`], which hands events to each session's
+//! mailbox; a connection task reacts to what arrives there.
+
+mod hub;
+mod memory;
+mod redis;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::protocol::RelayBody;
+
+pub use hub::Hub;
+pub use memory::MemoryRouter;
+pub use redis::{RedisRouter, RedisRouterConfig};
+
+/// A session id: 128 random bits, base64url. Unguessable, so it doubles as a capability.
+pub type SessionId = Arc<str>;
+
+/// What a session's connection task receives.
+pub type Mailbox = mpsc::Sender<Arc<Delivery>>;
+
+/// Slots per session mailbox. Small: frames are handed to the socket as they arrive, and a
+/// session that falls this far behind is dropped rather than buffered without bound.
+pub const MAILBOX_CAPACITY: usize = 32;
+
+/// An event for one session, local or carried over Redis.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum Delivery {
+    /// An offer, answer or candidate from a peer. `sent_at_us` (Unix µs) feeds the relay
+    /// latency histogram.
+    Relay {
+        from: SessionId,
+        body: RelayBody,
+        sent_at_us: u64,
+    },
+    /// To a camera session: a viewer wants to watch.
+    ViewerJoined {
+        camera: String,
+        viewer: SessionId,
+        user: String,
+    },
+    /// To a camera session: a viewer stopped watching or disconnected.
+    ViewerLeft { camera: String, viewer: SessionId },
+    /// To a viewer session: the camera refused it (too many viewers).
+    WatchRefused { camera: String, message: String },
+    /// To a camera session: the same camera published from a newer connection.
+    Replaced { camera: String },
+    /// To a viewer session: the camera's presence as now known; `None` is offline.
+    CameraState {
+        camera: String,
+        session: Option<SessionId>,
+    },
+}
+
+/// Why a frame could not be handed to a session.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the session is gone")]
+    Gone,
+    #[error("the session is not reading its frames")]
+    Full,
+    #[error("backplane: {0}")]
+    Backplane(String),
+}
+
+/// A router operation that failed in the backplane.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("backplane: {0}")]
+pub struct RouterError(pub String);
+
+/// Session routing, presence and watching. Futures are boxed so connection tasks can hold an
+/// `Arc<dyn Router>` and not be generic over the backplane.
+pub trait Router: Send + Sync + 'static {
+    /// Makes `session` reachable; resolves once frames addressed to it can arrive.
+    fn register<'a>(
+        &'a self,
+        session: &'a SessionId,
+        mailbox: Mailbox,
+    ) -> BoxFuture<'a, Result<(), RouterError>>;
+
+    fn unregister<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()>;
+
+    /// Hands `delivery` to `to`, wherever it is connected.
+    fn send<'a>(
+        &'a self,
+        to: &'a SessionId,
+        delivery: Delivery,
+    ) -> BoxFuture<'a, Result<(), SendError>>;
+
+    /// `session` is now camera `camera`. A previous session of the camera is sent `Replaced`
+    /// and its watchers learn the new session.
+    fn publish<'a>(
+        &'a self,
+        camera: &'a str,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<(), RouterError>>;
+
+    /// Camera `camera` goes offline, if `session` is still the one published.
+    fn unpublish<'a>(&'a self, camera: &'a str, session: &'a SessionId) -> BoxFuture<'a, ()>;
+
+    /// `viewer` watches `camera`: it will get `CameraState` now (once known) and at each change.
+    fn watch<'a>(
+        &'a self,
+        camera: &'a str,
+        viewer: &'a SessionId,
+    ) -> BoxFuture<'a, Result<(), RouterError>>;
+
+    fn unwatch<'a>(&'a self, camera: &'a str, viewer: &'a SessionId) -> BoxFuture<'a, ()>;
+
+    /// A frame to camera session `session` found it gone: if presence still names it (its
+    /// replica died), declare the camera offline now instead of waiting for the TTL.
+    fn camera_gone<'a>(&'a self, camera: &'a str, session: &'a SessionId) -> BoxFuture<'a, ()>;
+
+    /// Which of `sessions` still exist anywhere.
+    fn alive<'a>(&'a self, sessions: &'a [SessionId]) -> BoxFuture<'a, Vec<bool>>;
+}
+
+/// A fresh session id.
+pub fn new_session_id() -> SessionId {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    Arc::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Microseconds since the Unix epoch, for `Relay::sent_at_us`.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,258 @@
+//! The listener: `/v1/ws` upgrades, `/v1/ice-servers`, the browser pages, and the drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use iceway_auth::api::{ApiState, Problem};
+use iceway_service::Shutdown;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Credentials, SignalConfig};
+use crate::limits::{Liveness, UserConnections};
+use crate::metrics::Metrics;
+use crate::router::{MemoryRouter, RedisRouter, RedisRouterConfig, Router};
+
+/// The WebSocket read buffer. tungstenite's default (128 KiB) per connection would dwarf
+/// everything else an idle connection holds; signaling frames are small, and a larger frame
+/// just takes a few more reads.
+const READ_BUFFER: usize = 1024;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error(transparent)]
+    Config(#[from] iceway_service::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("serving: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub config: SignalConfig,
+    pub creds: Credentials,
+    pub router: Arc<dyn Router>,
+    pub metrics: Metrics,
+    pub users: UserConnections,
+    pub liveness: Liveness,
+    /// Cancelled when the drain's grace period is over: every socket closes with 1001.
+    pub close_all: CancellationToken,
+    /// Open WebSockets, authenticated or not, against `max_connections`.
+    open: AtomicUsize,
+}
+
+struct OpenSlot(Arc<Shared>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Shared {
+    fn try_open(self: &Arc<Self>) -> Option<OpenSlot> {
+        let max = self.config.max_connections;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| OpenSlot(self.clone()))
+    }
+}
+
+/// A bound signal server, not yet serving. Binding first lets callers learn the address
+/// (`listen` port 0 in tests) before anything connects.
+pub struct SignalServer {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SignalServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalServer")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignalServer {
+    /// Reads the key files named by `config`, connects to Redis if configured, registers the
+    /// metrics and binds the listener.
+    pub async fn bind(config: SignalConfig, registry: &Registry) -> Result<Self, SignalError> {
+        config.validate()?;
+        let creds = config.load_credentials()?;
+        Self::bind_with_credentials(config, creds, registry).await
+    }
+
+    /// As [`bind`](Self::bind), with keys already in memory (`iceway dev`).
+    pub async fn bind_with_credentials(
+        config: SignalConfig,
+        creds: Credentials,
+        registry: &Registry,
+    ) -> Result<Self, SignalError> {
+        let metrics = Metrics::register(registry)?;
+        let router: Arc<dyn Router> = match &config.redis_url {
+            Some(url) => Arc::new(
+                RedisRouter::connect(RedisRouterConfig {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    presence_ttl: config.presence_ttl,
+                    backplane_errors: metrics.backplane_errors_total.clone(),
+                })
+                .await
+                .map_err(|e| SignalError::Redis(e.0))?,
+            ),
+            None => Arc::new(MemoryRouter::new()),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SignalError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            users: UserConnections::new(config.max_connections_per_user),
+            liveness: Liveness {
+                heartbeat: config.heartbeat,
+                idle_timeout: config.idle_timeout,
+            },
+            close_all: CancellationToken::new(),
+            open: AtomicUsize::new(0),
+            router,
+            metrics,
+            creds,
+            config,
+        });
+        Ok(Self { listener, shared })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.shared.config.listen)
+    }
+
+    /// Serves until the drain: when `shutdown` starts draining, new upgrades get 503; after
+    /// `drain_grace` every socket is closed with 1001 and this returns once they are gone.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), SignalError> {
+        let shared = self.shared;
+        let tracker = TaskTracker::new();
+        let state = AppState {
+            shared: shared.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        };
+        let api = ApiState::new(shared.creds.verifier.clone(), shared.creds.ice.clone());
+        let app = axum::Router::new()
+            .route("/v1/ws", get(upgrade))
+            .with_state(state)
+            .merge(iceway_auth::api::routes(api))
+            .merge(crate::web::routes(&shared.config.web_root));
+
+        let addr = self.listener.local_addr().map_err(SignalError::Serve)?;
+        tracing::info!(%addr, redis = shared.config.redis_url.is_some(), "signal listening");
+        shutdown.set_ready();
+
+        let grace = shared.config.drain_grace;
+        let close_all = shared.close_all.clone();
+        let deadline = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.draining().await;
+                tracing::info!(grace = ?grace, "draining: refusing new connections");
+                tokio::time::sleep(grace).await;
+                close_all.cancel();
+            })
+        };
+        let stop = shared.close_all.clone();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        deadline.abort();
+        tracker.close();
+        let closing = shared.config.write_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(closing, tracker.wait()).await.is_err() {
+            tracing::warn!(left = tracker.len(), "connections still closing at exit");
+        }
+        served.map_err(SignalError::Serve)
+    }
+}
+
+/// Binds and serves `config` until the drain completes (the entry point of `iceway dev`).
+/// Use [`SignalServer`] to learn the bound address first.
+pub async fn run(
+    config: SignalConfig,
+    shutdown: Shutdown,
+    registry: &Registry,
+) -> Result<(), SignalError> {
+    SignalServer::bind(config, registry).await?.run(shutdown).await
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
+}
+
+async fn upgrade(State(app): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let shared = &app.shared;
+    if app.shutdown.is_draining() {
+        shared.metrics.connection("draining");
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this server is shutting down; connect again",
+        )
+        .into_response();
+    }
+    let Some(slot) = shared.try_open() else {
+        shared.metrics.connection("process_limit");
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_full",
+            "this server has its maximum number of connections",
+        )
+        .into_response();
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned());
+    let max = shared.config.max_frame_bytes;
+    let shared = shared.clone();
+    let tracker = app.tracker.clone();
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.saturating_mul(4))
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                let _slot = slot;
+                crate::connection::serve(socket, bearer, shared).await;
+            })
+        })
+}

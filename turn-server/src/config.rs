@@ -1,0 +1,310 @@
+//! The typed configuration of `iceway-turn` (section `[turn]`, env `ICEWAY_TURN__<KEY>`) and its
+//! validation. Loading order: defaults -> TOML (`--config`) -> environment -> flags.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use iceway_service::{CommonArgs, ConfigError, ConfigLoader, LogFormat};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::DEFAULT_DENY_PEERS;
+use crate::proto::CoreConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "iceway-turn", version, about = "Iceway TURN relay and STUN Binding responder")]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Client listener (UDP and TCP on the same address); repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    #[arg(long, value_name = "REALM")]
+    pub realm: Option<String>,
+    /// TURN shared secrets, one per line, all accepted.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Advertised relay address (behind NAT / in Kubernetes); one per family.
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    pub external_ip: Vec<IpAddr>,
+    #[arg(long, value_name = "LO-HI")]
+    pub relay_range: Option<String>,
+    /// Peers allowed even when in the deny list.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub allow_peers: Vec<IpNet>,
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Static user for development; repeatable.
+    #[arg(long, value_name = "NAME:PASSWORD")]
+    pub user: Vec<String>,
+    /// Only the STUN Binding responder (no TURN).
+    #[arg(long)]
+    pub stun_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct File {
+    pub turn: TurnConfig,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    pub listen: Vec<SocketAddr>,
+    /// TLS listeners, used when `tls_cert` and `tls_key` are set.
+    pub tls_listen: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    pub log_format: LogFormat,
+    pub realm: String,
+    pub secret_file: Option<PathBuf>,
+    /// Inline secrets (prefer `secret_file`).
+    pub secrets: Vec<String>,
+    pub users: Vec<String>,
+    pub external_ip: Vec<IpAddr>,
+    /// Address relay sockets bind to; default: the first listen address's IP.
+    pub relay_ip: Option<IpAddr>,
+    pub relay_range: String,
+    pub allow_peers: Vec<IpNet>,
+    pub deny_peers: Vec<IpNet>,
+    pub user_quota: Option<u32>,
+    pub total_quota: Option<u32>,
+    pub max_kbps: Option<u32>,
+    pub default_lifetime_secs: u64,
+    pub max_lifetime_secs: u64,
+    pub nonce_lifetime_secs: u64,
+    pub strict_expiry: bool,
+    pub alternate_server: Option<SocketAddr>,
+    pub drain_deadline_secs: u64,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub stun_only: bool,
+    /// UDP shards (threads with their own SO_REUSEPORT socket); 0 = one per CPU.
+    pub threads: usize,
+    /// SO_RCVBUF / SO_SNDBUF asked for on every UDP socket.
+    pub socket_buffer_bytes: usize,
+    pub unauthorized_per_sec: u32,
+    pub unauthorized_burst: u32,
+}
+
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets and passwords never reach a log line.
+        f.debug_struct("TurnConfig")
+            .field("listen", &self.listen)
+            .field("tls_listen", &self.tls_listen)
+            .field("admin", &self.admin)
+            .field("realm", &self.realm)
+            .field("secret_file", &self.secret_file)
+            .field("secrets", &self.secrets.len())
+            .field("users", &self.users.len())
+            .field("external_ip", &self.external_ip)
+            .field("relay_range", &self.relay_range)
+            .field("allow_peers", &self.allow_peers)
+            .field("strict_expiry", &self.strict_expiry)
+            .field("stun_only", &self.stun_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 3478))],
+            tls_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5349))],
+            admin: SocketAddr::from(([0, 0, 0, 0], 9478)),
+            log_format: LogFormat::Text,
+            realm: "iceway".into(),
+            secret_file: None,
+            secrets: Vec::new(),
+            users: Vec::new(),
+            external_ip: Vec::new(),
+            relay_ip: None,
+            relay_range: "49152-65535".into(),
+            allow_peers: Vec::new(),
+            deny_peers: DEFAULT_DENY_PEERS.iter().filter_map(|s| s.parse().ok()).collect(),
+            user_quota: None,
+            total_quota: None,
+            max_kbps: None,
+            default_lifetime_secs: 600,
+            max_lifetime_secs: 3600,
+            nonce_lifetime_secs: 600,
+            strict_expiry: false,
+            alternate_server: None,
+            drain_deadline_secs: 30,
+            tls_cert: None,
+            tls_key: None,
+            stun_only: false,
+            threads: 0,
+            socket_buffer_bytes: 4 << 20,
+            unauthorized_per_sec: 20,
+            unauthorized_burst: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl TurnConfig {
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        Self::load_with_env(cli, None)
+    }
+
+    pub fn load_with_env(
+        cli: &Cli,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let strings = |v: &[String]| (!v.is_empty()).then(|| v.to_vec());
+        let display = |v: Vec<String>| (!v.is_empty()).then_some(v);
+        let file: File = ConfigLoader::new(&File { turn: TurnConfig::default() })?
+            .list_keys(&[
+                "turn.listen",
+                "turn.tls_listen",
+                "turn.secrets",
+                "turn.users",
+                "turn.external_ip",
+                "turn.allow_peers",
+                "turn.deny_peers",
+            ])
+            .file(cli.common.config.as_deref())
+            .set("turn.listen", display(cli.listen.iter().map(ToString::to_string).collect()))?
+            .set("turn.admin", cli.common.admin.map(|a| a.to_string()))?
+            .set(
+                "turn.log_format",
+                cli.common.log_format.map(|f| match f {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                }),
+            )?
+            .set("turn.realm", cli.realm.clone())?
+            .set("turn.secret_file", cli.secret_file.as_ref().map(|p| p.display().to_string()))?
+            .set("turn.external_ip", display(cli.external_ip.iter().map(ToString::to_string).collect()))?
+            .set("turn.relay_range", cli.relay_range.clone())?
+            .set("turn.allow_peers", display(cli.allow_peers.iter().map(ToString::to_string).collect()))?
+            .set("turn.tls_cert", cli.tls_cert.as_ref().map(|p| p.display().to_string()))?
+            .set("turn.tls_key", cli.tls_key.as_ref().map(|p| p.display().to_string()))?
+            .set("turn.users", strings(&cli.user))?
+            .set("turn.stun_only", cli.stun_only.then_some(true))?
+            .build_with_env(env)?;
+        let cfg = file.turn;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::invalid("turn.listen", "at least one listen address is needed"));
+        }
+        self.relay_range()?;
+        self.static_users()?;
+        if self.realm.is_empty() {
+            return Err(ConfigError::invalid("turn.realm", "must not be empty"));
+        }
+        if self.default_lifetime_secs == 0 || self.max_lifetime_secs < self.default_lifetime_secs {
+            return Err(ConfigError::invalid("turn.max_lifetime_secs", "must be >= default_lifetime_secs > 0"));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::invalid("turn.tls_key", "tls_cert and tls_key go together"));
+        }
+        if !self.stun_only && self.secret_file.is_none() && self.secrets.is_empty() && self.users.is_empty() {
+            return Err(ConfigError::invalid(
+                "turn.secret_file",
+                "no credentials: set secret_file, secrets or users (or stun_only)",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn relay_range(&self) -> Result<RelayRange, ConfigError> {
+        let bad = || ConfigError::invalid("turn.relay_range", format!("expected LO-HI, got {:?}", self.relay_range));
+        let (lo, hi) = self.relay_range.split_once('-').ok_or_else(bad)?;
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if lo == 0 || lo > hi {
+            return Err(bad());
+        }
+        Ok(RelayRange { lo, hi })
+    }
+
+    pub fn static_users(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.users
+            .iter()
+            .map(|u| {
+                u.split_once(':')
+                    .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+                    .map(|(n, p)| (n.to_owned(), p.to_owned()))
+                    .ok_or_else(|| ConfigError::invalid("turn.users", "expected NAME:PASSWORD"))
+            })
+            .collect()
+    }
+
+    pub fn relay_bind_ip(&self) -> IpAddr {
+        self.relay_ip.unwrap_or_else(|| self.listen[0].ip())
+    }
+
+    pub fn core(&self) -> CoreConfig {
+        CoreConfig {
+            realm: self.realm.clone(),
+            default_lifetime: Duration::from_secs(self.default_lifetime_secs),
+            max_lifetime: Duration::from_secs(self.max_lifetime_secs),
+            nonce_lifetime: Duration::from_secs(self.nonce_lifetime_secs.max(1)),
+            strict_expiry: self.strict_expiry,
+            external_ips: self.external_ip.clone(),
+            user_quota: self.user_quota,
+            total_quota: self.total_quota,
+            max_kbps: self.max_kbps,
+            alternate_server: self.alternate_server,
+            unauthorized_per_sec: self.unauthorized_per_sec,
+            unauthorized_burst: self.unauthorized_burst,
+            stun_only: self.stun_only,
+            ..CoreConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("iceway-turn").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_env_and_defaults() {
+        let c = cli(&["--listen", "127.0.0.1:3478", "--listen", "[::1]:3478", "--user", "a:b", "--allow-peers", "127.0.0.0/8,::1/128"]);
+        let env = HashMap::from([
+            ("ICEWAY_TURN__MAX_LIFETIME_SECS".to_owned(), "7200".to_owned()),
+            ("ICEWAY_TURN__REALM".to_owned(), "env.realm".to_owned()),
+        ]);
+        let cfg = TurnConfig::load_with_env(&c, Some(env)).expect("config");
+        assert_eq!(cfg.listen.len(), 2);
+        assert_eq!(cfg.max_lifetime_secs, 7200);
+        assert_eq!(cfg.realm, "env.realm");
+        assert_eq!(cfg.allow_peers.len(), 2);
+        assert_eq!(cfg.admin, "0.0.0.0:9478".parse().expect("addr"));
+        assert_eq!(cfg.relay_range().expect("range"), RelayRange { lo: 49152, hi: 65535 });
+        assert_eq!(cfg.deny_peers.len(), DEFAULT_DENY_PEERS.len());
+        assert!(!format!("{cfg:?}").contains("a:b"), "passwords never logged");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = TurnConfig::load_with_env(&cli(&["--user", "a:b", "--relay-range", "9-1"]), Some(HashMap::new()))
+            .expect_err("bad range");
+        assert!(err.to_string().contains("turn.relay_range"), "{err}");
+        let err = TurnConfig::load_with_env(&cli(&[]), Some(HashMap::new())).expect_err("no credentials");
+        assert!(err.to_string().contains("turn.secret_file"), "{err}");
+        let env = HashMap::from([("ICEWAY_TURN__TOTAL_QUOTA".to_owned(), "lots".to_owned())]);
+        let err = TurnConfig::load_with_env(&cli(&["--stun-only"]), Some(env)).expect_err("bad quota");
+        assert!(err.to_string().contains("turn.total_quota"), "{err}");
+    }
+}

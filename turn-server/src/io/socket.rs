@@ -1,0 +1,78 @@
+//! Socket creation: SO_REUSEPORT listeners, relay ports in the configured range, enlarged
+//! buffers with a warning when the kernel caps them.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::RelayRange;
+
+fn udp_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Asks for `bytes` of receive and send buffer and reports what the kernel granted (Linux
+/// reports twice the usable size, and silently caps at net.core.rmem_max / wmem_max).
+pub fn enlarge_buffers(socket: &Socket, bytes: usize, what: &str, warn: bool) {
+    if bytes == 0 {
+        return;
+    }
+    let _ = socket.set_recv_buffer_size(bytes);
+    let _ = socket.set_send_buffer_size(bytes);
+    if !warn {
+        return;
+    }
+    let got_rcv = socket.recv_buffer_size().unwrap_or(0);
+    let got_snd = socket.send_buffer_size().unwrap_or(0);
+    if got_rcv < bytes || got_snd < bytes {
+        tracing::warn!(
+            socket = what,
+            requested = bytes,
+            recv_buffer = got_rcv,
+            send_buffer = got_snd,
+            "kernel capped UDP socket buffers; raise net.core.rmem_max / wmem_max to avoid drops under load"
+        );
+    }
+}
+
+/// A client listener; several shards bind the same address with SO_REUSEPORT and the kernel
+/// spreads clients across them by 4-tuple hash.
+pub fn reuseport_udp(addr: SocketAddr, buffer: usize, warn: bool) -> io::Result<std::net::UdpSocket> {
+    let socket = udp_socket(addr)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    enlarge_buffers(&socket, buffer, "listener", warn);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Binds a relay socket on a random port of `range` (even when asked), retrying taken ports.
+pub fn bind_relay(ip: IpAddr, range: RelayRange, even: bool, buffer: usize) -> io::Result<std::net::UdpSocket> {
+    let span = u32::from(range.hi - range.lo) + 1;
+    let tries = span.min(64);
+    let mut last = io::Error::new(io::ErrorKind::AddrInUse, "relay range exhausted");
+    for _ in 0..tries {
+        let mut port = range.lo + rand::random_range(0..span) as u16;
+        if even && port % 2 == 1 {
+            port = if port == range.hi { port - 1 } else { port + 1 };
+            if port < range.lo {
+                continue;
+            }
+        }
+        let addr = SocketAddr::new(ip, port);
+        let socket = udp_socket(addr)?;
+        enlarge_buffers(&socket, buffer, "relay", false);
+        match socket.bind(&addr.into()) {
+            Ok(()) => return Ok(socket.into()),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}

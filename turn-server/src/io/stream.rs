@@ -1,0 +1,218 @@
+//! TURN over TCP and TLS (RFC 8656 §3.1): STUN messages and padded ChannelData framed back to back
+//! on the stream (RFC 4571-style: each frame's own length field delimits it). One task per
+//! connection owns a one-connection protocol core and the allocation's relay sockets; the
+//! allocation ends with the connection.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+use super::socket;
+use super::udp::RelaySettings;
+use crate::proto::channel_data::stream_frame_len;
+use crate::proto::{Family, FiveTuple, Now, Output, Relay, RelayError, RelayId, RelayPorts, Server, Shared, Transport};
+
+/// Longest frame: a STUN message of 65535 bytes after its 20-byte header.
+const MAX_FRAME: usize = 20 + 65_535;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("stream is not STUN/TURN (first byte {0:#04x})")]
+    NotTurn(u8),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Splits a byte stream into STUN messages and ChannelData frames.
+#[derive(Debug, Default)]
+pub struct TurnFrames;
+
+impl Decoder for TurnFrames {
+    type Item = BytesMut;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+        let Some(first4) = src.get(..4) else { return Ok(None) };
+        let first4 = [first4[0], first4[1], first4[2], first4[3]];
+        let len = stream_frame_len(first4).ok_or(FrameError::NotTurn(first4[0]))?;
+        if src.len() < len {
+            src.reserve(len.min(MAX_FRAME) - src.len());
+            return Ok(None);
+        }
+        Ok(Some(src.split_to(len)))
+    }
+}
+
+/// Relay sockets of one connection's allocation (at most one per family).
+struct ConnRelays {
+    settings: RelaySettings,
+    sockets: Vec<(RelayId, UdpSocket)>,
+    next: RelayId,
+}
+
+impl RelayPorts for ConnRelays {
+    fn allocate(&mut self, family: Family, even_port: bool) -> Result<Relay, RelayError> {
+        let ip = match family {
+            Family::V4 => self.settings.v4,
+            Family::V6 => self.settings.v6,
+        }
+        .ok_or(RelayError::FamilyUnsupported)?;
+        let std = socket::bind_relay(ip, self.settings.range, even_port, self.settings.buffer)
+            .map_err(|_| RelayError::Exhausted)?;
+        let local = std.local_addr().map_err(|_| RelayError::Exhausted)?;
+        let socket = UdpSocket::from_std(std).map_err(|_| RelayError::Exhausted)?;
+        self.next += 1;
+        self.sockets.push((self.next, socket));
+        Ok(Relay { id: self.next, local })
+    }
+
+    fn release(&mut self, id: RelayId) {
+        self.sockets.retain(|(i, _)| *i != id);
+    }
+}
+
+impl ConnRelays {
+    fn get(&self, id: RelayId) -> Option<&UdpSocket> {
+        self.sockets.iter().find(|(i, _)| *i == id).map(|(_, s)| s)
+    }
+}
+
+/// Waits for a datagram on any relay socket; pending forever when there are none.
+async fn recv_any(sockets: &[(RelayId, UdpSocket)], buf: &mut [u8]) -> io::Result<(RelayId, usize, SocketAddr)> {
+    poll_fn(|cx| {
+        for (id, s) in sockets {
+            let mut rb = tokio::io::ReadBuf::new(buf);
+            if let Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
+                return Poll::Ready(r.map(|addr| (*id, rb.filled().len(), addr)));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+pub async fn serve_connection<S>(stream: S, ft: FiveTuple, shared: Arc<Shared>, settings: RelaySettings, stop: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(reader, TurnFrames);
+    let mut server = Server::new(shared);
+    let mut relays = ConnRelays { settings, sockets: Vec::new(), next: 0 };
+    let mut buf = vec![0u8; 65_536];
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            frame = frames.next() => match frame {
+                Some(Ok(frame)) => server.handle_client(frame.chunk(), ft, Now::system(), &mut relays),
+                Some(Err(e)) => {
+                    tracing::debug!(client = %ft.client, error = %e, "closing stream");
+                    break;
+                }
+                None => break,
+            },
+            r = recv_any(&relays.sockets, &mut buf) => {
+                if let Ok((id, n, peer)) = r {
+                    server.handle_peer(id, peer, &buf[..n], Instant::now());
+                }
+            }
+            _ = sweep.tick() => server.sweep(Now::system(), &mut relays),
+            _ = stop.cancelled() => break,
+        }
+        let mut failed = false;
+        while let Some(out) = server.poll_output() {
+            match out {
+                Output::ToClient { data, .. } => {
+                    if writer.write_all(&data).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                Output::ToPeer { relay, peer, data } => {
+                    if let Some(s) = relays.get(relay) {
+                        let _ = s.try_send_to(&data, peer);
+                    }
+                }
+            }
+        }
+        if failed {
+            break;
+        }
+    }
+    server.connection_closed(&ft, Instant::now(), &mut relays);
+    server.flush_stats();
+}
+
+/// Accepts TCP (and, with `tls`, TLS) connections until `stop`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    settings: RelaySettings,
+    stop: CancellationToken,
+) {
+    let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
+    let Ok(local) = listener.local_addr() else { return };
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.cancelled() => return,
+        };
+        let (tcp, client) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let server_addr = tcp.local_addr().unwrap_or(local);
+        let ft = FiveTuple { client, server: server_addr, transport };
+        let (shared, settings, stop, tls) = (Arc::clone(&shared), settings.clone(), stop.clone(), tls.clone());
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(tcp, ft, shared, settings, stop).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => serve_connection(stream, ft, shared, settings, stop).await,
+                        Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_stun_and_padded_channel_data() {
+        let mut codec = TurnFrames;
+        let mut src = BytesMut::new();
+        src.extend_from_slice(&[0x00, 0x01, 0x00, 0x00]);
+        src.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        assert!(codec.decode(&mut src).expect("ok").is_none(), "header incomplete");
+        src.extend_from_slice(&[0u8; 12]);
+        src.extend_from_slice(&[0x40, 0x00, 0x00, 0x01, 0xaa, 0, 0, 0, 0x40]);
+        assert_eq!(codec.decode(&mut src).expect("ok").expect("stun").len(), 20);
+        assert_eq!(codec.decode(&mut src).expect("ok").expect("channel data").len(), 8);
+        assert!(codec.decode(&mut src).expect("ok").is_none());
+        let mut bad = BytesMut::from(&[0xff, 0, 0, 0][..]);
+        assert!(matches!(codec.decode(&mut bad), Err(FrameError::NotTurn(0xff))));
+    }
+}

@@ -1,0 +1,386 @@
+//! One UDP shard: a thread with its own SO_REUSEPORT listener sockets, its own allocations and
+//! relay sockets, and one mio poll over all of them. Nothing on the per-packet path is shared
+//! with other shards: no lock, no task hop, no timer per allocation (one sweep per second).
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
+
+use super::socket;
+use crate::config::RelayRange;
+use crate::proto::channel_data::{self, HEADER_LEN};
+use crate::proto::server::data_indication;
+use crate::proto::{Family, FiveTuple, Now, Output, PeerRoute, Relay, RelayError, RelayId, RelayPorts, Server, Shared, Transport};
+
+const WAKER: Token = Token(usize::MAX);
+const LISTENER_BASE: usize = usize::MAX / 2;
+/// One slot holds a GRO-coalesced batch or one maximum-size datagram.
+const SLOT: usize = 65_536;
+/// Batches drained from one socket before others get a turn.
+const BUDGET: usize = 16;
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+struct Listener {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    local: SocketAddr,
+}
+
+struct RelaySocket {
+    socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub v4: Option<IpAddr>,
+    pub v6: Option<IpAddr>,
+    pub range: RelayRange,
+    pub buffer: usize,
+}
+
+/// Relay sockets of this shard, indexed by `RelayId` (= mio token).
+struct RelayTable {
+    registry: mio::Registry,
+    slots: Vec<Option<RelaySocket>>,
+    free: Vec<usize>,
+    settings: RelaySettings,
+}
+
+impl RelayPorts for RelayTable {
+    fn allocate(&mut self, family: Family, even_port: bool) -> Result<Relay, RelayError> {
+        let ip = match family {
+            Family::V4 => self.settings.v4,
+            Family::V6 => self.settings.v6,
+        }
+        .ok_or(RelayError::FamilyUnsupported)?;
+        let std = socket::bind_relay(ip, self.settings.range, even_port, self.settings.buffer).map_err(|e| {
+            tracing::warn!(error = %e, "cannot bind a relay socket");
+            RelayError::Exhausted
+        })?;
+        let local = std.local_addr().map_err(|_| RelayError::Exhausted)?;
+        let state = UdpSocketState::new((&std).into()).map_err(|_| RelayError::Exhausted)?;
+        let mut socket = UdpSocket::from_std(std);
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        if self.registry.register(&mut socket, Token(id), Interest::READABLE).is_err() {
+            self.free.push(id);
+            return Err(RelayError::Exhausted);
+        }
+        self.slots[id] = Some(RelaySocket { socket, state });
+        Ok(Relay { id, local })
+    }
+
+    fn release(&mut self, id: RelayId) {
+        if let Some(mut r) = self.slots.get_mut(id).and_then(Option::take) {
+            let _ = self.registry.deregister(&mut r.socket);
+            self.free.push(id);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sock {
+    Listener(usize),
+    Relay(RelayId),
+}
+
+/// Outgoing datagrams coalesced into GSO sends: consecutive datagrams to the same destination
+/// with the same size leave in one sendmsg.
+struct Outbox {
+    buf: Vec<u8>,
+    sock: Sock,
+    to: SocketAddr,
+    src_ip: Option<IpAddr>,
+    segment: usize,
+    count: usize,
+    /// The last segment was shorter than `segment`: nothing more can follow it.
+    closed: bool,
+}
+
+struct Sockets<'a> {
+    listeners: &'a [Listener],
+    relays: &'a RelayTable,
+}
+
+impl Sockets<'_> {
+    fn get(&self, sock: Sock) -> Option<(&UdpSocket, &UdpSocketState)> {
+        match sock {
+            Sock::Listener(i) => self.listeners.get(i).map(|l| (&l.socket, &l.state)),
+            Sock::Relay(id) => self.relays.slots.get(id).and_then(Option::as_ref).map(|r| (&r.socket, &r.state)),
+        }
+    }
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Self {
+            buf: Vec::with_capacity(SLOT),
+            sock: Sock::Listener(0),
+            to: SocketAddr::from(([0, 0, 0, 0], 0)),
+            src_ip: None,
+            segment: 0,
+            count: 0,
+            closed: false,
+        }
+    }
+
+    fn push(&mut self, sockets: &Sockets<'_>, sock: Sock, to: SocketAddr, src_ip: Option<IpAddr>, header: &[u8], payload: &[u8]) {
+        let len = header.len() + payload.len();
+        let max_segments = sockets.get(sock).map_or(1, |(_, s)| s.max_gso_segments().min(BATCH_SIZE));
+        let joins = self.count > 0
+            && !self.closed
+            && self.sock == sock
+            && self.to == to
+            && self.src_ip == src_ip
+            && len <= self.segment
+            && self.count < max_segments
+            && self.buf.len() + len <= SLOT;
+        if !joins {
+            self.flush(sockets);
+            self.sock = sock;
+            self.to = to;
+            self.src_ip = src_ip;
+            self.segment = len;
+        }
+        self.buf.extend_from_slice(header);
+        self.buf.extend_from_slice(payload);
+        self.count += 1;
+        self.closed = len < self.segment;
+    }
+
+    fn flush(&mut self, sockets: &Sockets<'_>) {
+        if self.count == 0 {
+            return;
+        }
+        if let Some((socket, state)) = sockets.get(self.sock) {
+            let transmit = Transmit {
+                destination: self.to,
+                ecn: None,
+                contents: &self.buf,
+                segment_size: (self.count > 1).then_some(self.segment),
+                src_ip: self.src_ip,
+            };
+            // A full socket buffer drops the datagrams, as the network would.
+            if let Err(e) = state.send(socket.into(), &transmit) {
+                tracing::trace!(error = %e, "send dropped");
+            }
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+    }
+}
+
+/// What the I/O thread needs to run one shard.
+pub struct ShardSpec {
+    pub index: usize,
+    pub listeners: Vec<std::net::UdpSocket>,
+    pub relays: RelaySettings,
+    pub shared: Arc<Shared>,
+    pub stop: Arc<AtomicBool>,
+}
+
+pub struct ShardHandle {
+    pub waker: Arc<Waker>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+pub fn spawn(spec: ShardSpec) -> io::Result<ShardHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let registry = poll.registry().try_clone()?;
+    let mut listeners = Vec::new();
+    for (i, std) in spec.listeners.into_iter().enumerate() {
+        let local = std.local_addr()?;
+        let state = UdpSocketState::new((&std).into())?;
+        let mut socket = UdpSocket::from_std(std);
+        poll.registry().register(&mut socket, Token(LISTENER_BASE + i), Interest::READABLE)?;
+        listeners.push(Listener { socket, state, local });
+    }
+    let relays = RelayTable { registry, slots: Vec::new(), free: Vec::new(), settings: spec.relays };
+    let server = Server::new(spec.shared);
+    let stop = spec.stop;
+    let thread = std::thread::Builder::new().name(format!("turn-udp-{}", spec.index)).spawn(move || {
+        let mut shard = Shard { poll, listeners, relays, server, outbox: Outbox::new(), stop };
+        shard.run();
+    })?;
+    Ok(ShardHandle { waker, thread })
+}
+
+struct Shard {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    relays: RelayTable,
+    server: Server,
+    outbox: Outbox,
+    stop: Arc<AtomicBool>,
+}
+
+struct RecvBufs {
+    slots: Vec<u8>,
+    meta: [RecvMeta; BATCH_SIZE],
+}
+
+impl RecvBufs {
+    fn new() -> Self {
+        Self { slots: vec![0; SLOT * BATCH_SIZE], meta: [RecvMeta::default(); BATCH_SIZE] }
+    }
+
+    fn recv(&mut self, socket: &UdpSocket, state: &UdpSocketState) -> io::Result<usize> {
+        let mut rest: &mut [u8] = &mut self.slots;
+        let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+            let (slot, tail) = std::mem::take(&mut rest).split_at_mut(SLOT);
+            rest = tail;
+            IoSliceMut::new(slot)
+        });
+        state.recv(socket.into(), &mut iovs, &mut self.meta)
+    }
+}
+
+impl Shard {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut bufs = RecvBufs::new();
+        let mut pending: Vec<Token> = Vec::new();
+        let mut next_sweep = Instant::now() + SWEEP_EVERY;
+        loop {
+            let timeout = if pending.is_empty() { next_sweep.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "poll failed");
+                    break;
+                }
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let mut ready: Vec<Token> = std::mem::take(&mut pending);
+            ready.extend(events.iter().filter(|e| e.token() != WAKER).map(|e| e.token()));
+            ready.dedup();
+            for token in ready {
+                let more = if token.0 >= LISTENER_BASE {
+                    self.drain_listener(token.0 - LISTENER_BASE, &mut bufs)
+                } else {
+                    self.drain_relay(token.0, &mut bufs)
+                };
+                if more {
+                    pending.push(token);
+                }
+            }
+            let now = Instant::now();
+            if now >= next_sweep {
+                self.server.sweep(Now::system(), &mut self.relays);
+                next_sweep = now + SWEEP_EVERY;
+            }
+        }
+        self.server.close_all(Instant::now(), &mut self.relays);
+    }
+
+    /// Returns true when the budget ran out before the socket was empty.
+    fn drain_listener(&mut self, index: usize, bufs: &mut RecvBufs) -> bool {
+        for _ in 0..BUDGET {
+            let Some(l) = self.listeners.get(index) else { return false };
+            let local = l.local;
+            let n = match bufs.recv(&l.socket, &l.state) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "listener recv error");
+                    continue;
+                }
+            };
+            let now = Now::system();
+            for (slot, meta) in bufs.slots.chunks(SLOT).zip(&bufs.meta).take(n) {
+                let server_addr = match meta.dst_ip {
+                    Some(ip) if local.ip().is_unspecified() => SocketAddr::new(ip, local.port()),
+                    _ => local,
+                };
+                let ft = FiveTuple { client: meta.addr, server: server_addr, transport: Transport::Udp };
+                let stride = meta.stride.max(1);
+                for datagram in slot[..meta.len].chunks(stride) {
+                    self.client_datagram(index, &ft, datagram, now);
+                }
+            }
+            self.outbox.flush(&Sockets { listeners: &self.listeners, relays: &self.relays });
+        }
+        true
+    }
+
+    fn client_datagram(&mut self, index: usize, ft: &FiveTuple, data: &[u8], now: Now) {
+        if channel_data::is_channel_data(data) {
+            // The fast path: no `stun`, no allocation; the payload leaves from the receive buffer.
+            if let Ok(cd) = channel_data::parse(data) {
+                if let Some((relay, peer)) = self.server.route_channel_data(ft, cd.number, cd.payload.len(), now.instant) {
+                    let sockets = Sockets { listeners: &self.listeners, relays: &self.relays };
+                    self.outbox.push(&sockets, Sock::Relay(relay), peer, None, &[], cd.payload);
+                }
+            }
+            return;
+        }
+        self.server.handle_client(data, *ft, now, &mut self.relays);
+        let src_ip = self.listeners[index].local.ip().is_unspecified().then_some(ft.server.ip());
+        while let Some(out) = self.server.poll_output() {
+            let sockets = Sockets { listeners: &self.listeners, relays: &self.relays };
+            match out {
+                Output::ToClient { to, data } => self.outbox.push(&sockets, Sock::Listener(index), to.client, src_ip, &[], &data),
+                Output::ToPeer { relay, peer, data } => self.outbox.push(&sockets, Sock::Relay(relay), peer, None, &[], &data),
+            }
+        }
+    }
+
+    fn listener_for(&self, server: SocketAddr) -> Option<(usize, Option<IpAddr>)> {
+        self.listeners.iter().position(|l| l.local == server).map(|i| (i, None)).or_else(|| {
+            self.listeners
+                .iter()
+                .position(|l| l.local.port() == server.port() && l.local.ip().is_unspecified() && l.local.is_ipv4() == server.is_ipv4())
+                .map(|i| (i, Some(server.ip())))
+        })
+    }
+
+    fn drain_relay(&mut self, id: RelayId, bufs: &mut RecvBufs) -> bool {
+        for _ in 0..BUDGET {
+            let Some(Some(r)) = self.relays.slots.get(id) else { return false };
+            let n = match bufs.recv(&r.socket, &r.state) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "relay recv error");
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            for (slot, meta) in bufs.slots.chunks(SLOT).zip(&bufs.meta).take(n) {
+                let stride = meta.stride.max(1);
+                for payload in slot[..meta.len].chunks(stride) {
+                    let (to, header) = match self.server.route_from_peer(id, meta.addr, payload.len(), now) {
+                        PeerRoute::Drop => continue,
+                        PeerRoute::Channel { to, number } => {
+                            (to, Some(channel_data::header(number, payload.len() as u16)))
+                        }
+                        PeerRoute::Indication { to } => (to, None),
+                    };
+                    let Some((index, src_ip)) = self.listener_for(to.server) else { continue };
+                    let sockets = Sockets { listeners: &self.listeners, relays: &self.relays };
+                    match header {
+                        Some(h) => self.outbox.push(&sockets, Sock::Listener(index), to.client, src_ip, &h[..HEADER_LEN], payload),
+                        None => {
+                            let data = data_indication(meta.addr, payload);
+                            self.outbox.push(&sockets, Sock::Listener(index), to.client, src_ip, &[], &data);
+                        }
+                    }
+                }
+            }
+            self.outbox.flush(&Sockets { listeners: &self.listeners, relays: &self.relays });
+        }
+        true
+    }
+}

@@ -1,0 +1,506 @@
+//! The protocol rules as plain tests: bytes in, bytes out, time advanced by hand.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use stun::attributes::*;
+use stun::integrity::MessageIntegrity;
+use stun::message::*;
+
+use super::credentials::{CredentialFailure, CredentialStore, Grant, StaticUsers, long_term_key};
+use super::message::{self as msg};
+use super::server::*;
+use crate::metrics::Metrics;
+use crate::policy::{PeerPolicy, default_deny};
+
+const REALM: &str = "test.realm";
+
+struct FakeRelays {
+    next: usize,
+    released: Vec<RelayId>,
+    v6: bool,
+    exhausted: bool,
+}
+
+impl RelayPorts for FakeRelays {
+    fn allocate(&mut self, family: Family, _even: bool) -> Result<Relay, RelayError> {
+        if self.exhausted {
+            return Err(RelayError::Exhausted);
+        }
+        self.next += 1;
+        let local: SocketAddr = match family {
+            Family::V4 => format!("10.0.0.1:{}", 50000 + self.next),
+            Family::V6 if self.v6 => format!("[fd00::1]:{}", 50000 + self.next),
+            Family::V6 => return Err(RelayError::FamilyUnsupported),
+        }
+        .parse()
+        .expect("addr");
+        Ok(Relay { id: self.next, local })
+    }
+
+    fn release(&mut self, id: RelayId) {
+        self.released.push(id);
+    }
+}
+
+/// Credentials that expire at a fixed time, with per-user limits.
+struct Expiring {
+    expires_at: SystemTime,
+    alloc: Option<u32>,
+}
+
+impl CredentialStore for Expiring {
+    fn lookup(&self, username: &str, realm: &str, now: SystemTime) -> Result<Grant, CredentialFailure> {
+        if now >= self.expires_at {
+            return Err(CredentialFailure { reason: "expired" });
+        }
+        Ok(Grant {
+            user: username.split(':').next_back().unwrap_or(username).to_owned(),
+            keys: vec![long_term_key(username, realm, "pw")],
+            expires_at: Some(self.expires_at),
+            alloc_limit: self.alloc,
+            kbps: None,
+        })
+    }
+}
+
+struct Harness {
+    server: Server,
+    relays: FakeRelays,
+    now: Now,
+    client: FiveTuple,
+}
+
+fn config() -> CoreConfig {
+    CoreConfig { realm: REALM.into(), external_ips: vec!["203.0.113.7".parse().expect("ip")], ..CoreConfig::default() }
+}
+
+fn harness_with(config: CoreConfig, creds: Box<dyn CredentialStore>) -> Harness {
+    let policy = PeerPolicy::new(Vec::new(), default_deny());
+    let shared = Arc::new(Shared::new(config, creds, policy, Metrics::new().expect("metrics")));
+    Harness {
+        server: Server::new(shared),
+        relays: FakeRelays { next: 0, released: Vec::new(), v6: true, exhausted: false },
+        now: Now { instant: Instant::now(), unix: SystemTime::now() },
+        client: FiveTuple {
+            client: "198.51.100.1:40000".parse().expect("addr"),
+            server: "192.0.2.10:3478".parse().expect("addr"),
+            transport: Transport::Udp,
+        },
+    }
+}
+
+fn harness() -> Harness {
+    harness_with(config(), Box::new(StaticUsers::new(&[("alice".into(), "pw".into())], REALM)))
+}
+
+struct Req {
+    m: Message,
+}
+
+impl Req {
+    fn new(method: Method) -> Self {
+        let mut m = Message::new();
+        m.set_type(MessageType::new(method, CLASS_REQUEST));
+        m.transaction_id = stun::agent::TransactionId::new();
+        m.write_header();
+        Self { m }
+    }
+
+    fn attr(mut self, t: AttrType, v: &[u8]) -> Self {
+        self.m.add(t, v);
+        self
+    }
+
+    fn peer(mut self, addr: &str) -> Self {
+        msg::add_xor_address(&mut self.m, ATTR_XOR_PEER_ADDRESS, addr.parse().expect("addr"));
+        self
+    }
+
+    fn udp(self) -> Self {
+        self.attr(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+    }
+
+    fn auth(mut self, user: &str, password: &str, nonce: &str) -> Vec<u8> {
+        self.m.add(ATTR_USERNAME, user.as_bytes());
+        self.m.add(ATTR_REALM, REALM.as_bytes());
+        self.m.add(ATTR_NONCE, nonce.as_bytes());
+        MessageIntegrity::new_long_term_integrity(user.into(), REALM.into(), password.into())
+            .add_to(&mut self.m)
+            .expect("integrity");
+        stun::fingerprint::FINGERPRINT.add_to(&mut self.m).expect("fingerprint");
+        self.m.raw
+    }
+
+    fn bytes(self) -> Vec<u8> {
+        self.m.raw
+    }
+}
+
+impl Harness {
+    fn send(&mut self, bytes: &[u8]) -> Vec<Output> {
+        self.server.handle_client(bytes, self.client, self.now, &mut self.relays);
+        std::iter::from_fn(|| self.server.poll_output()).collect()
+    }
+
+    /// Sends and expects exactly one response to the client; returns it decoded.
+    fn ask(&mut self, bytes: &[u8]) -> Message {
+        let out = self.send(bytes);
+        assert_eq!(out.len(), 1, "expected one reply, got {out:?}");
+        match &out[0] {
+            Output::ToClient { data, .. } => msg::decode(data).map_err(|e| e.0).expect("reply decodes"),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn nonce(&mut self) -> String {
+        let r = self.ask(&Req::new(METHOD_ALLOCATE).udp().bytes());
+        assert_eq!(code(&r), Some(401));
+        String::from_utf8(msg::first(&r, ATTR_NONCE).expect("nonce").to_vec()).expect("utf8")
+    }
+
+    fn allocate(&mut self) -> (Message, String) {
+        let nonce = self.nonce();
+        let r = self.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce));
+        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate failed: {:?}", code(&r));
+        (r, nonce)
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now.instant += Duration::from_secs(secs);
+        self.now.unix += Duration::from_secs(secs);
+    }
+}
+
+fn code(m: &Message) -> Option<u16> {
+    let v = msg::first(m, ATTR_ERROR_CODE)?;
+    Some(u16::from(v[2]) * 100 + u16::from(v[3]))
+}
+
+fn xor_addr(m: &Message, t: AttrType) -> SocketAddr {
+    msg::decode_xor_address(msg::first(m, t).expect("address attr"), &m.transaction_id.0).expect("address")
+}
+
+fn verify(m: &Message, user: &str, password: &str) {
+    let mut m = m.clone();
+    MessageIntegrity(long_term_key(user, REALM, password).to_vec()).check(&mut m).expect("response integrity");
+}
+
+#[test]
+fn binding_returns_the_mapped_address() {
+    let mut h = harness();
+    let r = h.ask(&Req::new(METHOD_BINDING).bytes());
+    assert_eq!(r.typ, BINDING_SUCCESS);
+    assert_eq!(xor_addr(&r, ATTR_XORMAPPED_ADDRESS), h.client.client);
+    assert!(msg::first(&r, ATTR_SOFTWARE).is_some());
+    stun::fingerprint::FINGERPRINT.check(&r).expect("fingerprint");
+}
+
+#[test]
+fn allocate_challenges_then_succeeds_with_external_ip() {
+    let mut h = harness();
+    let (r, _) = h.allocate();
+    verify(&r, "alice", "pw");
+    let relayed = xor_addr(&r, ATTR_XOR_RELAYED_ADDRESS);
+    assert_eq!(relayed, "203.0.113.7:50001".parse().expect("addr"));
+    assert_eq!(xor_addr(&r, ATTR_XORMAPPED_ADDRESS), h.client.client);
+    assert_eq!(msg::u32_attr(&r, ATTR_LIFETIME), Some(Ok(600)));
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn retransmitted_allocate_gets_the_original_success_and_a_new_one_437() {
+    let mut h = harness();
+    let nonce = h.nonce();
+    let req = Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce);
+    let first = h.send(&req);
+    let again = h.send(&req);
+    match (&first[..], &again[..]) {
+        ([Output::ToClient { data: a, .. }], [Output::ToClient { data: b, .. }]) => assert_eq!(a, b),
+        other => panic!("unexpected {other:?}"),
+    }
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(437));
+    verify(&r, "alice", "pw");
+}
+
+#[test]
+fn wrong_password_and_unknown_user_get_401() {
+    let mut h = harness();
+    let nonce = h.nonce();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "nope", &nonce));
+    assert_eq!(code(&r), Some(401));
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("mallory", "pw", &nonce));
+    assert_eq!(code(&r), Some(401));
+    assert!(msg::first(&r, ATTR_NONCE).is_some());
+}
+
+#[test]
+fn stale_and_foreign_nonces_get_438() {
+    let mut h = harness();
+    let nonce = h.nonce();
+    h.advance(601);
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(438));
+    let fresh = String::from_utf8(msg::first(&r, ATTR_NONCE).expect("nonce").to_vec()).expect("utf8");
+    assert_ne!(fresh, nonce);
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", "0000000000000000deadbeef"));
+    assert_eq!(code(&r), Some(438));
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &fresh));
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+}
+
+#[test]
+fn request_checks_give_the_rfc_codes() {
+    let mut h = harness();
+    let nonce = h.nonce();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(400), "missing REQUESTED-TRANSPORT");
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).attr(ATTR_REQUESTED_TRANSPORT, &[6, 0, 0, 0]).auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(442));
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0]).auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(440));
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(AttrType(0x7ff0), &[1, 2, 3, 4]).auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(420));
+    assert_eq!(msg::first(&r, ATTR_UNKNOWN_ATTRIBUTES), Some(&[0x7f, 0xf0][..]));
+    let r = h.ask(&Req::new(METHOD_REFRESH).auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(437));
+    h.relays.exhausted = true;
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(508));
+    assert_eq!(h.server.shared().quotas.total(), 0, "quota returned after a failed allocate");
+}
+
+#[test]
+fn permissions_send_indications_and_peer_data() {
+    let mut h = harness();
+    let (_, nonce) = h.allocate();
+    let peer: SocketAddr = "198.51.100.9:7000".parse().expect("addr");
+    // No permission yet: dropped both ways.
+    let mut send = Req::new(METHOD_SEND).peer("198.51.100.9:7000").attr(ATTR_DATA, b"hi");
+    send.m.set_type(MessageType::new(METHOD_SEND, CLASS_INDICATION));
+    send.m.write_header();
+    let send = send.bytes();
+    assert!(h.send(&send).is_empty());
+    assert_eq!(h.server.route_from_peer(1, peer, 2, h.now.instant), PeerRoute::Drop);
+
+    let r = h.ask(&Req::new(METHOD_CREATE_PERMISSION).peer("198.51.100.9:7000").auth("alice", "pw", &nonce));
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    match &h.send(&send)[..] {
+        [Output::ToPeer { relay: 1, peer: p, data }] => {
+            assert_eq!(*p, peer);
+            assert_eq!(data, b"hi");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    h.server.handle_peer(1, peer, b"back", h.now.instant);
+    let Some(Output::ToClient { data, .. }) = h.server.poll_output() else { panic!("no data indication") };
+    let m = msg::decode(&data).map_err(|e| e.0).expect("indication");
+    assert_eq!(m.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
+    assert_eq!(msg::first(&m, ATTR_DATA), Some(&b"back"[..]));
+    assert_eq!(xor_addr(&m, ATTR_XOR_PEER_ADDRESS), peer);
+
+    // Permissions last 300 s.
+    h.advance(301);
+    assert_eq!(h.server.route_from_peer(1, peer, 2, h.now.instant), PeerRoute::Drop);
+}
+
+#[test]
+fn channel_bind_and_channel_data_both_ways() {
+    let mut h = harness();
+    let (_, nonce) = h.allocate();
+    let peer: SocketAddr = "198.51.100.9:7000".parse().expect("addr");
+    let r = h.ask(
+        &Req::new(METHOD_CHANNEL_BIND)
+            .attr(ATTR_CHANNEL_NUMBER, &[0x40, 0x01, 0, 0])
+            .peer("198.51.100.9:7000")
+            .auth("alice", "pw", &nonce),
+    );
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    let frame = [0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c', 0];
+    match &h.send(&frame)[..] {
+        [Output::ToPeer { peer: p, data, .. }] => {
+            assert_eq!(*p, peer);
+            assert_eq!(data, b"abc");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        h.server.route_from_peer(1, peer, 3, h.now.instant),
+        PeerRoute::Channel { to: h.client, number: 0x4001 }
+    );
+    // Out of range, and a second number for the same peer.
+    for (number, peer) in [([0x3f, 0xff], "198.51.100.9:7000"), ([0x50, 0x00], "198.51.100.9:7000"), ([0x40, 0x02], "198.51.100.9:7000")] {
+        let r = h.ask(
+            &Req::new(METHOD_CHANNEL_BIND).attr(ATTR_CHANNEL_NUMBER, &[number[0], number[1], 0, 0]).peer(peer).auth("alice", "pw", &nonce),
+        );
+        assert_eq!(code(&r), Some(400));
+    }
+    // Channel bindings last 600 s, but the permission (300 s) must be refreshed too.
+    h.advance(301);
+    assert!(h.send(&frame).is_empty());
+}
+
+#[test]
+fn denied_peers_get_403() {
+    let mut h = harness();
+    let (_, nonce) = h.allocate();
+    for peer in ["169.254.169.254:80", "127.0.0.1:9", "[::ffff:127.0.0.1]:9", "10.1.1.1:1", "0.0.0.0:1"] {
+        let r = h.ask(&Req::new(METHOD_CREATE_PERMISSION).peer(peer).auth("alice", "pw", &nonce));
+        assert_eq!(code(&r), Some(403), "{peer}");
+    }
+    let r = h.ask(&Req::new(METHOD_CHANNEL_BIND).attr(ATTR_CHANNEL_NUMBER, &[0x40, 0, 0, 0]).peer("127.0.0.1:9").auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(403));
+    // An IPv6 peer on an IPv4-only allocation.
+    let r = h.ask(&Req::new(METHOD_CREATE_PERMISSION).peer("[2001:db8::1]:9").auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(443));
+}
+
+#[test]
+fn refresh_extends_and_zero_deletes() {
+    let mut h = harness();
+    let (_, nonce) = h.allocate();
+    h.advance(500);
+    let r = h.ask(&Req::new(METHOD_REFRESH).attr(ATTR_LIFETIME, &99_999u32.to_be_bytes()).auth("alice", "pw", &nonce));
+    assert_eq!(msg::u32_attr(&r, ATTR_LIFETIME), Some(Ok(3600)), "clamped to max_lifetime");
+    h.advance(500);
+    h.server.sweep(h.now, &mut h.relays);
+    assert_eq!(h.server.allocation_count(), 1);
+    let nonce = h.nonce();
+    let r = h.ask(&Req::new(METHOD_REFRESH).attr(ATTR_LIFETIME, &[0, 0, 0, 0]).auth("alice", "pw", &nonce));
+    assert_eq!(msg::u32_attr(&r, ATTR_LIFETIME), Some(Ok(0)));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.relays.released, vec![1]);
+}
+
+#[test]
+fn allocations_expire_in_the_sweep() {
+    let mut h = harness();
+    h.allocate();
+    h.advance(599);
+    h.server.sweep(h.now, &mut h.relays);
+    assert_eq!(h.server.allocation_count(), 1);
+    h.advance(2);
+    h.server.sweep(h.now, &mut h.relays);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.shared().quotas.total(), 0);
+}
+
+#[test]
+fn quotas_give_486() {
+    let cfg = CoreConfig { total_quota: Some(1), ..config() };
+    let mut h = harness_with(cfg, Box::new(StaticUsers::new(&[("alice".into(), "pw".into())], REALM)));
+    h.allocate();
+    h.client.client.set_port(40001);
+    let nonce = h.nonce();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(486));
+
+    let expires_at = SystemTime::now() + Duration::from_secs(3600);
+    let mut h = harness_with(config(), Box::new(Expiring { expires_at, alloc: Some(1) }));
+    let nonce = h.nonce();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("123:bob", "pw", &nonce));
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    // Same user id under a newer REST timestamp still counts against bob's quota.
+    h.client.client.set_port(40001);
+    let nonce = h.nonce();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("456:bob", "pw", &nonce));
+    assert_eq!(code(&r), Some(486));
+}
+
+#[test]
+fn dual_stack_and_requested_family() {
+    let mut h = harness();
+    let nonce = h.nonce();
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE).udp().attr(msg::ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]).auth("alice", "pw", &nonce),
+    );
+    let relayed: Vec<_> = r.attributes.0.iter().filter(|a| a.typ == ATTR_XOR_RELAYED_ADDRESS).collect();
+    assert_eq!(relayed.len(), 2);
+    h.client.client.set_port(40001);
+    h.relays.v6 = false;
+    let nonce = h.nonce();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]).auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(440));
+}
+
+#[test]
+fn expiry_policy_lenient_and_strict() {
+    for strict in [false, true] {
+        let expires_at = SystemTime::now() + Duration::from_secs(100);
+        let cfg = CoreConfig { strict_expiry: strict, nonce_lifetime: Duration::from_secs(3600), ..config() };
+        let mut h = harness_with(cfg, Box::new(Expiring { expires_at, alloc: None }));
+        let nonce = h.nonce();
+        let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("1:carol", "pw", &nonce));
+        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+        let lifetime = msg::u32_attr(&r, ATTR_LIFETIME);
+        h.advance(90);
+        let refresh = Req::new(METHOD_REFRESH).auth("1:carol", "pw", &nonce);
+        h.advance(20);
+        let r = h.ask(&refresh);
+        if strict {
+            assert!(matches!(lifetime, Some(Ok(l)) if l <= 100), "strict clamps to the credential");
+            assert_eq!(code(&r), Some(401));
+        } else {
+            assert_eq!(lifetime, Some(Ok(600)));
+            assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+        }
+        // A new allocation with the expired credential is refused either way.
+        h.client.client.set_port(40001);
+        let nonce = h.nonce();
+        let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("1:carol", "pw", &nonce));
+        assert_eq!(code(&r), Some(401));
+    }
+}
+
+#[test]
+fn draining_refuses_new_allocations() {
+    let mut h = harness();
+    h.server.shared().start_drain();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().bytes());
+    assert_eq!(code(&r), Some(486));
+    let cfg = CoreConfig { alternate_server: Some("192.0.2.99:3478".parse().expect("addr")), ..config() };
+    let mut h = harness_with(cfg, Box::new(StaticUsers::default()));
+    h.server.shared().start_drain();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().bytes());
+    assert_eq!(code(&r), Some(300));
+    assert!(msg::first(&r, ATTR_ALTERNATE_SERVER).is_some());
+}
+
+#[test]
+fn malformed_input_is_dropped_or_400() {
+    let mut h = harness();
+    assert!(h.send(&[0, 1, 0]).is_empty());
+    let mut bytes = Req::new(METHOD_BINDING).bytes();
+    bytes[4] ^= 0xff;
+    assert!(h.send(&bytes).is_empty(), "wrong magic cookie");
+    let mut bytes = Req::new(METHOD_BINDING).attr(ATTR_SOFTWARE, b"abcd").bytes();
+    bytes[20 + 3] = 40; // attribute length past the end
+    let r = h.ask(&bytes);
+    assert_eq!(code(&r), Some(400));
+    // A bad MESSAGE-INTEGRITY on a known user.
+    let nonce = h.nonce();
+    let mut bytes = Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce);
+    let n = bytes.len();
+    bytes[n - 12] ^= 1; // inside the HMAC, before FINGERPRINT
+    let fp = stun::fingerprint::fingerprint_value(&bytes[..n - 8]);
+    bytes[n - 4..].copy_from_slice(&fp.to_be_bytes());
+    assert_eq!(code(&h.ask(&bytes)), Some(401));
+}
+
+#[test]
+fn unauthenticated_floods_are_rate_limited() {
+    let cfg = CoreConfig { unauthorized_per_sec: 1, unauthorized_burst: 3, ..config() };
+    let mut h = harness_with(cfg, Box::new(StaticUsers::default()));
+    let replies: usize = (0..10).map(|_| h.send(&Req::new(METHOD_ALLOCATE).udp().bytes()).len()).sum();
+    assert_eq!(replies, 3);
+}
+
+#[test]
+fn stun_only_answers_binding_only() {
+    let cfg = CoreConfig { stun_only: true, ..config() };
+    let mut h = harness_with(cfg, Box::new(StaticUsers::default()));
+    assert_eq!(h.ask(&Req::new(METHOD_BINDING).bytes()).typ, BINDING_SUCCESS);
+    assert_eq!(code(&h.ask(&Req::new(METHOD_ALLOCATE).udp().bytes())), Some(400));
+}
