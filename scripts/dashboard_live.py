@@ -176,7 +176,7 @@ def loopback_args(container, tmp, env):
     return args, ports
 
 
-def is_real_binary(path):
+def is_real_binary(path, expect="--admin"):
     """A service that is still `fn main() {}` prints no --help."""
     if not path.exists():
         return False, "no binary"
@@ -184,8 +184,8 @@ def is_real_binary(path):
         r = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:
         return False, "--help hangs"
-    if "--admin" not in r.stdout:
-        return False, "stub (no --admin in --help)"
+    if expect not in r.stdout:
+        return False, f"stub (no {expect} in --help)"
     return True, ""
 
 
@@ -218,31 +218,42 @@ def load_auth(base, key):
     return codes
 
 
-def turn_credentials(base, key):
+def turn_credentials(base, key, user):
     """REST credentials as an app gets them from iceway-auth."""
-    good = {"Authorization": f"Bearer {app_jwt(key, 'loaduser', 'viewer', ['cam-1'])}"}
-    status, body = http(f"{base}/v1/turn-credentials?service=turn&username=loaduser", good)
+    good = {"Authorization": f"Bearer {app_jwt(key, user, 'viewer', ['cam-1'])}"}
+    status, body = http(f"{base}/v1/turn-credentials?service=turn&username={user}", good)
     if status != 200:
         raise RuntimeError(f"turn-credentials answered {status}: {body[:200]!r}")
     j = json.loads(body)
     return j["username"], j["password"]
 
 
-def load_turn(turn_port, user, password, tmp):
-    """turnutils runs, each bounded in time. Returns {what: exit code}."""
+def load_turn(turn_port, creds, tmp, loadtest, secret_file):
+    """turnutils runs, each bounded in time and with its own user (the per-user quota counts
+    allocations that a run leaves behind). Returns {what: exit code}."""
     peer_port = free_port(socket.SOCK_DGRAM)
-    start("turnutils_peer", ["turnutils_peer", "-L", "127.0.0.1", "-p", str(peer_port)], tmp / "logs")
+    if not any(name == "turnutils_peer" for name, _ in procs):
+        start("turnutils_peer", ["turnutils_peer", "-L", "127.0.0.1", "-p", str(peer_port)], tmp / "logs")
+    else:
+        peer_port = load_turn.peer_port
+    load_turn.peer_port = peer_port
+    tag = pysecrets.token_hex(3)
+    users = {what: creds(f"load-{what}-{tag}") for what in ("relay", "relay-send", "bad-password", "over-quota", "denied-peer")}
+
+    def cred(what):
+        return ["-u", users[what][0], "-w", users[what][1]]
+
     runs = {
         # Relayed traffic both ways through channels, two allocations.
-        "relay": ["-u", user, "-w", password, "-e", "127.0.0.1", "-r", str(peer_port), "-n", "50", "-m", "2", "-l", "120", "-z", "5", "-c"],
+        "relay": [*cred("relay"), "-e", "127.0.0.1", "-r", str(peer_port), "-n", "50", "-m", "2", "-l", "120", "-z", "5", "-c"],
         # Send indications.
-        "relay-send": ["-u", user, "-w", password, "-e", "127.0.0.1", "-r", str(peer_port), "-n", "20", "-m", "1", "-s", "-c"],
+        "relay-send": [*cred("relay-send"), "-e", "127.0.0.1", "-r", str(peer_port), "-n", "20", "-m", "1", "-s", "-c"],
         # Wrong password: 401 with the integrity check failing.
-        "bad-password": ["-u", user, "-w", "wrong-password", "-e", "127.0.0.1", "-r", str(peer_port), "-n", "1", "-m", "1", "-c"],
+        "bad-password": ["-u", users["bad-password"][0], "-w", "wrong-password", "-e", "127.0.0.1", "-r", str(peer_port), "-n", "1", "-m", "1", "-c"],
         # More allocations at once than the per-user quota (local-live-values: user_quota 2).
-        "over-quota": ["-u", user, "-w", password, "-e", "127.0.0.1", "-r", str(peer_port), "-n", "5", "-m", "4", "-c"],
+        "over-quota": [*cred("over-quota"), "-e", "127.0.0.1", "-r", str(peer_port), "-n", "5", "-m", "4", "-c"],
         # A peer in a denied range (RFC 1918 is denied by default).
-        "denied-peer": ["-u", user, "-w", password, "-e", "10.255.255.1", "-r", "9", "-n", "1", "-m", "1", "-c"],
+        "denied-peer": [*cred("denied-peer"), "-e", "10.255.255.1", "-r", "9", "-n", "1", "-m", "1", "-c"],
     }
     codes = {}
     for what, extra in runs.items():
@@ -252,6 +263,16 @@ def load_turn(turn_port, user, password, tmp):
                 codes[what] = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=30).returncode
             except subprocess.TimeoutExpired:
                 codes[what] = "timeout"
+    if loadtest:
+        # The project's own load tool closes its allocations (Refresh lifetime 0), so allocation
+        # lifetimes get observed; turnutils_uclient leaves them to expire.
+        argv = [str(loadtest), "turn", "--server", f"127.0.0.1:{turn_port}", "-n", "4", "--secret-file", str(secret_file),
+                "--duration", "2s", "--rate", "50"]
+        with open(tmp / "logs" / "loadtest-turn.log", "wb") as out:
+            try:
+                codes["iceway-loadtest"] = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=60).returncode
+            except subprocess.TimeoutExpired:
+                codes["iceway-loadtest"] = "timeout"
     with open(tmp / "logs" / "stunclient.log", "wb") as out:
         for _ in range(5):
             try:
@@ -436,6 +457,8 @@ def run(opts, tmp):
             tail = (tmp / "logs" / f"{svc}.log").read_text(errors="replace")[-1500:]
             log("     " + tail.replace("\n", "\n     "))
 
+    loadtest = bin_dir / "iceway-loadtest"
+    loadtest = loadtest if is_real_binary(loadtest, "turn")[0] else None
     prom = None
     if not opts.names_only and running:
         prom = start_prometheus(tmp, running)
@@ -447,7 +470,7 @@ def run(opts, tmp):
     # series, Prometheus scrapes them once, and the second round is what the rates see.
     rounds = 1 if prom is None else 2
     for rnd in range(1, rounds + 1):
-        generate_load(running, jwt_key, turn_secret, tmp, report=(rnd == rounds))
+        generate_load(running, jwt_key, turn_secret, tmp, report=(rnd == rounds), loadtest=loadtest)
         if rnd < rounds:
             after = time.time()
             try:
@@ -488,7 +511,7 @@ def run(opts, tmp):
     return finish()
 
 
-def generate_load(running, jwt_key, turn_secret, tmp, report):
+def generate_load(running, jwt_key, turn_secret, tmp, report, loadtest):
     say = outcome if report else quiet
     auth_base = f"http://127.0.0.1:{running['auth']['ports'][8081]}" if "auth" in running else None
     if auth_base:
@@ -498,12 +521,13 @@ def generate_load(running, jwt_key, turn_secret, tmp, report):
         if not shutil.which("turnutils_uclient"):
             say(False, "load: TURN", "turnutils_uclient missing (apt-get install coturn)")
         else:
-            if auth_base:
-                user, password = turn_credentials(auth_base, jwt_key)
-            else:
-                user = f"{int(time.time()) + 600}:loaduser"
-                password = base64.b64encode(hmac.new(turn_secret.encode(), user.encode(), hashlib.sha1).digest()).decode()
-            codes = load_turn(running["turn"]["ports"][3478], user, password, tmp)
+            def creds(user):
+                if auth_base:
+                    return turn_credentials(auth_base, jwt_key, user)
+                name = f"{int(time.time()) + 600}:{user}"
+                return name, base64.b64encode(hmac.new(turn_secret.encode(), name.encode(), hashlib.sha1).digest()).decode()
+
+            codes = load_turn(running["turn"]["ports"][3478], creds, tmp, loadtest, tmp / "secrets/turn-secrets")
             say(codes.get("relay") == 0, "load: TURN relay via turnutils_uclient", json.dumps(codes))
     if "signal" in running:
         try:

@@ -26,6 +26,9 @@ if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev
   cargo install --locked cargo-nextest
 fi
 
+python3 -m openapi_spec_validator --help >/dev/null 2>&1 || \
+  pip install --quiet openapi-spec-validator
+
 # Helm, kubernetes-validate, yamllint (chart checks) and node modules (browser e2e tests).
 [ -x scripts/install-helm-tools.sh ] && scripts/install-helm-tools.sh
 if [ -f e2e/package.json ] && [ ! -d e2e/node_modules ]; then

@@ -160,9 +160,12 @@ impl VerificationKey {
         if kid.is_empty() {
             return Err(KeyError::EmptyKid);
         }
-        if alg == Algorithm::Hs256 {
-            return Ok(Self::hs256(kid, pem));
-        }
+        let parse: fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey> = match alg {
+            Algorithm::Hs256 => return Ok(Self::hs256(kid, pem)),
+            Algorithm::Rs256 => DecodingKey::from_rsa_pem,
+            Algorithm::Es256 => DecodingKey::from_ec_pem,
+            Algorithm::EdDsa => DecodingKey::from_ed_pem,
+        };
         // A private key here would be a deployment mistake (it leaks signing power to every
         // verifier); jsonwebtoken would accept some private PEMs, so refuse them up front.
         let text = String::from_utf8_lossy(pem);
@@ -171,13 +174,7 @@ impl VerificationKey {
         if !public || text.contains("PRIVATE KEY-----") {
             return Err(KeyError::NotPublicKey { alg });
         }
-        let key = match alg {
-            Algorithm::Rs256 => DecodingKey::from_rsa_pem(pem),
-            Algorithm::Es256 => DecodingKey::from_ec_pem(pem),
-            Algorithm::EdDsa => DecodingKey::from_ed_pem(pem),
-            Algorithm::Hs256 => unreachable!("handled above"),
-        }
-        .map_err(|source| KeyError::BadPem { alg, source })?;
+        let key = parse(pem).map_err(|source| KeyError::BadPem { alg, source })?;
         Ok(Self {
             kid: kid.to_owned(),
             alg,

@@ -46,7 +46,6 @@ pub enum DevStateError {
 pub struct DevState {
     pub dir: PathBuf,
     pub jwt_secret: String,
-    pub turn_secret: String,
 }
 
 impl std::fmt::Debug for DevState {
@@ -70,7 +69,10 @@ impl DevState {
         Ok(Self {
             dir: dir.to_owned(),
             jwt_secret: load_or_generate(&dir.join(JWT_SECRET_FILE))?,
-            turn_secret: load_or_generate(&dir.join(TURN_SECRET_FILE))?,
+        })
+        .and_then(|state| {
+            load_or_generate(&dir.join(TURN_SECRET_FILE))?;
+            Ok(state)
         })
     }
 }
@@ -173,8 +175,8 @@ mod tests {
         let first = DevState::load_or_create(&state_dir).expect("create");
         let again = DevState::load_or_create(&state_dir).expect("load");
         assert_eq!(first.jwt_secret, again.jwt_secret);
-        assert_eq!(first.turn_secret, again.turn_secret);
-        assert_ne!(first.jwt_secret, first.turn_secret);
+        let turn = std::fs::read_to_string(first.turn_secret_path()).expect("turn secret");
+        assert_ne!(first.jwt_secret, turn.trim());
         assert!(first.jwt_secret.len() >= 43);
         #[cfg(unix)]
         {

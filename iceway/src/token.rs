@@ -32,7 +32,6 @@ mod tests {
         DevState {
             dir: "/nonexistent".into(),
             jwt_secret: "dev-secret-for-tests-0123456789abcdef".into(),
-            turn_secret: "t".into(),
         }
     }
 

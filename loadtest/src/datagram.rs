@@ -271,5 +271,6 @@ fn report(
         load_cpu_seconds: o.load_cpu_seconds,
         series: t.series(),
         latency_curve: latency_curve(&t.latency),
+        signal: None,
     }
 }

@@ -11,5 +11,6 @@ pub mod engine;
 pub mod progress;
 pub mod proto;
 pub mod render;
+pub mod signal;
 pub mod stats;
 pub mod sysstat;

@@ -13,6 +13,7 @@ use iceway_loadtest::datagram::{self, StunOptions, TurnOptions, TurnProtocol};
 use iceway_loadtest::driver::DriverConfig;
 use iceway_loadtest::engine::{LoadPlan, Pace};
 use iceway_loadtest::render;
+use iceway_loadtest::signal::{SignalOptions, SignalProtocol, run_signal};
 use iceway_loadtest::stats::Report;
 
 #[derive(Parser)]
@@ -32,6 +33,62 @@ enum Mode {
     Turn(Box<TurnArgs>),
     /// A STUN Binding flood with a bounded in-flight window.
     Stun(StunArgs),
+    /// N camera/viewer pairs against a signaling server (Iceway's or peerjs-server).
+    Signal(SignalArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SignalProtocolArg {
+    Iceway,
+    Peerjs,
+}
+
+#[derive(Args)]
+struct SignalArgs {
+    /// ws://IP:PORT/v1/ws (Iceway) or ws://IP:PORT/peerjs (peerjs-server).
+    #[arg(long)]
+    url: String,
+    #[arg(long, value_enum, default_value = "iceway")]
+    protocol: SignalProtocolArg,
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// HS256 app-token key (Iceway protocol).
+    #[arg(long, env = "ICEWAY_LOADTEST_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// File holding the HS256 app-token key (as signal-server's --jwt-secret-file).
+    #[arg(long, conflicts_with = "jwt_secret")]
+    jwt_secret_file: Option<PathBuf>,
+    #[arg(long, default_value = "default")]
+    jwt_kid: String,
+    /// Relayed messages per second over all pairs.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Bytes per relayed message (approximate).
+    #[arg(long, default_value_t = 500)]
+    message_size: usize,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    setup_timeout: Duration,
+    /// Client source addresses (default for a loopback server: 127.0.0.1–127.0.0.8).
+    #[arg(long, value_delimiter = ',')]
+    bind: Vec<IpAddr>,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[arg(long)]
+    no_progress: bool,
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    interval: Duration,
 }
 
 #[derive(Args, Clone)]
@@ -191,12 +248,16 @@ fn credentials(args: &TurnArgs) -> anyhow::Result<CredentialSource> {
 }
 
 fn output(report: &Report, common: &Common) -> anyhow::Result<()> {
-    if common.json {
+    write_output(report, common.json, common.report.as_deref())
+}
+
+fn write_output(report: &Report, json: bool, html: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print!("{}", render::human(report));
     }
-    if let Some(path) = &common.report {
+    if let Some(path) = html {
         std::fs::write(path, render::html(report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -262,6 +323,44 @@ fn run() -> anyhow::Result<()> {
             };
             let report = datagram::run_stun(&opts)?;
             output(&report, &args.common)
+        }
+        Mode::Signal(args) => {
+            let jwt_secret = match (&args.jwt_secret, &args.jwt_secret_file) {
+                (Some(s), _) => s.as_bytes().to_vec(),
+                (None, Some(p)) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading --jwt-secret-file {}", p.display()))?
+                    .trim()
+                    .as_bytes()
+                    .to_vec(),
+                (None, None) => Vec::new(),
+            };
+            let protocol = match args.protocol {
+                SignalProtocolArg::Iceway => SignalProtocol::Iceway,
+                SignalProtocolArg::Peerjs => SignalProtocol::PeerJs,
+            };
+            if protocol == SignalProtocol::Iceway && jwt_secret.is_empty() {
+                bail!("the Iceway protocol needs --jwt-secret or --jwt-secret-file");
+            }
+            let opts = SignalOptions {
+                url: args.url.clone(),
+                protocol,
+                pairs: args.pairs,
+                jwt_secret,
+                jwt_kid: args.jwt_kid.clone(),
+                rate: args.rate,
+                message_size: args.message_size,
+                duration: args.duration,
+                drain: args.drain,
+                bind: args.bind.clone(),
+                connect_concurrency: args.connect_concurrency,
+                setup_timeout: args.setup_timeout,
+                server_pid: args.server_pid,
+                threads: args.threads,
+                progress: !args.no_progress && !args.json,
+                interval: args.interval.max(Duration::from_millis(10)),
+            };
+            let report = run_signal(&opts)?;
+            write_output(&report, args.json, args.report.as_deref())
         }
     }
 }

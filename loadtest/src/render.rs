@@ -37,11 +37,16 @@ pub fn human(r: &Report) -> String {
     if let Some(setup) = &r.setup {
         let _ = writeln!(
             s,
-            "setup      {}/{} ok in {:.2} s ({:.0}/s); allocate latency {}",
+            "setup      {}/{} ok in {:.2} s ({:.0}/s); {} latency {}",
             setup.succeeded,
             setup.requested,
             setup.seconds,
             setup.per_second,
+            if r.mode == "signal" {
+                "connect→welcome"
+            } else {
+                "allocate"
+            },
             pct(&setup.latency_us)
         );
         for (k, v) in &setup.errors {
@@ -51,7 +56,12 @@ pub fn human(r: &Report) -> String {
     let t = &r.traffic;
     let _ = writeln!(
         s,
-        "packets    sent {}  received {}  lost {} ({:.3} %)  send errors {}  over {:.2} s",
+        "{}    sent {}  received {}  lost {} ({:.3} %)  send errors {}  over {:.2} s",
+        if r.mode == "signal" {
+            "messages"
+        } else {
+            "packets "
+        },
         t.sent,
         t.received,
         t.lost,
@@ -73,8 +83,24 @@ pub fn human(r: &Report) -> String {
         );
     }
     let _ = writeln!(s, "latency    {}", pct(&t.latency_us));
+    if let Some(sig) = &r.signal {
+        let _ = writeln!(
+            s,
+            "signal     {} pairs, {} negotiated, {} connections held; watch→answer {}",
+            sig.pairs,
+            sig.negotiated,
+            sig.connections_held,
+            pct(&sig.watch_to_answer_us)
+        );
+        for (k, v) in &sig.errors {
+            let _ = writeln!(s, "           error {k} ×{v}");
+        }
+    }
     if let Some(sv) = &r.server {
         let per = match (sv.relayed_per_cpu_second, sv.responses_per_cpu_second) {
+            (Some(x), _) if r.mode == "signal" => {
+                format!("{} relayed messages per CPU-second", si(x))
+            }
             (Some(x), _) => format!("{} relayed packets per CPU-second", si(x)),
             (None, Some(x)) => format!("{} responses per CPU-second", si(x)),
             _ => "no work per CPU-second (CPU time too small to measure)".into(),
@@ -87,7 +113,14 @@ pub fn human(r: &Report) -> String {
         if let (Some(b), Some(a)) = (sv.rss_kb_before, sv.rss_kb_after) {
             let per_flow = sv
                 .rss_bytes_per_flow
-                .map(|x| format!(", {x:.0} B per allocation"))
+                .map(|x| {
+                    let per = if r.mode == "signal" {
+                        "connection"
+                    } else {
+                        "allocation"
+                    };
+                    format!(", {x:.0} B per {per}")
+                })
                 .unwrap_or_default();
             let _ = writeln!(s, "           RSS {b} kB → {a} kB{per_flow}");
         }

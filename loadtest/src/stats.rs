@@ -226,6 +226,17 @@ pub struct LoadShape {
     pub threads: usize,
 }
 
+/// The signaling-specific part of a report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SignalReport {
+    pub pairs: u64,
+    pub negotiated: u64,
+    /// Viewer's `watch` sent → camera received the relayed `answer` (PeerJS: OFFER → ANSWER).
+    pub watch_to_answer_us: Percentiles,
+    pub connections_held: u64,
+    pub errors: BTreeMap<String, u64>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     pub mode: String,
@@ -243,6 +254,9 @@ pub struct Report {
     pub load_cpu_seconds: Option<f64>,
     pub series: Vec<SeriesPoint>,
     pub latency_curve: Vec<(f64, f64)>,
+    /// Signal mode only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalReport>,
 }
 
 #[cfg(test)]

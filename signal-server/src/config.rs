@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iceway_auth::{
-    AppTokenVerifier, CredentialFormat, IceServers, IceServersConfig, TurnCredentials,
+    AppTokenVerifier, CredentialFormat, IceServers, IceServersConfig, TurnCredentials, TurnSecret,
     VerificationKey,
 };
 use iceway_service::{ConfigError, ConfigLoader, LogFormat};
@@ -218,7 +218,10 @@ impl SignalConfig {
             ("max_connections", self.max_connections),
             ("max_connections_per_user", self.max_connections_per_user),
             ("max_viewers_per_camera", self.max_viewers_per_camera),
-            ("max_watches_per_connection", self.max_watches_per_connection),
+            (
+                "max_watches_per_connection",
+                self.max_watches_per_connection,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::invalid(key(k), "must be at least 1"));
@@ -293,18 +296,22 @@ impl SignalConfig {
         let turn = match &self.turn_secret_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::invalid("signal.turn_secret_file", format!("{}: {e}", path.display()))
+                    ConfigError::invalid(
+                        "signal.turn_secret_file",
+                        format!("{}: {e}", path.display()),
+                    )
                 })?;
-                Some(Arc::new(TurnCredentials::from_secret_lines(&text).map_err(
-                    |e| ConfigError::invalid("signal.turn_secret_file", e),
-                )?))
+                TurnCredentials::from_secret_lines(&text)
+                    .map_err(|e| ConfigError::invalid("signal.turn_secret_file", e))?
             }
-            None => None,
+            // validate() allows this only without turn: URLs, so nothing is ever minted with
+            // this secret; it exists because IceServers always carries credentials.
+            None => TurnCredentials::new(vec![TurnSecret::derived(&rand::random::<[u8; 32]>())])
+                .map_err(|e| ConfigError::invalid("signal.turn_secret_file", e))?,
         };
         Ok(Credentials {
             verifier: Arc::new(verifier),
-            ice: turn.map(|creds| Arc::new(IceServers::new(self.ice_servers_config(), creds))),
-            stun_only: self.turn_urls.clone(),
+            ice: Arc::new(IceServers::new(self.ice_servers_config(), Arc::new(turn))),
         })
     }
 }
@@ -313,10 +320,8 @@ impl SignalConfig {
 #[derive(Clone, Debug)]
 pub struct Credentials {
     pub verifier: Arc<AppTokenVerifier>,
-    /// ICE servers with TURN credentials; `None` without a TURN secret.
-    pub ice: Option<Arc<IceServers>>,
-    /// Without a TURN secret: the (STUN) URLs handed out as they are.
-    pub stun_only: Vec<String>,
+    /// The `welcome.iceServers` and `/v1/ice-servers` lists.
+    pub ice: Arc<IceServers>,
 }
 
 mod duration {
@@ -370,7 +375,10 @@ mod tests {
         )
         .expect("write");
         let env = HashMap::from([
-            ("ICEWAY_SIGNAL__MAX_VIEWERS_PER_CAMERA".to_owned(), "3".to_owned()),
+            (
+                "ICEWAY_SIGNAL__MAX_VIEWERS_PER_CAMERA".to_owned(),
+                "3".to_owned(),
+            ),
             (
                 "ICEWAY_SIGNAL__TURN_URLS".to_owned(),
                 "stun:a:3478,stun:b:3478".to_owned(),
@@ -391,7 +399,12 @@ mod tests {
         assert_eq!(cfg.listen.port(), 2);
         assert_eq!(cfg.turn_urls, vec!["stun:a:3478", "stun:b:3478"]);
         let creds = cfg.load_credentials().expect("keys");
-        assert!(creds.ice.is_none());
+        let list = creds
+            .ice
+            .for_user("u", std::time::SystemTime::now())
+            .expect("stun list");
+        assert_eq!(list.ice_servers.len(), 1);
+        assert!(list.ice_servers[0].username.is_none());
     }
 
     #[test]

@@ -42,7 +42,12 @@ pub(crate) async fn serve(mut socket: WebSocket, bearer: Option<String>, shared:
     if let Err(e) = shared.router.register(&id, tx).await {
         tracing::warn!(error = %e, "cannot register session");
         shared.metrics.connection("backplane_error");
-        finish(&mut socket, End::Close(1011, "backplane unavailable"), &shared).await;
+        finish(
+            &mut socket,
+            End::Close(1011, "backplane unavailable"),
+            &shared,
+        )
+        .await;
         return;
     }
     shared.metrics.connection("accepted");
@@ -98,14 +103,39 @@ fn refuse(shared: &Shared, reason: &'static str, why: &'static str) -> End {
 }
 
 async fn finish(socket: &mut WebSocket, end: End, shared: &Shared) {
-    if let End::Close(code, reason) = end {
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        let _ = tokio::time::timeout(shared.config.write_timeout, socket.send(frame)).await;
+    let End::Close(code, reason) = end else {
+        return;
+    };
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    if tokio::time::timeout(shared.config.write_timeout, socket.send(frame))
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        return;
     }
+    // Closing a TCP socket with unread input makes the kernel send RST, and a client can then
+    // lose our close frame. So read (and drop) what the client still sends until its close
+    // reply, briefly. After an oversized frame tungstenite cannot read on, so skip it there.
+    if code == close::TOO_LARGE {
+        return;
+    }
+    let drain = async {
+        for _ in 0..CLOSE_DRAIN_FRAMES {
+            match socket.recv().await {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_DRAIN_TIME, drain).await;
 }
+
+/// Bounds on reading after our close frame: a well-behaved client answers at once.
+const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(2);
+const CLOSE_DRAIN_FRAMES: usize = 10_000;
 
 /// What a viewer knows of one camera it watches.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,7 +157,11 @@ pub(crate) enum Effect {
 /// The frames a viewer gets when a camera's presence changes from `prev` to `now`. A camera
 /// that comes back under a new session is reported as leaving and coming online again, so
 /// clients only ever handle one transition at a time.
-pub(crate) fn view_change(camera: &str, prev: &View, now: Option<&SessionId>) -> (View, Vec<Effect>) {
+pub(crate) fn view_change(
+    camera: &str,
+    prev: &View,
+    now: Option<&SessionId>,
+) -> (View, Vec<Effect>) {
     let online = |s: &SessionId| {
         vec![
             Effect::Send(ServerFrame::CameraOnline {
@@ -142,7 +176,11 @@ pub(crate) fn view_change(camera: &str, prev: &View, now: Option<&SessionId>) ->
             camera: camera.to_owned(),
         })
     };
-    let left = |s: &SessionId| Effect::Send(ServerFrame::PeerLeft { peer: s.to_string() });
+    let left = |s: &SessionId| {
+        Effect::Send(ServerFrame::PeerLeft {
+            peer: s.to_string(),
+        })
+    };
     match (prev, now) {
         (View::Pending, None) => (View::Offline, vec![offline()]),
         (View::Offline, None) => (View::Offline, vec![]),
@@ -209,11 +247,7 @@ impl Session {
         }
     }
 
-    async fn run(
-        &mut self,
-        socket: &mut WebSocket,
-        mut rx: mpsc::Receiver<Arc<Delivery>>,
-    ) -> End {
+    async fn run(&mut self, socket: &mut WebSocket, mut rx: mpsc::Receiver<Arc<Delivery>>) -> End {
         let welcome = ServerFrame::Welcome {
             session: self.id.to_string(),
             role: self.claims.role,
@@ -242,21 +276,19 @@ impl Session {
     }
 
     fn ice_servers(&self) -> Vec<IceServer> {
-        let creds = &self.shared.creds;
-        if let Some(ice) = &creds.ice {
-            match ice.for_user(&self.user, SystemTime::now()) {
-                Ok(r) => return r.ice_servers,
-                Err(e) => tracing::warn!(error = %e, "cannot mint TURN credentials"),
+        match self
+            .shared
+            .creds
+            .ice
+            .for_user(&self.user, SystemTime::now())
+        {
+            Ok(r) => r.ice_servers,
+            Err(e) => {
+                // Signaling still works without TURN (direct and STUN paths); say why in logs.
+                tracing::warn!(error = %e, "cannot mint TURN credentials");
+                Vec::new()
             }
         }
-        if creds.stun_only.is_empty() {
-            return Vec::new();
-        }
-        vec![IceServer {
-            urls: creds.stun_only.clone(),
-            username: None,
-            credential: None,
-        }]
     }
 
     fn next_wake(&self) -> Instant {
@@ -302,7 +334,11 @@ impl Session {
             LivenessAction::Close => return Err(End::Close(close::POLICY, "idle timeout")),
             LivenessAction::Ping => {
                 self.last_ping = Some(now);
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                if socket
+                    .send(Message::Ping(Default::default()))
+                    .await
+                    .is_err()
+                {
                     return Err(End::Gone);
                 }
             }
@@ -349,7 +385,8 @@ impl Session {
             Some(Ok(msg)) => msg,
         };
         self.last_heard = Instant::now();
-        let metrics = &self.shared.metrics;
+        let shared = self.shared.clone();
+        let metrics = &shared.metrics;
         let text = match msg {
             Message::Text(text) => text,
             Message::Close(_) => return Err(End::Gone),
@@ -390,7 +427,9 @@ impl Session {
         {
             return Ok(());
         }
-        let reference = parsed.reference.or_else(|| Some(Ref::Text(kind.to_owned())));
+        let reference = parsed
+            .reference
+            .or_else(|| Some(Ref::Text(kind.to_owned())));
         match self.on_frame(socket, parsed.frame).await? {
             None => {
                 metrics.message(kind, "ok");
@@ -499,7 +538,9 @@ impl Session {
                 }
                 Ok(None)
             }
-            ClientFrame::Offer { to, sdp } => self.relay(socket, to, RelayBody::Offer { sdp }).await,
+            ClientFrame::Offer { to, sdp } => {
+                self.relay(socket, to, RelayBody::Offer { sdp }).await
+            }
             ClientFrame::Answer { to, sdp } => {
                 self.relay(socket, to, RelayBody::Answer { sdp }).await
             }
@@ -557,13 +598,11 @@ impl Session {
                     self.shared.router.camera_gone(&camera, &session).await;
                 } else {
                     self.viewers.retain(|v| *v != peer);
-                    let error = ServerFrame::error(
-                        ErrorCode::PeerGone,
-                        format!("{to} is gone"),
-                        None,
-                    );
+                    let error =
+                        ServerFrame::error(ErrorCode::PeerGone, format!("{to} is gone"), None);
                     self.send(socket, &error).await?;
-                    self.send(socket, &ServerFrame::PeerLeft { peer: to }).await?;
+                    self.send(socket, &ServerFrame::PeerLeft { peer: to })
+                        .await?;
                     self.shared
                         .metrics
                         .message("relay", ErrorCode::PeerGone.as_str());
@@ -577,7 +616,10 @@ impl Session {
             ))),
             Err(SendError::Backplane(e)) => {
                 tracing::warn!(error = %e, "relay failed");
-                Ok(Some((ErrorCode::Internal, "relay backplane unavailable".to_owned())))
+                Ok(Some((
+                    ErrorCode::Internal,
+                    "relay backplane unavailable".to_owned(),
+                )))
             }
         }
     }

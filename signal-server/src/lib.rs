@@ -13,8 +13,8 @@
 //! config.rs      the typed configuration
 //! ```
 
-mod connection;
 pub mod config;
+mod connection;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;

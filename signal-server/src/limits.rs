@@ -142,7 +142,12 @@ impl Liveness {
         idle.min(ping)
     }
 
-    pub fn due(&self, now: Instant, last_heard: Instant, last_ping: Option<Instant>) -> LivenessAction {
+    pub fn due(
+        &self,
+        now: Instant,
+        last_heard: Instant,
+        last_ping: Option<Instant>,
+    ) -> LivenessAction {
         if now >= last_heard + self.idle_timeout {
             LivenessAction::Close
         } else if now >= last_ping.map_or(last_heard, |p| p.max(last_heard)) + self.heartbeat {
@@ -188,7 +193,10 @@ mod tests {
         let t0 = Instant::now();
         let mut r = RateLimiter::new(10, 1, 1, t0);
         for i in 0..1000 {
-            assert_eq!(r.check(t0 + Duration::from_millis(100 * i)), RateDecision::Allow);
+            assert_eq!(
+                r.check(t0 + Duration::from_millis(100 * i)),
+                RateDecision::Allow
+            );
         }
     }
 
@@ -203,7 +211,11 @@ mod tests {
         drop(a);
         let c = limits.acquire(&alice).expect("released slot");
         drop((b, c));
-        assert_eq!(limits.users(), 0, "no entry is kept for users without connections");
+        assert_eq!(
+            limits.users(),
+            0,
+            "no entry is kept for users without connections"
+        );
     }
 
     #[test]
@@ -218,10 +230,16 @@ mod tests {
         let t10 = t0 + Duration::from_secs(10);
         assert_eq!(l.due(t10, t0, None), LivenessAction::Ping);
         assert_eq!(l.next_wake(t0, Some(t10)), t0 + Duration::from_secs(20));
-        assert_eq!(l.due(t0 + Duration::from_secs(15), t0, Some(t10)), LivenessAction::Wait);
+        assert_eq!(
+            l.due(t0 + Duration::from_secs(15), t0, Some(t10)),
+            LivenessAction::Wait
+        );
         let t20 = t0 + Duration::from_secs(20);
         assert_eq!(l.due(t20, t0, Some(t10)), LivenessAction::Ping);
         assert_eq!(l.next_wake(t0, Some(t20)), t0 + Duration::from_secs(25));
-        assert_eq!(l.due(t0 + Duration::from_secs(25), t0, Some(t20)), LivenessAction::Close);
+        assert_eq!(
+            l.due(t0 + Duration::from_secs(25), t0, Some(t20)),
+            LivenessAction::Close
+        );
     }
 }

@@ -30,14 +30,18 @@ pub const MAX_ID_LEN: usize = 256;
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ClientFrame {
     /// Browser authentication: the first frame, within the auth timeout.
-    Auth { token: String },
+    Auth {
+        token: String,
+    },
     /// A camera goes online under its own `sub`; `camera`, if given, must equal it.
     Publish {
         #[serde(default)]
         camera: Option<String>,
     },
     /// A viewer asks to watch a camera listed in its token's `cams`.
-    Watch { camera: String },
+    Watch {
+        camera: String,
+    },
     Offer {
         to: String,
         sdp: String,
@@ -168,12 +172,28 @@ pub enum ServerFrame {
         heartbeat: u64,
     },
     /// `session` is the camera's session, the `to` of a viewer's frames to it.
-    CameraOnline { camera: String, session: String },
-    CameraOffline { camera: String },
-    ViewerJoined { viewer: String, user: String },
-    PeerLeft { peer: String },
-    Offer { from: String, sdp: String },
-    Answer { from: String, sdp: String },
+    CameraOnline {
+        camera: String,
+        session: String,
+    },
+    CameraOffline {
+        camera: String,
+    },
+    ViewerJoined {
+        viewer: String,
+        user: String,
+    },
+    PeerLeft {
+        peer: String,
+    },
+    Offer {
+        from: String,
+        sdp: String,
+    },
+    Answer {
+        from: String,
+        sdp: String,
+    },
     Candidate {
         from: String,
         #[serde(flatten)]
@@ -373,8 +393,14 @@ mod tests {
     #[test]
     fn parses_every_client_frame() {
         let cases = [
-            (json!({"type":"auth","token":"t"}), ClientFrame::Auth { token: "t".into() }),
-            (json!({"type":"publish"}), ClientFrame::Publish { camera: None }),
+            (
+                json!({"type":"auth","token":"t"}),
+                ClientFrame::Auth { token: "t".into() },
+            ),
+            (
+                json!({"type":"publish"}),
+                ClientFrame::Publish { camera: None },
+            ),
             (
                 json!({"type":"watch","camera":"cam1"}),
                 ClientFrame::Watch {

@@ -72,7 +72,9 @@ impl Shared {
     fn try_open(self: &Arc<Self>) -> Option<OpenSlot> {
         let max = self.config.max_connections;
         self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| OpenSlot(self.clone()))
     }
@@ -122,12 +124,13 @@ impl SignalServer {
             ),
             None => Arc::new(MemoryRouter::new()),
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| SignalError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| SignalError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let shared = Arc::new(Shared {
             users: UserConnections::new(config.max_connections_per_user),
             liveness: Liveness {
@@ -203,7 +206,10 @@ pub async fn run(
     shutdown: Shutdown,
     registry: &Registry,
 ) -> Result<(), SignalError> {
-    SignalServer::bind(config, registry).await?.run(shutdown).await
+    SignalServer::bind(config, registry)
+        .await?
+        .run(shutdown)
+        .await
 }
 
 #[derive(Clone)]
@@ -213,7 +219,11 @@ struct AppState {
     tracker: TaskTracker,
 }
 
-async fn upgrade(State(app): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let shared = &app.shared;
     if app.shutdown.is_draining() {
         shared.metrics.connection("draining");

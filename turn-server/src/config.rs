@@ -77,6 +77,9 @@ pub struct TurnConfig {
     pub max_lifetime_secs: u64,
     pub nonce_lifetime_secs: u64,
     pub strict_expiry: bool,
+    /// Only RFC 8656 channel numbers (0x4000-0x4FFF); by default RFC 5766's 0x4000-0x7FFE are
+    /// also accepted, as coturn does, because coturn's clients pick numbers up there.
+    pub strict_channel_numbers: bool,
     pub alternate_server: Option<SocketAddr>,
     pub drain_deadline_secs: u64,
     pub tls_cert: Option<PathBuf>,
@@ -133,6 +136,7 @@ impl Default for TurnConfig {
             max_lifetime_secs: 3600,
             nonce_lifetime_secs: 600,
             strict_expiry: false,
+            strict_channel_numbers: false,
             alternate_server: None,
             drain_deadline_secs: 30,
             tls_cert: None,
@@ -264,6 +268,11 @@ impl TurnConfig {
             unauthorized_per_sec: self.unauthorized_per_sec,
             unauthorized_burst: self.unauthorized_burst,
             stun_only: self.stun_only,
+            channel_max: if self.strict_channel_numbers {
+                crate::proto::channel_data::CHANNEL_MAX
+            } else {
+                crate::proto::channel_data::CHANNEL_MAX_RFC5766
+            },
             ..CoreConfig::default()
         }
     }

@@ -154,25 +154,100 @@ pub fn ceiling(bin: &Path) -> Server {
     }
 }
 
-/// The iceway-turn binary next to this test's build (target/<profile>/iceway-turn), or
-/// $ICEWAY_TURN_BIN.
-pub fn iceway_turn_bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("ICEWAY_TURN_BIN") {
+/// A workspace binary next to this test's build (target/<profile>/NAME), or $ENV_VAR.
+pub fn workspace_bin(name: &str, package: &str, env_var: &str) -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
         return p.into();
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/iceway-turn
+    // target/<profile>/deps/<test> -> target/<profile>/NAME
     let bin = exe
         .parent()
         .and_then(Path::parent)
-        .map(|d| d.join("iceway-turn"))
+        .map(|d| d.join(name))
         .expect("test executable lives in target/<profile>/deps");
     assert!(
         bin.is_file(),
-        "{} is missing: build it first with `cargo build -p iceway-turn` (or set ICEWAY_TURN_BIN)",
+        "{} is missing: build it first with `cargo build -p {package}` (or set {env_var})",
         bin.display()
     );
     bin
+}
+
+pub fn iceway_turn_bin() -> std::path::PathBuf {
+    workspace_bin("iceway-turn", "iceway-turn", "ICEWAY_TURN_BIN")
+}
+
+/// Waits (up to 15 s) until a TCP listener accepts on `addr`.
+pub fn wait_for_tcp(addr: SocketAddr, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("server exited before listening: {status}");
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        // Connection refused returns at once: yield briefly before the next attempt.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listening on {addr} within 15 s");
+}
+
+pub const SIGNAL_JWT_SECRET: &str = "loadtest-signal-secret-0123456789abcdef";
+
+/// iceway-signal on a free loopback port with an HS256 app-token key.
+pub fn iceway_signal() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("jwt");
+    std::fs::write(&key, SIGNAL_JWT_SECRET).expect("write key");
+    let port = free_port();
+    let admin = free_port();
+    let mut child = Command::new(workspace_bin(
+        "iceway-signal",
+        "iceway-signal",
+        "ICEWAY_SIGNAL_BIN",
+    ))
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .args(["--admin", &format!("127.0.0.1:{admin}")])
+    .arg("--jwt-secret-file")
+    .arg(&key)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn iceway-signal");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for_tcp(addr, &mut child);
+    Server {
+        child,
+        addr,
+        _dir: Some(dir),
+    }
+}
+
+/// peerjs-server (npm package `peer`, its `peerjs` command) on a free loopback port.
+pub fn peerjs_server() -> Server {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("peerjs").is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`peerjs` (peerjs-server) is not installed: npm install -g peer@1.0.2"
+    );
+    let port = free_port();
+    let mut child = Command::new("peerjs")
+        .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn peerjs");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for_tcp(addr, &mut child);
+    Server {
+        child,
+        addr,
+        _dir: None,
+    }
 }
 
 /// iceway-turn on a free loopback port, secrets from a file, loopback peers allowed.

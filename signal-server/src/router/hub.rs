@@ -92,7 +92,11 @@ impl Hub {
 
     /// What this process knows of `camera`, if anyone here watches it.
     pub fn known(&self, camera: &str) -> Option<Known> {
-        self.state.lock().watches.get(camera).map(|w| w.known.clone())
+        self.state
+            .lock()
+            .watches
+            .get(camera)
+            .map(|w| w.known.clone())
     }
 
     /// Watched cameras and what is known of each, for a presence sweep.
@@ -192,7 +196,11 @@ mod tests {
         assert_eq!(state(&mut rx), Some(Some("c1".into())));
         assert_eq!(state(&mut rx), None, "no repeat for an unchanged presence");
         hub.observe_offline("cam", "c0");
-        assert_eq!(state(&mut rx), None, "offline of a stale session is ignored");
+        assert_eq!(
+            state(&mut rx),
+            None,
+            "offline of a stale session is ignored"
+        );
         hub.observe_offline("cam", "c1");
         assert_eq!(state(&mut rx), Some(None));
     }

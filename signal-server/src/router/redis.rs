@@ -450,11 +450,7 @@ impl Router for RedisRouter {
         async move {
             let inner = &self.inner;
             inner.hub.insert_session(session.clone(), mailbox);
-            if let Err(e) = inner
-                .sink()
-                .subscribe(inner.session_channel(session))
-                .await
-            {
+            if let Err(e) = inner.sink().subscribe(inner.session_channel(session)).await {
                 inner.hub.remove_session(session);
                 return Err(inner.error("SUBSCRIBE", e));
             }

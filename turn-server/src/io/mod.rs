@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::policy::PeerPolicy;
 use crate::proto::credentials::{Chain, CredentialStore, StaticUsers};
 use crate::proto::Shared;
-use udp::RelaySettings;
+use socket::RelaySettings;
 
 fn credentials(cfg: &TurnConfig) -> anyhow::Result<Box<dyn CredentialStore>> {
     let mut stores: Vec<Box<dyn CredentialStore>> = Vec::new();
@@ -68,7 +68,7 @@ fn relay_settings(cfg: &TurnConfig) -> anyhow::Result<RelaySettings> {
             .chain(cfg.listen.iter().map(SocketAddr::ip))
             .find(|ip| ip.is_ipv4() == v4)
     };
-    Ok(RelaySettings { v4: pick(true), v6: pick(false), range: cfg.relay_range()?, buffer: cfg.socket_buffer_bytes })
+    Ok(RelaySettings { v4: pick(true), v6: pick(false), range: cfg.relay_range()?, buffer: cfg.socket_buffer_bytes, reservations: Default::default() })
 }
 
 /// Runs the server until SIGTERM/SIGINT and the drain that follows. Returns after a clean drain.

@@ -1,12 +1,85 @@
 //! Socket creation: SO_REUSEPORT listeners, relay ports in the configured range, enlarged
 //! buffers with a warning when the kernel caps them.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::RelayRange;
+use crate::proto::{Family, PortRequest, RelayError};
+
+/// How long a port reserved by EVEN-PORT(R) is held (RFC 8656 §7.2: about 30 s).
+const RESERVATION_HOLD: Duration = Duration::from_secs(30);
+
+/// Relay ports held under RESERVATION-TOKENs. Shared by all shards and stream tasks because the
+/// Allocate that claims a port comes from another 5-tuple, which may land anywhere.
+#[derive(Debug, Default)]
+pub struct Reservations {
+    held: Mutex<HashMap<[u8; 8], (std::net::UdpSocket, Instant)>>,
+}
+
+impl Reservations {
+    fn hold(&self, token: [u8; 8], socket: std::net::UdpSocket) {
+        let mut held = self.held.lock();
+        let now = Instant::now();
+        held.retain(|_, (_, at)| now.duration_since(*at) < RESERVATION_HOLD);
+        held.insert(token, (socket, now));
+    }
+
+    fn take(&self, token: &[u8; 8]) -> Option<std::net::UdpSocket> {
+        let (socket, at) = self.held.lock().remove(token)?;
+        (at.elapsed() < RESERVATION_HOLD).then_some(socket)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub v4: Option<IpAddr>,
+    pub v6: Option<IpAddr>,
+    pub range: RelayRange,
+    pub buffer: usize,
+    pub reservations: Arc<Reservations>,
+}
+
+/// Opens the relay socket an Allocate asked for.
+pub fn open_relay(settings: &RelaySettings, family: Family, port: PortRequest) -> Result<std::net::UdpSocket, RelayError> {
+    let ip = match family {
+        Family::V4 => settings.v4,
+        Family::V6 => settings.v6,
+    }
+    .ok_or(RelayError::FamilyUnsupported)?;
+    let exhausted = |e: io::Error| {
+        tracing::warn!(error = %e, "cannot bind a relay socket");
+        RelayError::Exhausted
+    };
+    match port {
+        PortRequest::Any => bind_relay(ip, settings.range, false, settings.buffer).map_err(exhausted),
+        PortRequest::Even => bind_relay(ip, settings.range, true, settings.buffer).map_err(exhausted),
+        PortRequest::Reserved(token) => settings.reservations.take(&token).ok_or(RelayError::Exhausted),
+        PortRequest::EvenReserveNext(token) => {
+            for _ in 0..16 {
+                let even = bind_relay(ip, settings.range, true, settings.buffer).map_err(exhausted)?;
+                let port = even.local_addr().map_err(exhausted)?.port();
+                if port >= settings.range.hi {
+                    continue;
+                }
+                let next = SocketAddr::new(ip, port + 1);
+                let Ok(socket) = udp_socket(next) else { continue };
+                enlarge_buffers(&socket, settings.buffer, "relay", false);
+                if socket.bind(&next.into()).is_ok() {
+                    settings.reservations.hold(token, socket.into());
+                    return Ok(even);
+                }
+            }
+            Err(RelayError::Exhausted)
+        }
+    }
+}
 
 fn udp_socket(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;

@@ -18,10 +18,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use super::socket;
-use super::udp::RelaySettings;
+use super::socket::{self, RelaySettings};
 use crate::proto::channel_data::stream_frame_len;
-use crate::proto::{Family, FiveTuple, Now, Output, Relay, RelayError, RelayId, RelayPorts, Server, Shared, Transport};
+use crate::proto::{Family, FiveTuple, Now, Output, PortRequest, Relay, RelayError, RelayId, RelayPorts, Server, Shared, Transport};
 
 /// Longest frame: a STUN message of 65535 bytes after its 20-byte header.
 const MAX_FRAME: usize = 20 + 65_535;
@@ -62,14 +61,8 @@ struct ConnRelays {
 }
 
 impl RelayPorts for ConnRelays {
-    fn allocate(&mut self, family: Family, even_port: bool) -> Result<Relay, RelayError> {
-        let ip = match family {
-            Family::V4 => self.settings.v4,
-            Family::V6 => self.settings.v6,
-        }
-        .ok_or(RelayError::FamilyUnsupported)?;
-        let std = socket::bind_relay(ip, self.settings.range, even_port, self.settings.buffer)
-            .map_err(|_| RelayError::Exhausted)?;
+    fn allocate(&mut self, family: Family, port: PortRequest) -> Result<Relay, RelayError> {
+        let std = socket::open_relay(&self.settings, family, port)?;
         let local = std.local_addr().map_err(|_| RelayError::Exhausted)?;
         let socket = UdpSocket::from_std(std).map_err(|_| RelayError::Exhausted)?;
         self.next += 1;

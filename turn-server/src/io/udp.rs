@@ -12,11 +12,10 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 
-use super::socket;
-use crate::config::RelayRange;
+use super::socket::{self, RelaySettings};
 use crate::proto::channel_data::{self, HEADER_LEN};
 use crate::proto::server::data_indication;
-use crate::proto::{Family, FiveTuple, Now, Output, PeerRoute, Relay, RelayError, RelayId, RelayPorts, Server, Shared, Transport};
+use crate::proto::{Family, FiveTuple, Now, Output, PeerRoute, PortRequest, Relay, RelayError, RelayId, RelayPorts, Server, Shared, Transport};
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX / 2;
@@ -37,14 +36,6 @@ struct RelaySocket {
     state: UdpSocketState,
 }
 
-#[derive(Debug, Clone)]
-pub struct RelaySettings {
-    pub v4: Option<IpAddr>,
-    pub v6: Option<IpAddr>,
-    pub range: RelayRange,
-    pub buffer: usize,
-}
-
 /// Relay sockets of this shard, indexed by `RelayId` (= mio token).
 struct RelayTable {
     registry: mio::Registry,
@@ -54,16 +45,8 @@ struct RelayTable {
 }
 
 impl RelayPorts for RelayTable {
-    fn allocate(&mut self, family: Family, even_port: bool) -> Result<Relay, RelayError> {
-        let ip = match family {
-            Family::V4 => self.settings.v4,
-            Family::V6 => self.settings.v6,
-        }
-        .ok_or(RelayError::FamilyUnsupported)?;
-        let std = socket::bind_relay(ip, self.settings.range, even_port, self.settings.buffer).map_err(|e| {
-            tracing::warn!(error = %e, "cannot bind a relay socket");
-            RelayError::Exhausted
-        })?;
+    fn allocate(&mut self, family: Family, port: PortRequest) -> Result<Relay, RelayError> {
+        let std = socket::open_relay(&self.settings, family, port)?;
         let local = std.local_addr().map_err(|_| RelayError::Exhausted)?;
         let state = UdpSocketState::new((&std).into()).map_err(|_| RelayError::Exhausted)?;
         let mut socket = UdpSocket::from_std(std);

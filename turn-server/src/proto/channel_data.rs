@@ -4,6 +4,8 @@
 /// Channel numbers a client may bind (RFC 8656 §12).
 pub const CHANNEL_MIN: u16 = 0x4000;
 pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// RFC 5766 allowed up to 0x7FFE, and coturn's clients still pick numbers there.
+pub const CHANNEL_MAX_RFC5766: u16 = 0x7FFE;
 pub const HEADER_LEN: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,10 +16,8 @@ pub struct ChannelData<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelDataError {
-    #[error("shorter than the 4-byte ChannelData header")]
+    #[error("not a ChannelData header")]
     TooShort,
-    #[error("channel number {0:#06x} outside 0x4000-0x4FFF")]
-    BadNumber(u16),
     #[error("length field {0} runs past the datagram")]
     LengthPastEnd(u16),
 }
@@ -26,19 +26,16 @@ pub fn is_channel_data(buf: &[u8]) -> bool {
     buf.first().is_some_and(|b| b & 0xC0 == 0x40)
 }
 
-pub fn is_valid_number(number: u16) -> bool {
-    (CHANNEL_MIN..=CHANNEL_MAX).contains(&number)
-}
-
-/// Parses one ChannelData message. Trailing bytes (padding, which is optional over UDP) are ignored.
+/// Parses one ChannelData message (first two bits 01: numbers 0x4000-0x7FFF; whether the number
+/// is bound is the allocation's business). Trailing bytes (padding, optional over UDP) are ignored.
 pub fn parse(buf: &[u8]) -> Result<ChannelData<'_>, ChannelDataError> {
     let Some(header) = buf.get(..HEADER_LEN) else {
         return Err(ChannelDataError::TooShort);
     };
     let number = u16::from_be_bytes([header[0], header[1]]);
     let len = u16::from_be_bytes([header[2], header[3]]);
-    if !is_valid_number(number) {
-        return Err(ChannelDataError::BadNumber(number));
+    if number & 0xC000 != 0x4000 {
+        return Err(ChannelDataError::TooShort);
     }
     let payload = buf
         .get(HEADER_LEN..HEADER_LEN + usize::from(len))
@@ -84,7 +81,8 @@ mod tests {
     #[test]
     fn rejects_bad_inputs() {
         assert_eq!(parse(&[0x40, 0x00]), Err(ChannelDataError::TooShort));
-        assert_eq!(parse(&[0x50, 0x00, 0, 0]), Err(ChannelDataError::BadNumber(0x5000)));
+        assert_eq!(parse(&[0x80, 0x00, 0, 0]), Err(ChannelDataError::TooShort));
+        assert_eq!(parse(&[0x70, 0x0d, 0, 0]).map(|c| c.number), Ok(0x700d));
         assert_eq!(parse(&[0x40, 0x00, 0, 5, 1]), Err(ChannelDataError::LengthPastEnd(5)));
     }
 

@@ -10,6 +10,6 @@ pub mod server;
 mod tests;
 
 pub use server::{
-    CoreConfig, Family, FiveTuple, Now, Output, PeerRoute, Relay, RelayError, RelayId, RelayPorts, Server, Shared,
+    CoreConfig, Family, FiveTuple, Now, Output, PeerRoute, PortRequest, Relay, RelayError, RelayId, RelayPorts, Server, Shared,
     Transport,
 };

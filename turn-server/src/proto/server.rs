@@ -80,9 +80,21 @@ pub enum RelayError {
     FamilyUnsupported,
 }
 
-/// The I/O layer binds relay sockets on the core's behalf, in the configured relay range.
+/// Which relay port the Allocate asked for (RFC 8656 §7.2: EVEN-PORT, RESERVATION-TOKEN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRequest {
+    Any,
+    Even,
+    /// An even port, and hold the next one under this token.
+    EvenReserveNext([u8; 8]),
+    /// The port held under this token.
+    Reserved([u8; 8]),
+}
+
+/// The I/O layer binds relay sockets on the core's behalf, in the configured relay range, and
+/// holds reserved ports (they may be claimed from any shard).
 pub trait RelayPorts {
-    fn allocate(&mut self, family: Family, even_port: bool) -> Result<Relay, RelayError>;
+    fn allocate(&mut self, family: Family, port: PortRequest) -> Result<Relay, RelayError>;
     fn release(&mut self, id: RelayId);
 }
 
@@ -107,6 +119,9 @@ pub struct CoreConfig {
     pub unauthorized_per_sec: u32,
     pub unauthorized_burst: u32,
     pub stun_only: bool,
+    /// Highest bindable channel number: 0x4FFF (RFC 8656) or 0x7FFE (RFC 5766, what coturn's
+    /// clients use).
+    pub channel_max: u16,
 }
 
 impl Default for CoreConfig {
@@ -128,6 +143,7 @@ impl Default for CoreConfig {
             unauthorized_per_sec: 20,
             unauthorized_burst: 50,
             stun_only: false,
+            channel_max: channel_data::CHANNEL_MAX_RFC5766,
         }
     }
 }
@@ -635,20 +651,24 @@ impl Server {
             Some(Ok(msg::PROTO_UDP)) => {}
             Some(Ok(_)) => return Err(Reply::new(442, "Unsupported Transport Protocol").signed(key)),
         }
-        let even_port = match msg::first(m, ATTR_EVEN_PORT) {
-            // The R bit asks to reserve the next port; no ports are held in reserve, so only
-            // the even port itself is honoured.
-            Some([_, ..]) => true,
-            Some([]) => return Err(Reply::new(400, "Bad Request").signed(key)),
-            None => false,
-        };
-        if m.contains(ATTR_RESERVATION_TOKEN) {
-            if m.contains(ATTR_EVEN_PORT) {
+        let token = match msg::first(m, ATTR_RESERVATION_TOKEN) {
+            None => None,
+            Some(v) if m.contains(ATTR_EVEN_PORT) || m.contains(ATTR_REQUESTED_ADDRESS_FAMILY) || v.len() != 8 => {
                 return Err(Reply::new(400, "Bad Request").signed(key));
             }
-            // No relay ports are held in reserve, so no token can be honoured.
-            return Err(Reply::new(508, "Insufficient Capacity").signed(key));
-        }
+            Some(v) => {
+                let mut t = [0u8; 8];
+                t.copy_from_slice(v);
+                Some(t)
+            }
+        };
+        let port = match (msg::first(m, ATTR_EVEN_PORT), token) {
+            (_, Some(t)) => PortRequest::Reserved(t),
+            (Some([b, ..]), None) if b & 0x80 != 0 => PortRequest::EvenReserveNext(rand::random()),
+            (Some([_, ..]), None) => PortRequest::Even,
+            (Some([]), None) => return Err(Reply::new(400, "Bad Request").signed(key)),
+            (None, None) => PortRequest::Any,
+        };
         let requested = msg::leading_byte(m, ATTR_REQUESTED_ADDRESS_FAMILY);
         let additional = msg::leading_byte(m, msg::ATTR_ADDITIONAL_ADDRESS_FAMILY);
         let mut families = match (requested, additional) {
@@ -677,7 +697,7 @@ impl Server {
         let mut address_error: Option<u16> = None;
         let primary = families.remove(0);
         for (i, family) in std::iter::once(primary).chain(families).enumerate() {
-            match relays.allocate(family, even_port) {
+            match relays.allocate(family, if i == 0 { port } else { PortRequest::Any }) {
                 Ok(relay) => {
                     let advertised_ip = cfg
                         .external_ips
@@ -716,6 +736,9 @@ impl Server {
             r.add(msg::ATTR_ADDRESS_ERROR_CODE, &v);
         }
         r.add(ATTR_LIFETIME, &(lifetime.as_secs() as u32).to_be_bytes());
+        if let PortRequest::EvenReserveNext(t) = port {
+            r.add(ATTR_RESERVATION_TOKEN, &t);
+        }
         msg::add_xor_address(&mut r, ATTR_XORMAPPED_ADDRESS, from.client);
         let data = self.encode(r, Some(key));
         let bandwidth = grant.kbps.or(cfg.max_kbps).map(|k| {
@@ -859,7 +882,7 @@ impl Server {
             Some([a, b, _, _]) => u16::from_be_bytes([*a, *b]),
             _ => return Err(bad()),
         };
-        if !channel_data::is_valid_number(number) {
+        if !(channel_data::CHANNEL_MIN..=self.shared.config.channel_max).contains(&number) {
             tracing::debug!(number, "channel number out of range");
             return Err(bad());
         }

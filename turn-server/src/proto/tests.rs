@@ -21,11 +21,14 @@ struct FakeRelays {
     released: Vec<RelayId>,
     v6: bool,
     exhausted: bool,
+    requests: Vec<PortRequest>,
+    reserved: Vec<[u8; 8]>,
 }
 
 impl RelayPorts for FakeRelays {
-    fn allocate(&mut self, family: Family, _even: bool) -> Result<Relay, RelayError> {
-        if self.exhausted {
+    fn allocate(&mut self, family: Family, port: PortRequest) -> Result<Relay, RelayError> {
+        self.requests.push(port);
+        if self.exhausted || matches!(port, PortRequest::Reserved(t) if !self.reserved.contains(&t)) {
             return Err(RelayError::Exhausted);
         }
         self.next += 1;
@@ -81,7 +84,7 @@ fn harness_with(config: CoreConfig, creds: Box<dyn CredentialStore>) -> Harness 
     let shared = Arc::new(Shared::new(config, creds, policy, Metrics::new().expect("metrics")));
     Harness {
         server: Server::new(shared),
-        relays: FakeRelays { next: 0, released: Vec::new(), v6: true, exhausted: false },
+        relays: FakeRelays { next: 0, released: Vec::new(), v6: true, exhausted: false, requests: Vec::new(), reserved: Vec::new() },
         now: Now { instant: Instant::now(), unix: SystemTime::now() },
         client: FiveTuple {
             client: "198.51.100.1:40000".parse().expect("addr"),
@@ -331,7 +334,7 @@ fn channel_bind_and_channel_data_both_ways() {
         PeerRoute::Channel { to: h.client, number: 0x4001 }
     );
     // Out of range, and a second number for the same peer.
-    for (number, peer) in [([0x3f, 0xff], "198.51.100.9:7000"), ([0x50, 0x00], "198.51.100.9:7000"), ([0x40, 0x02], "198.51.100.9:7000")] {
+    for (number, peer) in [([0x3f, 0xff], "198.51.100.9:7000"), ([0x7f, 0xff], "198.51.100.9:7000"), ([0x40, 0x02], "198.51.100.9:7000")] {
         let r = h.ask(
             &Req::new(METHOD_CHANNEL_BIND).attr(ATTR_CHANNEL_NUMBER, &[number[0], number[1], 0, 0]).peer(peer).auth("alice", "pw", &nonce),
         );
@@ -503,4 +506,34 @@ fn stun_only_answers_binding_only() {
     let mut h = harness_with(cfg, Box::new(StaticUsers::default()));
     assert_eq!(h.ask(&Req::new(METHOD_BINDING).bytes()).typ, BINDING_SUCCESS);
     assert_eq!(code(&h.ask(&Req::new(METHOD_ALLOCATE).udp().bytes())), Some(400));
+}
+
+#[test]
+fn strict_channel_numbers_refuse_rfc5766_range() {
+    for (max, expect) in [(super::channel_data::CHANNEL_MAX, Some(400)), (super::channel_data::CHANNEL_MAX_RFC5766, None)] {
+        let mut h = harness_with(CoreConfig { channel_max: max, ..config() }, Box::new(StaticUsers::new(&[("alice".into(), "pw".into())], REALM)));
+        let (_, nonce) = h.allocate();
+        let r = h.ask(&Req::new(METHOD_CHANNEL_BIND).attr(ATTR_CHANNEL_NUMBER, &[0x70, 0x0d, 0, 0]).peer("198.51.100.9:7000").auth("alice", "pw", &nonce));
+        assert_eq!(code(&r), expect);
+    }
+}
+
+#[test]
+fn even_port_reservation_token_round_trip() {
+    let mut h = harness();
+    let nonce = h.nonce();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_EVEN_PORT, &[0x80]).auth("alice", "pw", &nonce));
+    let token: [u8; 8] = msg::first(&r, ATTR_RESERVATION_TOKEN).expect("token").try_into().expect("8 bytes");
+    assert_eq!(h.relays.requests, vec![PortRequest::EvenReserveNext(token)]);
+    h.relays.reserved.push(token);
+    h.client.client.set_port(40001);
+    let nonce = h.nonce();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_RESERVATION_TOKEN, &token).auth("alice", "pw", &nonce));
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    h.client.client.set_port(40002);
+    let nonce = h.nonce();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_RESERVATION_TOKEN, &[1; 8]).auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(508), "unknown token");
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_RESERVATION_TOKEN, &token).attr(ATTR_EVEN_PORT, &[0]).auth("alice", "pw", &nonce));
+    assert_eq!(code(&r), Some(400));
 }

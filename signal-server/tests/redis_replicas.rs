@@ -1,0 +1,279 @@
+//! Two `iceway-signal` processes sharing a real `redis-server`: what apps see when their camera
+//! and viewer land on different replicas, and when a replica dies.
+//!
+//! Needs `redis-server` on PATH (Debian: `apt-get install -y --no-install-recommends
+//! redis-server`).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Redis {
+    url: String,
+    _proc: Proc,
+}
+
+impl Redis {
+    async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}); install it: \
+                     apt-get install -y --no-install-recommends redis-server"
+                )
+            });
+        let proc = Proc(child);
+        let url = format!("redis://127.0.0.1:{port}/");
+        let client = redis::Client::open(url.as_str()).unwrap();
+        wait_until("redis-server answers PING", || async {
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut c) => redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        Self { url, _proc: proc }
+    }
+}
+
+/// Polls a readiness condition (a process coming up), bounded in time and count.
+async fn wait_until<F, Fut>(what: &str, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    for _ in 0..600 {
+        if ready().await {
+            return;
+        }
+        if start.elapsed() > WAIT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not ready after {WAIT:?}");
+}
+
+struct Replica {
+    ws_url: String,
+    proc: Option<Proc>,
+}
+
+impl Replica {
+    async fn start(redis: &Redis, secret: &tempfile::NamedTempFile) -> Self {
+        let (port, admin) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_iceway-signal"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(["--jwt-secret-file", secret.path().to_str().unwrap()])
+            .args(["--redis-url", &redis.url])
+            .args(["--turn-url", "stun:stun.test:3478"])
+            // A short presence TTL so a dead replica's cameras expire within the test.
+            .env("ICEWAY_SIGNAL__PRESENCE_TTL", "3s")
+            .env("ICEWAY_SIGNAL__HEARTBEAT", "2s")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let proc = Proc(child);
+        let http = reqwest::Client::new();
+        let readyz = format!("http://127.0.0.1:{admin}/readyz");
+        wait_until("replica /readyz", || {
+            let req = http.get(&readyz).send();
+            async move { req.await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        Self {
+            ws_url: format!("ws://127.0.0.1:{port}/v1/ws"),
+            proc: Some(proc),
+        }
+    }
+
+    fn kill(&mut self) {
+        drop(self.proc.take());
+    }
+}
+
+/// Camera on `a`, viewer on `b`, joined.
+async fn joined_across(a: &Replica, b: &Replica) -> (Client, Client) {
+    let mut camera = Client::connect(&a.ws_url, &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    camera.expect("camera-online").await;
+    let mut viewer = Client::connect(&b.ws_url, &viewer_token("alice", &["cam1"])).await;
+    viewer.send(json!({"type":"watch","camera":"cam1"})).await;
+    let online = viewer.expect("camera-online").await;
+    assert_eq!(online["session"], camera.session.as_str());
+    let joined = camera.expect("viewer-joined").await;
+    assert_eq!(joined["viewer"], viewer.session.as_str());
+    (camera, viewer)
+}
+
+async fn exchange(camera: &mut Client, viewer: &mut Client) {
+    let (c, v) = (camera.session.clone(), viewer.session.clone());
+    camera
+        .send(json!({"type":"offer","to":v,"sdp":"v=0 offer"}))
+        .await;
+    assert_eq!(
+        viewer.expect("offer").await,
+        json!({"type":"offer","from":c,"sdp":"v=0 offer"})
+    );
+    viewer
+        .send(json!({"type":"answer","to":c,"sdp":"v=0 answer"}))
+        .await;
+    assert_eq!(
+        camera.expect("answer").await,
+        json!({"type":"answer","from":v,"sdp":"v=0 answer"})
+    );
+    camera
+        .send(json!({"type":"candidate","to":v,"candidate":"candidate:1","sdpMid":"0","sdpMLineIndex":0}))
+        .await;
+    assert_eq!(viewer.expect("candidate").await["from"], c.as_str());
+    viewer
+        .send(json!({"type":"candidate","to":c,"candidate":"candidate:2","sdpMid":"0","sdpMLineIndex":0}))
+        .await;
+    assert_eq!(camera.expect("candidate").await["from"], v.as_str());
+}
+
+/// Reads the viewer's frames until `camera-online`; `camera-offline` must come first.
+async fn offline_then_online(viewer: &mut Client) -> serde_json::Value {
+    let mut offline_seen = false;
+    for _ in 0..20 {
+        let f = viewer.recv().await;
+        match f["type"].as_str() {
+            Some("camera-offline") => offline_seen = true,
+            Some("camera-online") => {
+                assert!(offline_seen, "camera-online came before camera-offline");
+                return f;
+            }
+            Some("peer-left") => {}
+            _ => panic!("unexpected frame {f}"),
+        }
+    }
+    panic!("no camera-online");
+}
+
+#[tokio::test]
+async fn camera_on_replica_a_and_viewer_on_replica_b_talk_and_survive_replica_a_dying() {
+    let redis = Redis::start().await;
+    let secret = secret_file();
+    let mut a = Replica::start(&redis, &secret).await;
+    let b = Replica::start(&redis, &secret).await;
+
+    let (mut camera, mut viewer) = joined_across(&a, &b).await;
+    exchange(&mut camera, &mut viewer).await;
+
+    a.kill();
+    assert_eq!(camera.closed().await, Closed::NoCloseFrame);
+
+    // The phone reconnects, this time to replica B.
+    let mut camera = Client::connect(&b.ws_url, &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    camera.expect("camera-online").await;
+    let online = offline_then_online(&mut viewer).await;
+    assert_eq!(online["session"], camera.session.as_str());
+    let joined = camera.expect("viewer-joined").await;
+    assert_eq!(joined["viewer"], viewer.session.as_str());
+    exchange(&mut camera, &mut viewer).await;
+}
+
+#[tokio::test]
+async fn viewer_sees_camera_offline_when_the_cameras_replica_dies() {
+    let redis = Redis::start().await;
+    let secret = secret_file();
+    let mut a = Replica::start(&redis, &secret).await;
+    let b = Replica::start(&redis, &secret).await;
+    let (_camera, mut viewer) = joined_across(&a, &b).await;
+
+    a.kill();
+    // Nobody is left to announce it: the presence key expires and replica B notices.
+    let mut frames = Vec::new();
+    for _ in 0..2 {
+        frames.push(viewer.recv().await["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(frames, ["peer-left", "camera-offline"]);
+
+    // And a camera coming back anywhere is announced.
+    let mut camera = Client::connect(&b.ws_url, &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    let online = viewer.expect("camera-online").await;
+    assert_eq!(online["session"], camera.session.as_str());
+}
+
+#[tokio::test]
+async fn across_replicas_a_departed_peer_is_peer_left_then_peer_gone() {
+    let redis = Redis::start().await;
+    let secret = secret_file();
+    let a = Replica::start(&redis, &secret).await;
+    let b = Replica::start(&redis, &secret).await;
+    let (mut camera, viewer) = joined_across(&a, &b).await;
+
+    let gone = viewer.session.clone();
+    drop(viewer);
+    assert_eq!(camera.expect("peer-left").await["peer"], gone.as_str());
+    camera
+        .send(json!({"type":"offer","to":gone,"sdp":"v=0"}))
+        .await;
+    camera.expect_error("peer-gone").await;
+
+    // A second viewer on B and a third on A both reach the camera on A.
+    let mut v2 = Client::connect(&b.ws_url, &viewer_token("bob", &["cam1"])).await;
+    v2.send(json!({"type":"watch","camera":"cam1"})).await;
+    v2.expect("camera-online").await;
+    let mut v3 = Client::connect(&a.ws_url, &viewer_token("carol", &["cam1"])).await;
+    v3.send(json!({"type":"watch","camera":"cam1"})).await;
+    v3.expect("camera-online").await;
+    let mut joined = vec![
+        camera.expect("viewer-joined").await["user"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        camera.expect("viewer-joined").await["user"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ];
+    joined.sort();
+    assert_eq!(joined, ["bob", "carol"]);
+    exchange(&mut camera, &mut v2).await;
+    exchange(&mut camera, &mut v3).await;
+
+    // The camera leaving is heard on both replicas.
+    camera.send(json!({"type":"leave"})).await;
+    for v in [&mut v2, &mut v3] {
+        v.expect("peer-left").await;
+        v.expect("camera-offline").await;
+    }
+}

@@ -1,0 +1,517 @@
+//! What camera and viewer apps see from one signal server (in-memory routing).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use iceway_auth::Role;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn camera_publishes_viewer_watches_and_offer_answer_candidates_relay_both_ways() {
+    let server = TestServer::start().await;
+    let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    let ack = camera.expect("camera-online").await;
+    assert_eq!(ack["camera"], "cam1");
+
+    // A browser viewer: no header, an auth frame first.
+    let mut viewer =
+        Client::connect_with_auth_frame(&server.url(), &viewer_token("alice", &["cam1"])).await;
+    viewer.send(json!({"type":"watch","camera":"cam1"})).await;
+    let online = viewer.expect("camera-online").await;
+    assert_eq!(online["camera"], "cam1");
+    assert_eq!(online["session"], camera.session.as_str());
+
+    let joined = camera.expect("viewer-joined").await;
+    assert_eq!(joined["viewer"], viewer.session.as_str());
+    assert_eq!(joined["user"], "alice");
+
+    let v = viewer.session.clone();
+    let c = camera.session.clone();
+    camera
+        .send(json!({"type":"offer","to":v,"sdp":"v=0 offer"}))
+        .await;
+    let offer = viewer.expect("offer").await;
+    assert_eq!(offer, json!({"type":"offer","from":c,"sdp":"v=0 offer"}));
+
+    viewer
+        .send(json!({"type":"answer","to":c,"sdp":"v=0 answer"}))
+        .await;
+    let answer = camera.expect("answer").await;
+    assert_eq!(answer, json!({"type":"answer","from":v,"sdp":"v=0 answer"}));
+
+    let cand = json!({"candidate":"candidate:1 1 udp 2122260223 192.0.2.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0});
+    let mut out = cand.clone();
+    out["type"] = "candidate".into();
+    out["to"] = v.clone().into();
+    camera.send(out).await;
+    let got = viewer.expect("candidate").await;
+    assert_eq!(got["from"], c.as_str());
+    assert_eq!(got["candidate"], cand["candidate"]);
+    assert_eq!(got["sdpMid"], "0");
+    assert_eq!(got["sdpMLineIndex"], 0);
+
+    viewer
+        .send(json!({"type":"candidate","to":c,"candidate":"","sdpMid":null,"sdpMLineIndex":null}))
+        .await;
+    let end = camera.expect("candidate").await;
+    assert_eq!(end["from"], v.as_str());
+    assert_eq!(end["candidate"], "");
+
+    let text = server.metrics();
+    assert!(text.contains("iceway_signal_connections 2"), "{text}");
+    assert!(text.contains("iceway_signal_cameras_online 1"), "{text}");
+    assert!(text.contains("iceway_signal_viewers 1"), "{text}");
+    assert!(
+        text.contains("iceway_signal_relay_latency_seconds_count 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"iceway_signal_messages_total{result="ok",type="offer"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn several_viewers_watch_one_camera_and_camera_hears_each_leave() {
+    let server = TestServer::start().await;
+    let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    camera.expect("camera-online").await;
+    let mut viewers = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        let mut v = Client::connect(&server.url(), &viewer_token(user, &["cam1"])).await;
+        v.send(json!({"type":"watch","camera":"cam1"})).await;
+        v.expect("camera-online").await;
+        let joined = camera.expect("viewer-joined").await;
+        assert_eq!(joined["viewer"], v.session.as_str());
+        assert_eq!(joined["user"], user);
+        viewers.push(v);
+    }
+    // Each viewer gets only its own offer.
+    for v in &viewers {
+        camera
+            .send(json!({"type":"offer","to":v.session,"sdp":format!("for {}", v.session)}))
+            .await;
+    }
+    for v in &mut viewers {
+        let offer = v.expect("offer").await;
+        assert_eq!(offer["sdp"], format!("for {}", v.session));
+    }
+    let bob = viewers.remove(1);
+    let bob_session = bob.session.clone();
+    drop(bob);
+    let left = camera.expect("peer-left").await;
+    assert_eq!(left["peer"], bob_session.as_str());
+
+    let mut carol = viewers.pop().unwrap();
+    carol.send(json!({"type":"leave"})).await;
+    let left = camera.expect("peer-left").await;
+    assert_eq!(left["peer"], carol.session.as_str());
+    carol.ping_pong().await;
+}
+
+#[tokio::test]
+async fn watching_a_camera_outside_cams_is_forbidden() {
+    let server = TestServer::start().await;
+    let mut viewer = Client::connect(&server.url(), &viewer_token("alice", &["cam1"])).await;
+    viewer
+        .send(json!({"type":"watch","camera":"cam2","ref":"w1"}))
+        .await;
+    let e = viewer.expect_error("forbidden").await;
+    assert_eq!(e["ref"], "w1");
+    viewer.send(json!({"type":"publish"})).await;
+    let e = viewer.expect_error("forbidden").await;
+    assert_eq!(e["ref"], "publish");
+
+    let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish","camera":"cam2"})).await;
+    camera.expect_error("forbidden").await;
+    camera.send(json!({"type":"watch","camera":"cam1"})).await;
+    camera.expect_error("forbidden").await;
+    camera.ping_pong().await;
+}
+
+#[tokio::test]
+async fn expired_or_missing_token_is_closed_with_4001() {
+    let server = TestServer::start_with(|c| c.auth_timeout = Duration::from_secs(1)).await;
+    let url = server.url();
+
+    let ws = connect_raw(&url, Some(&expired_token(Role::Viewer, "alice")))
+        .await
+        .unwrap();
+    assert_eq!(closed(ws).await, Closed::Code(4001), "expired bearer");
+
+    let ws = connect_raw(&url, Some("not.a.jwt")).await.unwrap();
+    assert_eq!(closed(ws).await, Closed::Code(4001), "garbage bearer");
+
+    let mut ws = connect_raw(&url, None).await.unwrap();
+    let expired = expired_token(Role::Camera, "cam1");
+    ws.send(Message::text(
+        json!({"type":"auth","token":expired}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(closed(ws).await, Closed::Code(4001), "expired auth frame");
+
+    let mut ws = connect_raw(&url, None).await.unwrap();
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    assert_eq!(closed(ws).await, Closed::Code(4001), "first frame not auth");
+
+    let ws = connect_raw(&url, None).await.unwrap();
+    assert_eq!(
+        closed(ws).await,
+        Closed::Code(4001),
+        "no auth frame in time"
+    );
+
+    let text = server.metrics();
+    assert!(
+        text.contains(r#"iceway_signal_auth_failures_total{reason="expired"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"iceway_signal_auth_failures_total{reason="timeout"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn viewer_of_an_offline_camera_sees_camera_offline_then_camera_online() {
+    let server = TestServer::start().await;
+    let mut viewer = Client::connect(&server.url(), &viewer_token("alice", &["cam1"])).await;
+    viewer.send(json!({"type":"watch","camera":"cam1"})).await;
+    let offline = viewer.expect("camera-offline").await;
+    assert_eq!(offline["camera"], "cam1");
+
+    let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    let online = viewer.expect("camera-online").await;
+    assert_eq!(online["session"], camera.session.as_str());
+    camera.expect("camera-online").await;
+    let joined = camera.expect("viewer-joined").await;
+    assert_eq!(joined["viewer"], viewer.session.as_str());
+}
+
+#[tokio::test]
+async fn camera_that_reconnects_publishes_again_and_viewers_are_told() {
+    let server = TestServer::start().await;
+    let mut viewer = Client::connect(&server.url(), &viewer_token("alice", &["cam1"])).await;
+    let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    camera.expect("camera-online").await;
+    viewer.send(json!({"type":"watch","camera":"cam1"})).await;
+    viewer.expect("camera-online").await;
+    camera.expect("viewer-joined").await;
+
+    // The phone drops off the network, then comes back.
+    let old = camera.session.clone();
+    drop(camera);
+    let left = viewer.expect("peer-left").await;
+    assert_eq!(left["peer"], old.as_str());
+    viewer.expect("camera-offline").await;
+    let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    camera.expect("camera-online").await;
+    let online = viewer.expect("camera-online").await;
+    assert_eq!(online["session"], camera.session.as_str());
+    camera.expect("viewer-joined").await;
+
+    // Reconnecting while the old socket still looks alive: the new one takes over.
+    let mut newer = Client::connect(&server.url(), &camera_token("cam1")).await;
+    newer.send(json!({"type":"publish"})).await;
+    newer.expect("camera-online").await;
+    let e = camera.expect_error("forbidden").await;
+    assert_eq!(e["ref"], "publish");
+    assert_eq!(
+        viewer.expect("peer-left").await["peer"],
+        camera.session.as_str()
+    );
+    viewer.expect("camera-offline").await;
+    let online = viewer.expect("camera-online").await;
+    assert_eq!(online["session"], newer.session.as_str());
+    newer.expect("viewer-joined").await;
+    // The replaced connection leaving does not take the camera offline.
+    drop(camera);
+    newer.ping_pong().await;
+    viewer.ping_pong().await;
+}
+
+#[tokio::test]
+async fn frame_to_a_departed_peer_gets_peer_gone() {
+    let server = TestServer::start().await;
+    let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    camera.expect("camera-online").await;
+    let mut viewer = Client::connect(&server.url(), &viewer_token("alice", &["cam1"])).await;
+    viewer.send(json!({"type":"watch","camera":"cam1"})).await;
+    viewer.expect("camera-online").await;
+    camera.expect("viewer-joined").await;
+    let gone = viewer.session.clone();
+    drop(viewer);
+    camera.expect("peer-left").await;
+    camera
+        .send(json!({"type":"offer","to":gone,"sdp":"v=0","ref":9}))
+        .await;
+    let e = camera.expect_error("peer-gone").await;
+    assert_eq!(e["ref"], 9);
+    camera
+        .send(json!({"type":"candidate","to":"never-a-session","candidate":""}))
+        .await;
+    camera.expect_error("peer-gone").await;
+    camera.ping_pong().await;
+}
+
+#[tokio::test]
+async fn oversized_frame_is_closed_with_4009() {
+    let server = TestServer::start_with(|c| c.max_frame_bytes = 4096).await;
+    let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
+    camera.ping_pong().await;
+    let big = json!({"type":"offer","to":"x","sdp":"a".repeat(10_000)}).to_string();
+    // The server may close before the whole frame is written; only the close code matters.
+    let _ = camera.ws.send(Message::text(big)).await;
+    assert_eq!(camera.closed().await, Closed::Code(4009));
+}
+
+#[tokio::test]
+async fn flood_gets_rate_limited_then_closed_with_4008() {
+    let server = TestServer::start_with(|c| {
+        c.rate_per_second = 5;
+        c.rate_burst = 10;
+        c.rate_strikes = 20;
+    })
+    .await;
+    let mut client = Client::connect(&server.url(), &viewer_token("alice", &[])).await;
+    for _ in 0..200 {
+        if client
+            .ws
+            .feed(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = client.ws.flush().await;
+    let mut pongs = 0;
+    let mut limited = 0;
+    let code = loop {
+        match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut client.ws))
+            .await
+            .expect("timed out")
+        {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    Some("pong") => pongs += 1,
+                    Some("error") => {
+                        assert_eq!(v["code"], "rate-limited");
+                        limited += 1;
+                    }
+                    _ => panic!("unexpected {v}"),
+                }
+            }
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => {}
+            other => panic!("ended without close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 4008);
+    assert!(pongs >= 10, "the burst is served: {pongs}");
+    assert!(limited >= 1, "rate-limited errors come before the close");
+}
+
+#[tokio::test]
+async fn malformed_frames_get_bad_message_and_the_connection_lives_on() {
+    let server = TestServer::start().await;
+    let mut c = Client::connect(&server.url(), &viewer_token("alice", &["cam1"])).await;
+    for bad in [
+        "{not json",
+        "[]",
+        r#"{"no":"type"}"#,
+        r#"{"type":"dance"}"#,
+        r#"{"type":"watch"}"#,
+        r#"{"type":"offer","to":5,"sdp":"x"}"#,
+        "null",
+        "",
+    ] {
+        c.ws.send(Message::text(bad)).await.unwrap();
+        let e = c.expect_error("bad-message").await;
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{bad}: {e}"
+        );
+    }
+    c.ws.send(Message::binary(vec![0xde, 0xad, 0xbe, 0xef]))
+        .await
+        .unwrap();
+    c.expect_error("bad-message").await;
+    c.send(json!({"type":"auth","token":"again"})).await;
+    c.expect_error("bad-message").await;
+    c.ping_pong().await;
+}
+
+#[tokio::test]
+async fn viewers_beyond_the_camera_limit_are_refused() {
+    let server = TestServer::start_with(|c| c.max_viewers_per_camera = 1).await;
+    let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    camera.expect("camera-online").await;
+    let mut first = Client::connect(&server.url(), &viewer_token("alice", &["cam1"])).await;
+    first.send(json!({"type":"watch","camera":"cam1"})).await;
+    first.expect("camera-online").await;
+    camera.expect("viewer-joined").await;
+    let mut second = Client::connect(&server.url(), &viewer_token("bob", &["cam1"])).await;
+    second.send(json!({"type":"watch","camera":"cam1"})).await;
+    second.expect("camera-online").await;
+    let e = second.expect_error("forbidden").await;
+    assert!(e["message"].as_str().unwrap().contains("viewers"), "{e}");
+    camera.ping_pong().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_user_limit_are_closed_with_4008() {
+    let server = TestServer::start_with(|c| c.max_connections_per_user = 2).await;
+    let token = viewer_token("alice", &[]);
+    let _a = Client::connect(&server.url(), &token).await;
+    let _b = Client::connect(&server.url(), &token).await;
+    let ws = connect_raw(&server.url(), Some(&token)).await.unwrap();
+    assert_eq!(closed(ws).await, Closed::Code(4008));
+    let _other_user = Client::connect(&server.url(), &viewer_token("bob", &[])).await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_process_limit_are_refused_with_503() {
+    let server = TestServer::start_with(|c| c.max_connections = 1).await;
+    let _a = Client::connect(&server.url(), &viewer_token("alice", &[])).await;
+    let err = connect_raw(&server.url(), Some(&viewer_token("bob", &[])))
+        .await
+        .expect_err("full");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 503),
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn silent_client_is_pinged_then_closed_with_4008() {
+    let server = TestServer::start_with(|c| {
+        c.heartbeat = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    // A raw socket that never answers pings (a real WebSocket client would).
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        server.addr,
+        viewer_token("alice", &[])
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let read_all = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read_all)
+        .await
+        .expect("server never closed the silent connection");
+    let ping = [0x89u8, 0x00];
+    assert!(seen.windows(2).any(|w| w == ping), "a ping was sent first");
+    // Close frame: FIN+opcode 8, then the 4008 status code (0x0FA8) big-endian.
+    let close_code = seen
+        .windows(4)
+        .position(|w| w[0] == 0x88 && w[2..4] == [0x0f, 0xa8]);
+    assert!(close_code.is_some(), "closed with 4008");
+}
+
+#[tokio::test]
+async fn drain_refuses_new_upgrades_and_closes_sockets_with_1001_after_grace() {
+    let server = TestServer::start_with(|c| c.drain_grace = Duration::from_secs(1)).await;
+    let mut viewer = Client::connect(&server.url(), &viewer_token("alice", &[])).await;
+    viewer.ping_pong().await;
+    server.shutdown.begin_drain();
+    assert!(!server.shutdown.is_ready());
+    match connect_raw(&server.url(), Some(&viewer_token("bob", &[]))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        Err(_) => {} // the listener may already be gone
+        Ok(_) => panic!("upgrade accepted while draining"),
+    }
+    viewer.ping_pong().await;
+    assert_eq!(viewer.closed().await, Closed::Code(1001));
+    let mut server = server;
+    let task = server.task.take().unwrap();
+    let joined = tokio::time::timeout(WAIT, task).await;
+    assert!(
+        matches!(joined, Ok(Ok(Ok(())))),
+        "run() returns after the drain"
+    );
+}
+
+#[tokio::test]
+async fn ice_servers_endpoint_and_browser_pages_are_served() {
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(web.path().join("camera.html"), "<h1>camera</h1>").unwrap();
+    std::fs::write(web.path().join("app.js"), "// js").unwrap();
+    let root = web.path().to_owned();
+    let server = TestServer::start_with(move |c| c.web_root = root).await;
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+
+    let r = http
+        .get(format!("{base}/v1/ice-servers"))
+        .bearer_auth(viewer_token("alice", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["iceServers"][0]["urls"][0], "stun:stun.test:3478");
+    let r = http
+        .get(format!("{base}/v1/ice-servers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let r = http.get(format!("{base}/camera")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "<h1>camera</h1>");
+    let r = http.get(format!("{base}/app.js")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for missing in ["/viewer", "/nope.css"] {
+        let r = http.get(format!("{base}{missing}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{missing}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{missing}"
+        );
+    }
+
+    // The welcome carries the same list.
+    let c = connect_raw(&server.url(), Some(&camera_token("cam1")))
+        .await
+        .unwrap();
+    let mut c = Client {
+        ws: c,
+        session: String::new(),
+    };
+    let welcome = c.expect("welcome").await;
+    assert_eq!(welcome["role"], "camera");
+    assert_eq!(welcome["heartbeat"], 25);
+    assert_eq!(welcome["iceServers"][0]["urls"][0], "stun:stun.test:3478");
+}
