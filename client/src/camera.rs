@@ -30,6 +30,8 @@ pub struct CameraOptions {
     pub clip: Arc<Clip>,
     pub relay_only: bool,
     pub bind: Option<std::net::IpAddr>,
+    /// ICE servers to use instead of the welcome frame's (your own TURN, or tests).
+    pub ice_servers: Option<Vec<crate::protocol::IceServer>>,
     /// Stop after this long (tests); `None` runs until cancelled.
     pub duration: Option<Duration>,
 }
@@ -63,7 +65,7 @@ pub async fn run(opts: CameraOptions, stop: CancellationToken) -> Result<(), Cam
             _ = stop.cancelled() => return Ok(()),
             _ = &mut until_deadline => return Ok(()),
         };
-        let (welcome, sender, mut incoming) = match connected {
+        let (mut welcome, sender, mut incoming) = match connected {
             Ok(ok) => ok,
             Err(e) if e.is_fatal() => return Err(e.into()),
             Err(e) => {
@@ -77,6 +79,9 @@ pub async fn run(opts: CameraOptions, stop: CancellationToken) -> Result<(), Cam
             }
         };
         attempt = 0;
+        if let Some(servers) = &opts.ice_servers {
+            welcome.ice_servers = servers.clone();
+        }
         for why in ice::expired_turn_credentials(&welcome.ice_servers, SystemTime::now()) {
             tracing::error!("{why}: viewers will not be able to connect through the relay");
         }

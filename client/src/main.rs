@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use iceway_client::camera::{self, CameraOptions};
 use iceway_client::media::Clip;
+use iceway_client::protocol::{IceServer, ice_servers_of};
 use iceway_client::signaling::SignalError;
 use iceway_client::viewer::{self, ViewerError, ViewerOptions};
 use iceway_service::{LogFormat, init_tracing};
@@ -43,6 +44,10 @@ struct Cli {
     /// Local IP address to gather candidates on (default: the route towards the ICE servers).
     #[arg(long, global = true)]
     bind: Option<IpAddr>,
+    /// JSON file with ICE servers (RTCConfiguration.iceServers shape) to use instead of the
+    /// ones signaling hands out.
+    #[arg(long, global = true, value_name = "FILE")]
+    ice_servers: Option<PathBuf>,
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -88,10 +93,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    runtime.block_on(run(cli, token))
+    let ice_servers = match cli.ice_servers.as_deref().map(load_ice_servers).transpose() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    runtime.block_on(run(cli, token, ice_servers))
 }
 
-async fn run(cli: Cli, token: String) -> ExitCode {
+async fn run(cli: Cli, token: String, ice_servers: Option<Vec<IceServer>>) -> ExitCode {
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
@@ -129,6 +141,7 @@ async fn run(cli: Cli, token: String) -> ExitCode {
                 clip: Arc::new(clip),
                 relay_only: cli.relay_only,
                 bind: cli.bind,
+                ice_servers,
                 duration,
             };
             match camera::run(opts, stop).await {
@@ -147,6 +160,7 @@ async fn run(cli: Cli, token: String) -> ExitCode {
                 camera,
                 relay_only: cli.relay_only,
                 bind: cli.bind,
+                ice_servers,
                 frames,
                 timeout,
             };
@@ -198,4 +212,11 @@ fn refused_or_error(e: &SignalError) -> ExitCode {
     } else {
         ExitCode::from(EXIT_ERROR)
     }
+}
+
+fn load_ice_servers(path: &std::path::Path) -> Result<Vec<IceServer>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    ice_servers_of(&value).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -141,6 +141,11 @@ pub struct SelectedPair {
 
 pub async fn selected_pair(pc: &Pc) -> Option<SelectedPair> {
     let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
+    tracing::debug!(
+        ids = ?report.iter().map(|e| format!("{:?}:{}", e.stats_type(), e.id())).collect::<Vec<_>>(),
+        selected = ?report.transport().map(|t| t.selected_candidate_pair_id.clone()),
+        "stats"
+    );
     let selected_id = report
         .transport()
         .map(|t| t.selected_candidate_pair_id.clone())
@@ -149,16 +154,24 @@ pub async fn selected_pair(pc: &Pc) -> Option<SelectedPair> {
         .candidate_pairs()
         .find(|p| Some(&p.stats.id) == selected_id.as_ref())
         .or_else(|| report.candidate_pairs().find(|p| p.nominated))?;
-    let lookup = |id: &str| match report.get(id) {
-        Some(RTCStatsReportEntry::LocalCandidate(c))
-        | Some(RTCStatsReportEntry::RemoteCandidate(c)) => Some((
-            c.candidate_type.to_string(),
-            c.address.clone().map(|a| format!("{a}:{}", c.port)),
-        )),
-        _ => None,
+    // The pair names candidates by their own id, which the report may prefix with the entry
+    // kind ("RTCLocalIceCandidate_<id>"), so match on the suffix as well.
+    let lookup = |id: &str, local: bool| {
+        report.iter().find_map(|e| match e {
+            RTCStatsReportEntry::LocalCandidate(c) | RTCStatsReportEntry::RemoteCandidate(c)
+                if matches!(e, RTCStatsReportEntry::LocalCandidate(_)) == local
+                    && (e.id() == id || e.id().ends_with(id)) =>
+            {
+                Some((
+                    c.candidate_type.to_string(),
+                    c.address.clone().map(|a| format!("{a}:{}", c.port)),
+                ))
+            }
+            _ => None,
+        })
     };
-    let (local, local_address) = lookup(&pair.local_candidate_id)?;
-    let (remote, remote_address) = lookup(&pair.remote_candidate_id)?;
+    let (local, local_address) = lookup(&pair.local_candidate_id, true)?;
+    let (remote, remote_address) = lookup(&pair.remote_candidate_id, false)?;
     Some(SelectedPair {
         local,
         remote,

@@ -27,6 +27,8 @@ pub struct ViewerOptions {
     pub camera: String,
     pub relay_only: bool,
     pub bind: Option<std::net::IpAddr>,
+    /// ICE servers to use instead of the welcome frame's (your own TURN, or tests).
+    pub ice_servers: Option<Vec<crate::protocol::IceServer>>,
     /// Success once this many video frames were reassembled.
     pub frames: u64,
     pub timeout: Duration,
@@ -87,7 +89,7 @@ pub async fn run(
             _ = stop.cancelled() => break 'reconnect,
             _ = tokio::time::sleep_until(deadline) => break 'reconnect,
         };
-        let (welcome, sender, mut incoming) = match connected {
+        let (mut welcome, sender, mut incoming) = match connected {
             Ok(ok) => ok,
             Err(e) if e.is_fatal() => return Err(e.into()),
             Err(e) => {
@@ -102,6 +104,9 @@ pub async fn run(
             }
         };
         attempt = 0;
+        if let Some(servers) = &opts.ice_servers {
+            welcome.ice_servers = servers.clone();
+        }
         state.ice_servers = welcome.ice_servers.clone();
         let expired = ice::expired_turn_credentials(&welcome.ice_servers, SystemTime::now());
         for why in &expired {

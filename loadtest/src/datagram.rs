@@ -73,10 +73,18 @@ pub enum LoadError {
     Driver(#[from] DriverError),
 }
 
-/// The source addresses to use when the user names none: loopback for a loopback server.
+/// Loopback source addresses the load spreads over by default (127.0.0.1–127.0.0.64).
+pub const LOOPBACK_SOURCES: u8 = 64;
+
+/// The source addresses to use when the user names none. For a loopback IPv4 server, many
+/// loopback addresses: real clients come from many IPs, and servers rightly rate-limit
+/// unauthenticated requests per source IP (iceway-turn: 20/s, burst 50), which would otherwise
+/// throttle the allocation phase, not measure it.
 pub fn default_bind(server: SocketAddr) -> Vec<IpAddr> {
     match server.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() => vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        IpAddr::V4(ip) if ip.is_loopback() => (1..=LOOPBACK_SOURCES)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+            .collect(),
         IpAddr::V6(ip) if ip.is_loopback() => vec![IpAddr::V6(Ipv6Addr::LOCALHOST)],
         IpAddr::V4(_) => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
         IpAddr::V6(_) => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],

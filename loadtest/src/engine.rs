@@ -134,6 +134,22 @@ fn send_on(
         );
         scratch.lens.push(len);
     }
+    if n == 1 {
+        // The paced path sends one packet at a time: skip building a batch.
+        return match flow.socket.send(&scratch.buf[..scratch.lens[0]]) {
+            Ok(_) => {
+                flow.seq = flow.seq.wrapping_add(1);
+                flow.sent += 1;
+                flow.in_flight += 1;
+                if let Some(b) = budget_left {
+                    *b -= 1;
+                }
+                Ok(1)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        };
+    }
     let packets: Vec<&[u8]> = scratch
         .lens
         .iter()

@@ -117,7 +117,8 @@ struct Common {
     /// The server's PID, for CPU seconds, work per CPU-second and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Client source addresses, comma-separated (used round-robin).
+    /// Client source addresses, comma-separated, used round-robin (default for a loopback
+    /// server: 127.0.0.1–127.0.0.64).
     #[arg(long, value_delimiter = ',')]
     bind: Vec<IpAddr>,
     /// Print the report as JSON on stdout instead of the summary.

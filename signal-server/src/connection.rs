@@ -23,10 +23,10 @@ enum End {
 }
 
 pub(crate) async fn serve(mut socket: WebSocket, bearer: Option<String>, shared: Arc<Shared>) {
-    let claims = match authenticate(&mut socket, bearer, &shared).await {
+    let claims = match Box::pin(authenticate(&mut socket, bearer, &shared)).await {
         Ok(claims) => claims,
         Err(end) => {
-            finish(&mut socket, end, &shared).await;
+            Box::pin(finish(&mut socket, end, &shared)).await;
             return;
         }
     };
@@ -34,7 +34,7 @@ pub(crate) async fn serve(mut socket: WebSocket, bearer: Option<String>, shared:
     let Some(slot) = shared.users.acquire(&user) else {
         shared.metrics.connection("user_limit");
         let end = End::Close(close::POLICY, "too many connections for this user");
-        finish(&mut socket, end, &shared).await;
+        Box::pin(finish(&mut socket, end, &shared)).await;
         return;
     };
     let id = new_session_id();
@@ -58,13 +58,13 @@ pub(crate) async fn serve(mut socket: WebSocket, bearer: Option<String>, shared:
     }
     let mut session = Session::new(id, user, claims, slot, shared.clone());
     let end = session.run(&mut socket, rx).await;
-    session.leave_all().await;
+    Box::pin(session.leave_all()).await;
     shared.router.unregister(&session.id).await;
     shared.metrics.connections.dec();
     if role == Role::Viewer {
         shared.metrics.viewers.dec();
     }
-    finish(&mut socket, end, &shared).await;
+    Box::pin(finish(&mut socket, end, &shared)).await;
 }
 
 /// Verifies the `Authorization` token, or waits for an `auth` frame.
@@ -221,6 +221,13 @@ struct Session {
 /// Whether the loop goes on after a frame.
 type Step = Result<(), End>;
 
+enum Event {
+    Drain,
+    Delivery(Option<Arc<Delivery>>),
+    Message(Option<Result<Message, axum::Error>>),
+    Timer,
+}
+
 impl Session {
     fn new(
         id: SessionId,
@@ -254,20 +261,28 @@ impl Session {
             ice_servers: self.ice_servers(),
             heartbeat: self.shared.config.heartbeat.as_secs().max(1),
         };
-        if let Err(end) = self.send(socket, &welcome).await {
+        if let Err(end) = Box::pin(self.send(socket, &welcome)).await {
             return end;
         }
         let drained = self.shared.close_all.clone();
         loop {
             let wake = self.next_wake();
-            let step = tokio::select! {
-                () = drained.cancelled() => Err(End::Close(close::GOING_AWAY, "server is draining")),
-                delivery = rx.recv() => match delivery {
-                    Some(d) => self.on_delivery(socket, &d).await,
-                    None => Err(End::Close(close::POLICY, "not reading frames fast enough")),
-                },
-                msg = socket.recv() => self.on_message(socket, msg).await,
-                () = tokio::time::sleep_until(wake.into()) => self.on_timer(socket).await,
+            // The handlers are boxed: they run briefly, while an idle connection would
+            // otherwise carry their largest state in its task for its whole life.
+            let event = tokio::select! {
+                () = drained.cancelled() => Event::Drain,
+                delivery = rx.recv() => Event::Delivery(delivery),
+                msg = socket.recv() => Event::Message(msg),
+                () = tokio::time::sleep_until(wake.into()) => Event::Timer,
+            };
+            let step = match event {
+                Event::Drain => Err(End::Close(close::GOING_AWAY, "server is draining")),
+                Event::Delivery(Some(d)) => Box::pin(self.on_delivery(socket, &d)).await,
+                Event::Delivery(None) => {
+                    Err(End::Close(close::POLICY, "not reading frames fast enough"))
+                }
+                Event::Message(msg) => Box::pin(self.on_message(socket, msg)).await,
+                Event::Timer => Box::pin(self.on_timer(socket)).await,
             };
             if let Err(end) = step {
                 return end;

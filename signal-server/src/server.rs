@@ -260,9 +260,11 @@ async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
+            let fut = crate::connection::serve(socket, bearer, shared);
+            eprintln!("TASKSIZE {}", std::mem::size_of_val(&fut));
             tracker.track_future(async move {
                 let _slot = slot;
-                crate::connection::serve(socket, bearer, shared).await;
+                fut.await;
             })
         })
 }

@@ -1,7 +1,7 @@
 //! Measures the server's resident memory per idle connection (a separate process, so the
 //! clients' memory is not counted). Ignored by default; run with
 //! `cargo test -p iceway-signal --test idle_memory -- --ignored --nocapture`
-//! (`ICEWAY_IDLE_CONNECTIONS` sets the count, default 2000).
+//! (`ICEWAY_IDLE_CONNECTIONS` sets the count, default 2000; `ICEWAY_SIGNAL_BIN` the binary).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -39,11 +39,15 @@ async fn idle_connection_memory() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iceway-signal"))
+    // ICEWAY_SIGNAL_BIN: measure another build, e.g. target/release/iceway-signal.
+    let bin = std::env::var("ICEWAY_SIGNAL_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_iceway-signal").to_owned());
+    let mut child = Command::new(bin)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .args(["--jwt-secret-file", secret.path().to_str().unwrap()])
         .env("ICEWAY_SIGNAL__MAX_CONNECTIONS_PER_USER", "100000")
+        .envs(std::env::var("MALLOC_ARENA_MAX").ok().map(|v| ("MALLOC_ARENA_MAX", v)))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -7,9 +7,27 @@ use iceway_auth::turn_credential::{TurnCredentials, TurnGrant};
 use crate::proto::credentials::{CredentialFailure, CredentialStore, Grant};
 
 impl CredentialStore for TurnCredentials {
-    fn lookup(&self, username: &str, realm: &str, now: SystemTime) -> Result<Grant, CredentialFailure> {
-        let TurnGrant { user, expires_at, limits, keys, .. } =
-            self.check(username, realm, now).map_err(|e| CredentialFailure { reason: e.reason() })?;
-        Ok(Grant { user, keys, expires_at: Some(expires_at), alloc_limit: limits.alloc, kbps: limits.kbps })
+    fn lookup(
+        &self,
+        username: &str,
+        realm: &str,
+        now: SystemTime,
+    ) -> Result<Grant, CredentialFailure> {
+        let TurnGrant {
+            user,
+            expires_at,
+            limits,
+            keys,
+            ..
+        } = self
+            .check(username, realm, now)
+            .map_err(|e| CredentialFailure { reason: e.reason() })?;
+        Ok(Grant {
+            user,
+            keys,
+            expires_at: Some(expires_at),
+            alloc_limit: limits.alloc,
+            kbps: limits.kbps,
+        })
     }
 }

@@ -14,7 +14,11 @@ use crate::policy::DEFAULT_DENY_PEERS;
 use crate::proto::CoreConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "iceway-turn", version, about = "Iceway TURN relay and STUN Binding responder")]
+#[command(
+    name = "iceway-turn",
+    version,
+    about = "Iceway TURN relay and STUN Binding responder"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -128,7 +132,10 @@ impl Default for TurnConfig {
             relay_ip: None,
             relay_range: "49152-65535".into(),
             allow_peers: Vec::new(),
-            deny_peers: DEFAULT_DENY_PEERS.iter().filter_map(|s| s.parse().ok()).collect(),
+            deny_peers: DEFAULT_DENY_PEERS
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
             user_quota: None,
             total_quota: None,
             max_kbps: None,
@@ -167,36 +174,56 @@ impl TurnConfig {
     ) -> Result<Self, ConfigError> {
         let strings = |v: &[String]| (!v.is_empty()).then(|| v.to_vec());
         let display = |v: Vec<String>| (!v.is_empty()).then_some(v);
-        let file: File = ConfigLoader::new(&File { turn: TurnConfig::default() })?
-            .list_keys(&[
-                "turn.listen",
-                "turn.tls_listen",
-                "turn.secrets",
-                "turn.users",
-                "turn.external_ip",
-                "turn.allow_peers",
-                "turn.deny_peers",
-            ])
-            .file(cli.common.config.as_deref())
-            .set("turn.listen", display(cli.listen.iter().map(ToString::to_string).collect()))?
-            .set("turn.admin", cli.common.admin.map(|a| a.to_string()))?
-            .set(
-                "turn.log_format",
-                cli.common.log_format.map(|f| match f {
-                    LogFormat::Text => "text",
-                    LogFormat::Json => "json",
-                }),
-            )?
-            .set("turn.realm", cli.realm.clone())?
-            .set("turn.secret_file", cli.secret_file.as_ref().map(|p| p.display().to_string()))?
-            .set("turn.external_ip", display(cli.external_ip.iter().map(ToString::to_string).collect()))?
-            .set("turn.relay_range", cli.relay_range.clone())?
-            .set("turn.allow_peers", display(cli.allow_peers.iter().map(ToString::to_string).collect()))?
-            .set("turn.tls_cert", cli.tls_cert.as_ref().map(|p| p.display().to_string()))?
-            .set("turn.tls_key", cli.tls_key.as_ref().map(|p| p.display().to_string()))?
-            .set("turn.users", strings(&cli.user))?
-            .set("turn.stun_only", cli.stun_only.then_some(true))?
-            .build_with_env(env)?;
+        let file: File = ConfigLoader::new(&File {
+            turn: TurnConfig::default(),
+        })?
+        .list_keys(&[
+            "turn.listen",
+            "turn.tls_listen",
+            "turn.secrets",
+            "turn.users",
+            "turn.external_ip",
+            "turn.allow_peers",
+            "turn.deny_peers",
+        ])
+        .file(cli.common.config.as_deref())
+        .set(
+            "turn.listen",
+            display(cli.listen.iter().map(ToString::to_string).collect()),
+        )?
+        .set("turn.admin", cli.common.admin.map(|a| a.to_string()))?
+        .set(
+            "turn.log_format",
+            cli.common.log_format.map(|f| match f {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            }),
+        )?
+        .set("turn.realm", cli.realm.clone())?
+        .set(
+            "turn.secret_file",
+            cli.secret_file.as_ref().map(|p| p.display().to_string()),
+        )?
+        .set(
+            "turn.external_ip",
+            display(cli.external_ip.iter().map(ToString::to_string).collect()),
+        )?
+        .set("turn.relay_range", cli.relay_range.clone())?
+        .set(
+            "turn.allow_peers",
+            display(cli.allow_peers.iter().map(ToString::to_string).collect()),
+        )?
+        .set(
+            "turn.tls_cert",
+            cli.tls_cert.as_ref().map(|p| p.display().to_string()),
+        )?
+        .set(
+            "turn.tls_key",
+            cli.tls_key.as_ref().map(|p| p.display().to_string()),
+        )?
+        .set("turn.users", strings(&cli.user))?
+        .set("turn.stun_only", cli.stun_only.then_some(true))?
+        .build_with_env(env)?;
         let cfg = file.turn;
         cfg.validate()?;
         Ok(cfg)
@@ -204,7 +231,10 @@ impl TurnConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
-            return Err(ConfigError::invalid("turn.listen", "at least one listen address is needed"));
+            return Err(ConfigError::invalid(
+                "turn.listen",
+                "at least one listen address is needed",
+            ));
         }
         self.relay_range()?;
         self.static_users()?;
@@ -212,12 +242,22 @@ impl TurnConfig {
             return Err(ConfigError::invalid("turn.realm", "must not be empty"));
         }
         if self.default_lifetime_secs == 0 || self.max_lifetime_secs < self.default_lifetime_secs {
-            return Err(ConfigError::invalid("turn.max_lifetime_secs", "must be >= default_lifetime_secs > 0"));
+            return Err(ConfigError::invalid(
+                "turn.max_lifetime_secs",
+                "must be >= default_lifetime_secs > 0",
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(ConfigError::invalid("turn.tls_key", "tls_cert and tls_key go together"));
+            return Err(ConfigError::invalid(
+                "turn.tls_key",
+                "tls_cert and tls_key go together",
+            ));
         }
-        if !self.stun_only && self.secret_file.is_none() && self.secrets.is_empty() && self.users.is_empty() {
+        if !self.stun_only
+            && self.secret_file.is_none()
+            && self.secrets.is_empty()
+            && self.users.is_empty()
+        {
             return Err(ConfigError::invalid(
                 "turn.secret_file",
                 "no credentials: set secret_file, secrets or users (or stun_only)",
@@ -227,7 +267,12 @@ impl TurnConfig {
     }
 
     pub fn relay_range(&self) -> Result<RelayRange, ConfigError> {
-        let bad = || ConfigError::invalid("turn.relay_range", format!("expected LO-HI, got {:?}", self.relay_range));
+        let bad = || {
+            ConfigError::invalid(
+                "turn.relay_range",
+                format!("expected LO-HI, got {:?}", self.relay_range),
+            )
+        };
         let (lo, hi) = self.relay_range.split_once('-').ok_or_else(bad)?;
         let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
         let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
@@ -289,9 +334,21 @@ mod tests {
 
     #[test]
     fn flags_env_and_defaults() {
-        let c = cli(&["--listen", "127.0.0.1:3478", "--listen", "[::1]:3478", "--user", "a:b", "--allow-peers", "127.0.0.0/8,::1/128"]);
+        let c = cli(&[
+            "--listen",
+            "127.0.0.1:3478",
+            "--listen",
+            "[::1]:3478",
+            "--user",
+            "a:b",
+            "--allow-peers",
+            "127.0.0.0/8,::1/128",
+        ]);
         let env = HashMap::from([
-            ("ICEWAY_TURN__MAX_LIFETIME_SECS".to_owned(), "7200".to_owned()),
+            (
+                "ICEWAY_TURN__MAX_LIFETIME_SECS".to_owned(),
+                "7200".to_owned(),
+            ),
             ("ICEWAY_TURN__REALM".to_owned(), "env.realm".to_owned()),
         ]);
         let cfg = TurnConfig::load_with_env(&c, Some(env)).expect("config");
@@ -300,20 +357,34 @@ mod tests {
         assert_eq!(cfg.realm, "env.realm");
         assert_eq!(cfg.allow_peers.len(), 2);
         assert_eq!(cfg.admin, "0.0.0.0:9478".parse().expect("addr"));
-        assert_eq!(cfg.relay_range().expect("range"), RelayRange { lo: 49152, hi: 65535 });
+        assert_eq!(
+            cfg.relay_range().expect("range"),
+            RelayRange {
+                lo: 49152,
+                hi: 65535
+            }
+        );
         assert_eq!(cfg.deny_peers.len(), DEFAULT_DENY_PEERS.len());
-        assert!(!format!("{cfg:?}").contains("a:b"), "passwords never logged");
+        assert!(
+            !format!("{cfg:?}").contains("a:b"),
+            "passwords never logged"
+        );
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let err = TurnConfig::load_with_env(&cli(&["--user", "a:b", "--relay-range", "9-1"]), Some(HashMap::new()))
-            .expect_err("bad range");
+        let err = TurnConfig::load_with_env(
+            &cli(&["--user", "a:b", "--relay-range", "9-1"]),
+            Some(HashMap::new()),
+        )
+        .expect_err("bad range");
         assert!(err.to_string().contains("turn.relay_range"), "{err}");
-        let err = TurnConfig::load_with_env(&cli(&[]), Some(HashMap::new())).expect_err("no credentials");
+        let err =
+            TurnConfig::load_with_env(&cli(&[]), Some(HashMap::new())).expect_err("no credentials");
         assert!(err.to_string().contains("turn.secret_file"), "{err}");
         let env = HashMap::from([("ICEWAY_TURN__TOTAL_QUOTA".to_owned(), "lots".to_owned())]);
-        let err = TurnConfig::load_with_env(&cli(&["--stun-only"]), Some(env)).expect_err("bad quota");
+        let err =
+            TurnConfig::load_with_env(&cli(&["--stun-only"]), Some(env)).expect_err("bad quota");
         assert!(err.to_string().contains("turn.total_quota"), "{err}");
     }
 }

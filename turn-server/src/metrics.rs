@@ -1,7 +1,8 @@
 //! The Prometheus series of DESIGN §4 for turn. No label carries a user, address or session.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, exponential_buckets,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    exponential_buckets,
 };
 
 #[derive(Clone)]
@@ -34,22 +35,34 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let relayed_bytes = IntCounterVec::new(
-            Opts::new("iceway_turn_relayed_bytes_total", "Bytes relayed, by direction"),
+            Opts::new(
+                "iceway_turn_relayed_bytes_total",
+                "Bytes relayed, by direction",
+            ),
             &["direction"],
         )?;
         let relayed_packets = IntCounterVec::new(
-            Opts::new("iceway_turn_relayed_packets_total", "Packets relayed, by direction"),
+            Opts::new(
+                "iceway_turn_relayed_packets_total",
+                "Packets relayed, by direction",
+            ),
             &["direction"],
         )?;
         Ok(Self {
             allocations: IntGauge::new("iceway_turn_allocations", "Live allocations")?,
             allocations_total: IntCounterVec::new(
-                Opts::new("iceway_turn_allocations_total", "Allocate requests by result"),
+                Opts::new(
+                    "iceway_turn_allocations_total",
+                    "Allocate requests by result",
+                ),
                 &["result"],
             )?,
             allocation_lifetime: Histogram::with_opts(
-                HistogramOpts::new("iceway_turn_allocation_lifetime_seconds", "How long allocations lived")
-                    .buckets(exponential_buckets(1.0, 4.0, 9)?),
+                HistogramOpts::new(
+                    "iceway_turn_allocation_lifetime_seconds",
+                    "How long allocations lived",
+                )
+                .buckets(exponential_buckets(1.0, 4.0, 9)?),
             )?,
             permissions: IntGauge::new("iceway_turn_permissions", "Live permissions")?,
             channels: IntGauge::new("iceway_turn_channels", "Live channel bindings")?,
@@ -60,19 +73,34 @@ impl Metrics {
             relayed_bytes,
             relayed_packets,
             requests: IntCounterVec::new(
-                Opts::new("iceway_turn_requests_total", "STUN/TURN requests by method and result"),
+                Opts::new(
+                    "iceway_turn_requests_total",
+                    "STUN/TURN requests by method and result",
+                ),
                 &["method", "result"],
             )?,
             auth_failures: IntCounterVec::new(
-                Opts::new("iceway_turn_auth_failures_total", "Authentication failures by reason"),
+                Opts::new(
+                    "iceway_turn_auth_failures_total",
+                    "Authentication failures by reason",
+                ),
                 &["reason"],
             )?,
-            peer_denied: IntCounter::new("iceway_turn_peer_denied_total", "Peers refused by the peer policy")?,
+            peer_denied: IntCounter::new(
+                "iceway_turn_peer_denied_total",
+                "Peers refused by the peer policy",
+            )?,
             quota_rejections: IntCounterVec::new(
-                Opts::new("iceway_turn_quota_rejections_total", "Allocations refused by quota, by kind"),
+                Opts::new(
+                    "iceway_turn_quota_rejections_total",
+                    "Allocations refused by quota, by kind",
+                ),
                 &["kind"],
             )?,
-            binding_requests: IntCounter::new("iceway_stun_binding_requests_total", "STUN Binding requests")?,
+            binding_requests: IntCounter::new(
+                "iceway_stun_binding_requests_total",
+                "STUN Binding requests",
+            )?,
         })
     }
 
@@ -105,6 +133,9 @@ pub struct RelayStats {
 
 impl RelayStats {
     pub fn flush(&mut self, m: &Metrics) {
+        if self.to_peer_packets == 0 && self.to_client_packets == 0 {
+            return;
+        }
         m.to_peer_bytes.inc_by(self.to_peer_bytes);
         m.to_peer_packets.inc_by(self.to_peer_packets);
         m.to_client_bytes.inc_by(self.to_client_bytes);

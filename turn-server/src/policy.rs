@@ -101,7 +101,12 @@ pub struct SourceRateLimit {
 
 impl SourceRateLimit {
     pub fn new(per_sec: u32, burst: u32, max_sources: usize) -> Self {
-        Self { per_sec: f64::from(per_sec), burst: f64::from(burst.max(1)), max_sources, buckets: HashMap::new() }
+        Self {
+            per_sec: f64::from(per_sec),
+            burst: f64::from(burst.max(1)),
+            max_sources,
+            buckets: HashMap::new(),
+        }
     }
 
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
@@ -123,7 +128,8 @@ impl SourceRateLimit {
     /// Forgets sources whose bucket has refilled; called from the shard's sweep.
     pub fn sweep(&mut self, now: Instant) {
         let full_after = Duration::from_secs_f64(self.burst / self.per_sec.max(0.001));
-        self.buckets.retain(|_, (_, last)| now.saturating_duration_since(*last) < full_after);
+        self.buckets
+            .retain(|_, (_, last)| now.saturating_duration_since(*last) < full_after);
     }
 }
 
@@ -138,7 +144,11 @@ pub struct Bandwidth {
 impl Bandwidth {
     pub fn new(kbps: u32, now: Instant) -> Self {
         let bytes_per_sec = f64::from(kbps) * 1000.0 / 8.0;
-        Self { bytes_per_sec, tokens: bytes_per_sec, last: now }
+        Self {
+            bytes_per_sec,
+            tokens: bytes_per_sec,
+            last: now,
+        }
     }
 
     pub fn take(&mut self, len: usize, now: Instant) -> bool {
@@ -180,7 +190,12 @@ pub struct QuotaLedger {
 }
 
 impl QuotaLedger {
-    pub fn acquire(&self, user: &str, user_limit: Option<u32>, total_limit: Option<u32>) -> Result<(), QuotaError> {
+    pub fn acquire(
+        &self,
+        user: &str,
+        user_limit: Option<u32>,
+        total_limit: Option<u32>,
+    ) -> Result<(), QuotaError> {
         let mut g = self.inner.lock();
         let (users, total) = &mut *g;
         if total_limit.is_some_and(|l| *total >= l) {

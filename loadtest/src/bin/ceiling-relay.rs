@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use iceway_loadtest::batch::{BATCH, MAX_DATAGRAM, RecvBatch, send_batch, udp_socket};
 use iceway_loadtest::proto::{ceiling_bind_frame, parse_ceiling_bind};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +39,9 @@ struct Cli {
     /// At most this many clients (relay sockets).
     #[arg(long, default_value_t = 20_000)]
     max_clients: usize,
+    /// recvmmsg/sendmmsg only, without UDP GRO/GSO.
+    #[arg(long)]
+    plain: bool,
 }
 
 const MAIN: Token = Token(usize::MAX);
@@ -45,7 +49,10 @@ const SOCKET_BUFFER: usize = 4 << 20;
 
 struct Relay {
     socket: mio::net::UdpSocket,
+    /// GRO/GSO state (None with --plain).
+    state: Option<UdpSocketState>,
     client: SocketAddr,
+    peer: SocketAddr,
 }
 
 /// Frames waiting to leave through the main socket towards clients.
@@ -116,6 +123,12 @@ fn main() -> anyhow::Result<()> {
         lens: Vec::with_capacity(BATCH),
         dests: Vec::with_capacity(BATCH),
     };
+    let main_state = if cli.plain {
+        None
+    } else {
+        Some(UdpSocketState::new((&main_socket).into())?)
+    };
+    let mut gro = GroBuffers::new();
     while !STOP.load(Ordering::Relaxed) {
         match poll.poll(&mut events, Some(Duration::from_millis(200))) {
             Ok(()) => {}
@@ -123,7 +136,19 @@ fn main() -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
         for ev in events.iter() {
-            if ev.token() == MAIN {
+            if let (Some(ms), true) = (&main_state, ev.token() == MAIN) {
+                gro_from_clients(
+                    &main_socket,
+                    ms,
+                    &mut gro,
+                    &mut relays,
+                    &mut by_client,
+                    &poll,
+                    &cli,
+                )?;
+            } else if let (Some(ms), Some(r)) = (&main_state, relays.get(ev.token().0)) {
+                gro_from_peer(r, &mut gro, &main_socket, ms)?;
+            } else if ev.token() == MAIN {
                 from_clients(
                     &main_socket,
                     &mut rb,
@@ -226,10 +251,20 @@ fn bind(
     let std_socket = udp_socket(SocketAddr::new(cli.relay_ip, 0), SOCKET_BUFFER)?;
     std_socket.connect(peer)?;
     let mut socket = mio::net::UdpSocket::from_std(std_socket);
+    let state = if cli.plain {
+        None
+    } else {
+        Some(UdpSocketState::new((&socket).into())?)
+    };
     let idx = relays.len();
     poll.registry()
         .register(&mut socket, Token(idx), Interest::READABLE)?;
-    relays.push(Relay { socket, client });
+    relays.push(Relay {
+        socket,
+        state,
+        client,
+        peer,
+    });
     by_client.insert(client, idx);
     Ok(Some(idx))
 }
@@ -260,4 +295,213 @@ fn from_peer(
             return Ok(());
         }
     }
+}
+
+/// Receive slots large enough for a GRO-coalesced batch, plus one GSO send buffer.
+struct GroBuffers {
+    slots: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+    out: Vec<u8>,
+}
+
+const GRO_SLOT: usize = 64 * 1024;
+
+impl GroBuffers {
+    fn new() -> Self {
+        Self {
+            slots: (0..quinn_udp::BATCH_SIZE)
+                .map(|_| vec![0; GRO_SLOT])
+                .collect(),
+            meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE],
+            out: Vec::with_capacity(GRO_SLOT + 4 * 64),
+        }
+    }
+
+    fn recv(&mut self, socket: &mio::net::UdpSocket, state: &UdpSocketState) -> io::Result<usize> {
+        let mut iovs: Vec<io::IoSliceMut<'_>> = self
+            .slots
+            .iter_mut()
+            .map(|s| io::IoSliceMut::new(s))
+            .collect();
+        state.recv(socket.into(), &mut iovs, &mut self.meta)
+    }
+}
+
+/// Consecutive datagrams to one destination, coalesced into a GSO train: all segments the same
+/// size except a shorter last one, at most `max` of them.
+struct Train {
+    dest: Option<SocketAddr>,
+    seg: usize,
+    count: usize,
+    closed: bool,
+}
+
+impl Train {
+    fn new() -> Self {
+        Self {
+            dest: None,
+            seg: 0,
+            count: 0,
+            closed: false,
+        }
+    }
+
+    /// Whether a segment of `len` bytes to `dest` can join the current train.
+    fn fits(&self, dest: SocketAddr, len: usize, max: usize) -> bool {
+        self.dest == Some(dest) && !self.closed && len <= self.seg && self.count < max
+    }
+
+    fn flush(&mut self, socket: &mio::net::UdpSocket, state: &UdpSocketState, out: &mut Vec<u8>) {
+        if let Some(destination) = self.dest.take() {
+            let t = Transmit {
+                destination,
+                ecn: None,
+                contents: out,
+                segment_size: (self.count > 1).then_some(self.seg),
+                src_ip: None,
+            };
+            // What does not fit in the socket buffer is dropped, as UDP may.
+            let _ = state.try_send(socket.into(), &t);
+        }
+        out.clear();
+        self.count = 0;
+        self.closed = false;
+    }
+
+    /// Appends one segment (optionally behind a 4-byte frame header), flushing first if it
+    /// cannot join.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        socket: &mio::net::UdpSocket,
+        state: &UdpSocketState,
+        out: &mut Vec<u8>,
+        dest: SocketAddr,
+        header: Option<[u8; 4]>,
+        payload: &[u8],
+        max: usize,
+    ) {
+        let len = payload.len() + header.map_or(0, |h| h.len());
+        if !self.fits(dest, len, max) {
+            self.flush(socket, state, out);
+            self.dest = Some(dest);
+            self.seg = len;
+        }
+        if let Some(h) = header {
+            out.extend_from_slice(&h);
+        }
+        out.extend_from_slice(payload);
+        self.count += 1;
+        // A shorter segment can only end a train.
+        if len < self.seg {
+            self.closed = true;
+        }
+    }
+}
+
+fn gro_from_clients(
+    main: &mio::net::UdpSocket,
+    main_state: &UdpSocketState,
+    gro: &mut GroBuffers,
+    relays: &mut Vec<Relay>,
+    by_client: &mut HashMap<SocketAddr, usize>,
+    poll: &Poll,
+    cli: &Cli,
+) -> io::Result<()> {
+    loop {
+        let n = match gro.recv(main, main_state) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => return Err(e),
+        };
+        let mut train = Train::new();
+        let mut train_relay: Option<usize> = None;
+        let mut out = std::mem::take(&mut gro.out);
+        for i in 0..n {
+            let m = gro.meta[i];
+            let data = &gro.slots[i][..m.len.min(GRO_SLOT)];
+            if let Some(peer) = parse_ceiling_bind(data) {
+                if let Some(idx) = bind(relays, by_client, poll, cli, m.addr, peer)? {
+                    if let Some(frame) = ceiling_bind_frame(relays[idx].socket.local_addr()?) {
+                        let t = Transmit {
+                            destination: m.addr,
+                            ecn: None,
+                            contents: &frame,
+                            segment_size: None,
+                            src_ip: None,
+                        };
+                        let _ = main_state.try_send(main.into(), &t);
+                    }
+                }
+                continue;
+            }
+            let Some(&idx) = by_client.get(&m.addr) else {
+                continue;
+            };
+            // Each relay socket is its own fd: a train cannot span relays.
+            if train_relay != Some(idx) {
+                if let Some(r) = train_relay.and_then(|r| relays.get(r)) {
+                    if let Some(rs) = &r.state {
+                        train.flush(&r.socket, rs, &mut out);
+                    }
+                }
+                train_relay = Some(idx);
+            }
+            let r = &relays[idx];
+            let Some(rs) = &r.state else { continue };
+            let max = rs.max_gso_segments().max(1);
+            // Strip each segment's 4-byte frame; the payloads leave as GSO trains.
+            for seg in data.chunks(m.stride.max(1)).filter(|s| s.len() >= 4) {
+                train.push(&r.socket, rs, &mut out, r.peer, None, &seg[4..], max);
+            }
+        }
+        if let Some(r) = train_relay.and_then(|r| relays.get(r)) {
+            if let Some(rs) = &r.state {
+                train.flush(&r.socket, rs, &mut out);
+            }
+        }
+        gro.out = out;
+        if n < quinn_udp::BATCH_SIZE {
+            return Ok(());
+        }
+    }
+}
+
+fn gro_from_peer(
+    r: &Relay,
+    gro: &mut GroBuffers,
+    main: &mio::net::UdpSocket,
+    main_state: &UdpSocketState,
+) -> io::Result<()> {
+    let Some(rs) = &r.state else { return Ok(()) };
+    let max = main_state.max_gso_segments().max(1);
+    let mut out = std::mem::take(&mut gro.out);
+    let mut train = Train::new();
+    loop {
+        let n = match gro.recv(&r.socket, rs) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => {
+                gro.out = out;
+                return Err(e);
+            }
+        };
+        for i in 0..n {
+            let m = gro.meta[i];
+            let data = &gro.slots[i][..m.len.min(GRO_SLOT)];
+            for seg in data.chunks(m.stride.max(1)) {
+                let mut header = [0x40, 0x00, 0, 0];
+                header[2..4].copy_from_slice(&(seg.len() as u16).to_be_bytes());
+                train.push(main, main_state, &mut out, r.client, Some(header), seg, max);
+            }
+        }
+        if n < quinn_udp::BATCH_SIZE {
+            break;
+        }
+    }
+    train.flush(main, main_state, &mut out);
+    gro.out = out;
+    Ok(())
 }

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::TurnConfig;
 use crate::metrics::Metrics;
 use crate::policy::PeerPolicy;
-use crate::proto::credentials::{Chain, CredentialStore, StaticUsers};
 use crate::proto::Shared;
+use crate::proto::credentials::{Chain, CredentialStore, StaticUsers};
 use socket::RelaySettings;
 
 fn credentials(cfg: &TurnConfig) -> anyhow::Result<Box<dyn CredentialStore>> {
@@ -36,7 +36,8 @@ fn credentials(cfg: &TurnConfig) -> anyhow::Result<Box<dyn CredentialStore>> {
         lines.extend(read_secret_lines(path)?);
     }
     if !lines.is_empty() {
-        let creds = TurnCredentials::from_secret_lines(&lines.join("\n")).context("turn.secret_file")?;
+        let creds =
+            TurnCredentials::from_secret_lines(&lines.join("\n")).context("turn.secret_file")?;
         stores.push(Box::new(creds));
     }
     Ok(Box::new(Chain(stores)))
@@ -53,11 +54,13 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     ))
     .with_context(|| format!("turn.tls_key {}", key.display()))?
     .with_context(|| format!("turn.tls_key {}: no private key", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("turn.tls_cert / turn.tls_key")?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("turn.tls_cert / turn.tls_key")?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -68,7 +71,13 @@ fn relay_settings(cfg: &TurnConfig) -> anyhow::Result<RelaySettings> {
             .chain(cfg.listen.iter().map(SocketAddr::ip))
             .find(|ip| ip.is_ipv4() == v4)
     };
-    Ok(RelaySettings { v4: pick(true), v6: pick(false), range: cfg.relay_range()?, buffer: cfg.socket_buffer_bytes, reservations: Default::default() })
+    Ok(RelaySettings {
+        v4: pick(true),
+        v6: pick(false),
+        range: cfg.relay_range()?,
+        buffer: cfg.socket_buffer_bytes,
+        reservations: Default::default(),
+    })
 }
 
 /// Runs the server until SIGTERM/SIGINT and the drain that follows. Returns after a clean drain.
@@ -109,7 +118,11 @@ pub async fn run_until(cfg: TurnConfig, shutdown: Shutdown) -> anyhow::Result<()
         let bound = first.local_addr()?;
         per_shard[0].push(first);
         for sockets in per_shard.iter_mut().skip(1) {
-            sockets.push(socket::reuseport_udp(bound, cfg.socket_buffer_bytes, false)?);
+            sockets.push(socket::reuseport_udp(
+                bound,
+                cfg.socket_buffer_bytes,
+                false,
+            )?);
         }
         listen.push(bound);
     }
@@ -126,16 +139,32 @@ pub async fn run_until(cfg: TurnConfig, shutdown: Shutdown) -> anyhow::Result<()
     }
     for addr in &listen {
         tracing::info!(%addr, shards = threads, stun_only = cfg.stun_only, "listening udp");
-        let tcp = TcpListener::bind(addr).await.with_context(|| format!("turn.listen {addr} (tcp)"))?;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("turn.listen {addr} (tcp)"))?;
         tracing::info!(%addr, "listening tcp");
-        tokio::spawn(stream::accept_loop(tcp, None, Arc::clone(&shared), settings.clone(), stop_token.clone()));
+        tokio::spawn(stream::accept_loop(
+            tcp,
+            None,
+            Arc::clone(&shared),
+            settings.clone(),
+            stop_token.clone(),
+        ));
     }
     if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
         let acceptor = tls_acceptor(cert, key)?;
         for addr in &cfg.tls_listen {
-            let tls = TcpListener::bind(addr).await.with_context(|| format!("turn.tls_listen {addr}"))?;
+            let tls = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("turn.tls_listen {addr}"))?;
             tracing::info!(addr = %tls.local_addr()?, "listening tls");
-            tokio::spawn(stream::accept_loop(tls, Some(acceptor.clone()), Arc::clone(&shared), settings.clone(), stop_token.clone()));
+            tokio::spawn(stream::accept_loop(
+                tls,
+                Some(acceptor.clone()),
+                Arc::clone(&shared),
+                settings.clone(),
+                stop_token.clone(),
+            ));
         }
     }
     shutdown.set_ready();
@@ -143,12 +172,19 @@ pub async fn run_until(cfg: TurnConfig, shutdown: Shutdown) -> anyhow::Result<()
     shutdown.draining().await;
     shared.start_drain();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.drain_deadline_secs);
-    tracing::info!(allocations = shared.quotas.total(), deadline_secs = cfg.drain_deadline_secs, "draining");
+    tracing::info!(
+        allocations = shared.quotas.total(),
+        deadline_secs = cfg.drain_deadline_secs,
+        "draining"
+    );
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     while shared.quotas.total() > 0 && tokio::time::Instant::now() < deadline {
         tick.tick().await;
     }
-    tracing::info!(allocations = shared.quotas.total(), "drain finished; stopping");
+    tracing::info!(
+        allocations = shared.quotas.total(),
+        "drain finished; stopping"
+    );
     stop.store(true, Ordering::Relaxed);
     stop_token.cancel();
     for shard in shards {

@@ -47,7 +47,11 @@ pub struct RelaySettings {
 }
 
 /// Opens the relay socket an Allocate asked for.
-pub fn open_relay(settings: &RelaySettings, family: Family, port: PortRequest) -> Result<std::net::UdpSocket, RelayError> {
+pub fn open_relay(
+    settings: &RelaySettings,
+    family: Family,
+    port: PortRequest,
+) -> Result<std::net::UdpSocket, RelayError> {
     let ip = match family {
         Family::V4 => settings.v4,
         Family::V6 => settings.v6,
@@ -58,18 +62,28 @@ pub fn open_relay(settings: &RelaySettings, family: Family, port: PortRequest) -
         RelayError::Exhausted
     };
     match port {
-        PortRequest::Any => bind_relay(ip, settings.range, false, settings.buffer).map_err(exhausted),
-        PortRequest::Even => bind_relay(ip, settings.range, true, settings.buffer).map_err(exhausted),
-        PortRequest::Reserved(token) => settings.reservations.take(&token).ok_or(RelayError::Exhausted),
+        PortRequest::Any => {
+            bind_relay(ip, settings.range, false, settings.buffer).map_err(exhausted)
+        }
+        PortRequest::Even => {
+            bind_relay(ip, settings.range, true, settings.buffer).map_err(exhausted)
+        }
+        PortRequest::Reserved(token) => settings
+            .reservations
+            .take(&token)
+            .ok_or(RelayError::Exhausted),
         PortRequest::EvenReserveNext(token) => {
             for _ in 0..16 {
-                let even = bind_relay(ip, settings.range, true, settings.buffer).map_err(exhausted)?;
+                let even =
+                    bind_relay(ip, settings.range, true, settings.buffer).map_err(exhausted)?;
                 let port = even.local_addr().map_err(exhausted)?.port();
                 if port >= settings.range.hi {
                     continue;
                 }
                 let next = SocketAddr::new(ip, port + 1);
-                let Ok(socket) = udp_socket(next) else { continue };
+                let Ok(socket) = udp_socket(next) else {
+                    continue;
+                };
                 enlarge_buffers(&socket, settings.buffer, "relay", false);
                 if socket.bind(&next.into()).is_ok() {
                     settings.reservations.hold(token, socket.into());
@@ -116,7 +130,11 @@ pub fn enlarge_buffers(socket: &Socket, bytes: usize, what: &str, warn: bool) {
 
 /// A client listener; several shards bind the same address with SO_REUSEPORT and the kernel
 /// spreads clients across them by 4-tuple hash.
-pub fn reuseport_udp(addr: SocketAddr, buffer: usize, warn: bool) -> io::Result<std::net::UdpSocket> {
+pub fn reuseport_udp(
+    addr: SocketAddr,
+    buffer: usize,
+    warn: bool,
+) -> io::Result<std::net::UdpSocket> {
     let socket = udp_socket(addr)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -126,7 +144,12 @@ pub fn reuseport_udp(addr: SocketAddr, buffer: usize, warn: bool) -> io::Result<
 }
 
 /// Binds a relay socket on a random port of `range` (even when asked), retrying taken ports.
-pub fn bind_relay(ip: IpAddr, range: RelayRange, even: bool, buffer: usize) -> io::Result<std::net::UdpSocket> {
+pub fn bind_relay(
+    ip: IpAddr,
+    range: RelayRange,
+    even: bool,
+    buffer: usize,
+) -> io::Result<std::net::UdpSocket> {
     let span = u32::from(range.hi - range.lo) + 1;
     let tries = span.min(64);
     let mut last = io::Error::new(io::ErrorKind::AddrInUse, "relay range exhausted");
@@ -148,4 +171,49 @@ pub fn bind_relay(ip: IpAddr, range: RelayRange, even: bool, buffer: usize) -> i
         }
     }
     Err(last)
+}
+
+/// Sends each `(offset, len, destination)` datagram of `buf` with one sendmmsg(2) per 32;
+/// returns how many left. A full socket buffer ends the batch early (the rest is dropped, as
+/// the network would).
+pub fn send_mmsg(fd: std::os::fd::RawFd, buf: &[u8], msgs: &[(usize, usize, SocketAddr)]) -> usize {
+    const CHUNK: usize = 32;
+    let mut sent = 0;
+    for chunk in msgs.chunks(CHUNK) {
+        // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+        let mut names: [libc::sockaddr_storage; CHUNK] = unsafe { std::mem::zeroed() };
+        let mut iovs: [libc::iovec; CHUNK] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; CHUNK];
+        // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
+        let mut hdrs: [libc::mmsghdr; CHUNK] = unsafe { std::mem::zeroed() };
+        for (i, &(start, len, to)) in chunk.iter().enumerate() {
+            let Some(data) = buf.get(start..start + len) else { return sent };
+            let addr = socket2::SockAddr::from(to);
+            // SAFETY: `addr` holds `addr.len()` valid bytes and sockaddr_storage is large enough
+            // for any socket address.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    addr.as_ptr().cast::<u8>(),
+                    (&mut names[i] as *mut libc::sockaddr_storage).cast::<u8>(),
+                    addr.len() as usize,
+                );
+            }
+            iovs[i].iov_base = data.as_ptr() as *mut libc::c_void;
+            iovs[i].iov_len = data.len();
+            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+            hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast::<libc::c_void>();
+            hdrs[i].msg_hdr.msg_namelen = addr.len();
+        }
+        // SAFETY: every header points at buffers (`chunk`, `iovs`, `names`) that outlive the call;
+        // the kernel only reads them.
+        let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), chunk.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            break;
+        }
+        sent += n as usize;
+        if (n as usize) < chunk.len() {
+            break;
+        }
+    }
+    sent
 }

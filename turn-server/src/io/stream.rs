@@ -20,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::socket::{self, RelaySettings};
 use crate::proto::channel_data::stream_frame_len;
-use crate::proto::{Family, FiveTuple, Now, Output, PortRequest, Relay, RelayError, RelayId, RelayPorts, Server, Shared, Transport};
+use crate::proto::{
+    Family, FiveTuple, Now, Output, PortRequest, Relay, RelayError, RelayId, RelayPorts, Server,
+    Shared, Transport,
+};
 
 /// Longest frame: a STUN message of 65535 bytes after its 20-byte header.
 const MAX_FRAME: usize = 20 + 65_535;
@@ -42,7 +45,9 @@ impl Decoder for TurnFrames {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
-        let Some(first4) = src.get(..4) else { return Ok(None) };
+        let Some(first4) = src.get(..4) else {
+            return Ok(None);
+        };
         let first4 = [first4[0], first4[1], first4[2], first4[3]];
         let len = stream_frame_len(first4).ok_or(FrameError::NotTurn(first4[0]))?;
         if src.len() < len {
@@ -67,7 +72,10 @@ impl RelayPorts for ConnRelays {
         let socket = UdpSocket::from_std(std).map_err(|_| RelayError::Exhausted)?;
         self.next += 1;
         self.sockets.push((self.next, socket));
-        Ok(Relay { id: self.next, local })
+        Ok(Relay {
+            id: self.next,
+            local,
+        })
     }
 
     fn release(&mut self, id: RelayId) {
@@ -82,7 +90,10 @@ impl ConnRelays {
 }
 
 /// Waits for a datagram on any relay socket; pending forever when there are none.
-async fn recv_any(sockets: &[(RelayId, UdpSocket)], buf: &mut [u8]) -> io::Result<(RelayId, usize, SocketAddr)> {
+async fn recv_any(
+    sockets: &[(RelayId, UdpSocket)],
+    buf: &mut [u8],
+) -> io::Result<(RelayId, usize, SocketAddr)> {
     poll_fn(|cx| {
         for (id, s) in sockets {
             let mut rb = tokio::io::ReadBuf::new(buf);
@@ -95,14 +106,23 @@ async fn recv_any(sockets: &[(RelayId, UdpSocket)], buf: &mut [u8]) -> io::Resul
     .await
 }
 
-pub async fn serve_connection<S>(stream: S, ft: FiveTuple, shared: Arc<Shared>, settings: RelaySettings, stop: CancellationToken)
-where
+pub async fn serve_connection<S>(
+    stream: S,
+    ft: FiveTuple,
+    shared: Arc<Shared>,
+    settings: RelaySettings,
+    stop: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (reader, mut writer) = tokio::io::split(stream);
     let mut frames = FramedRead::new(reader, TurnFrames);
     let mut server = Server::new(shared);
-    let mut relays = ConnRelays { settings, sockets: Vec::new(), next: 0 };
+    let mut relays = ConnRelays {
+        settings,
+        sockets: Vec::new(),
+        next: 0,
+    };
     let mut buf = vec![0u8; 65_536];
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -139,6 +159,7 @@ where
                 }
             }
         }
+        server.flush_stats();
         if failed {
             break;
         }
@@ -155,8 +176,14 @@ pub async fn accept_loop(
     settings: RelaySettings,
     stop: CancellationToken,
 ) {
-    let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
-    let Ok(local) = listener.local_addr() else { return };
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -171,15 +198,27 @@ pub async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let server_addr = tcp.local_addr().unwrap_or(local);
-        let ft = FiveTuple { client, server: server_addr, transport };
-        let (shared, settings, stop, tls) = (Arc::clone(&shared), settings.clone(), stop.clone(), tls.clone());
+        let ft = FiveTuple {
+            client,
+            server: server_addr,
+            transport,
+        };
+        let (shared, settings, stop, tls) = (
+            Arc::clone(&shared),
+            settings.clone(),
+            stop.clone(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
             match tls {
                 None => serve_connection(tcp, ft, shared, settings, stop).await,
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
                     match handshake {
-                        Ok(Ok(stream)) => serve_connection(stream, ft, shared, settings, stop).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, ft, shared, settings, stop).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
                     }
@@ -199,13 +238,26 @@ mod tests {
         let mut src = BytesMut::new();
         src.extend_from_slice(&[0x00, 0x01, 0x00, 0x00]);
         src.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
-        assert!(codec.decode(&mut src).expect("ok").is_none(), "header incomplete");
+        assert!(
+            codec.decode(&mut src).expect("ok").is_none(),
+            "header incomplete"
+        );
         src.extend_from_slice(&[0u8; 12]);
         src.extend_from_slice(&[0x40, 0x00, 0x00, 0x01, 0xaa, 0, 0, 0, 0x40]);
         assert_eq!(codec.decode(&mut src).expect("ok").expect("stun").len(), 20);
-        assert_eq!(codec.decode(&mut src).expect("ok").expect("channel data").len(), 8);
+        assert_eq!(
+            codec
+                .decode(&mut src)
+                .expect("ok")
+                .expect("channel data")
+                .len(),
+            8
+        );
         assert!(codec.decode(&mut src).expect("ok").is_none());
         let mut bad = BytesMut::from(&[0xff, 0, 0, 0][..]);
-        assert!(matches!(codec.decode(&mut bad), Err(FrameError::NotTurn(0xff))));
+        assert!(matches!(
+            codec.decode(&mut bad),
+            Err(FrameError::NotTurn(0xff))
+        ));
     }
 }

@@ -3,6 +3,7 @@
 //! with other shards: no lock, no task hop, no timer per allocation (one sweep per second).
 
 use std::io::{self, IoSliceMut};
+use std::os::fd::AsRawFd;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,10 @@ use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 use super::socket::{self, RelaySettings};
 use crate::proto::channel_data::{self, HEADER_LEN};
 use crate::proto::server::data_indication;
-use crate::proto::{Family, FiveTuple, Now, Output, PeerRoute, PortRequest, Relay, RelayError, RelayId, RelayPorts, Server, Shared, Transport};
+use crate::proto::{
+    Family, FiveTuple, Now, Output, PeerRoute, PortRequest, Relay, RelayError, RelayId, RelayPorts,
+    Server, Shared, Transport,
+};
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX / 2;
@@ -54,7 +58,11 @@ impl RelayPorts for RelayTable {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        if self.registry.register(&mut socket, Token(id), Interest::READABLE).is_err() {
+        if self
+            .registry
+            .register(&mut socket, Token(id), Interest::READABLE)
+            .is_err()
+        {
             self.free.push(id);
             return Err(RelayError::Exhausted);
         }
@@ -76,18 +84,31 @@ enum Sock {
     Relay(RelayId),
 }
 
-/// Outgoing datagrams coalesced into GSO sends: consecutive datagrams to the same destination
-/// with the same size leave in one sendmsg.
-struct Outbox {
-    buf: Vec<u8>,
+/// Datagrams to one destination from one socket, all `segment` bytes but maybe the last: one
+/// GSO send.
+struct Train {
     sock: Sock,
     to: SocketAddr,
     src_ip: Option<IpAddr>,
+    start: usize,
+    len: usize,
     segment: usize,
     count: usize,
     /// The last segment was shorter than `segment`: nothing more can follow it.
     closed: bool,
 }
+
+/// What one wake-up sends, flushed once at its end: consecutive datagrams to one destination
+/// become GSO trains; single datagrams from one socket to many destinations leave in one
+/// sendmmsg.
+struct Outbox {
+    buf: Vec<u8>,
+    trains: Vec<Train>,
+    mmsg: Vec<(usize, usize, SocketAddr)>,
+}
+
+const OUTBOX_BYTES: usize = 512 * 1024;
+const OUTBOX_TRAINS: usize = 256;
 
 struct Sockets<'a> {
     listeners: &'a [Listener],
@@ -106,60 +127,72 @@ impl Sockets<'_> {
 impl Outbox {
     fn new() -> Self {
         Self {
-            buf: Vec::with_capacity(SLOT),
-            sock: Sock::Listener(0),
-            to: SocketAddr::from(([0, 0, 0, 0], 0)),
-            src_ip: None,
-            segment: 0,
-            count: 0,
-            closed: false,
+            buf: Vec::with_capacity(OUTBOX_BYTES),
+            trains: Vec::with_capacity(OUTBOX_TRAINS),
+            mmsg: Vec::with_capacity(OUTBOX_TRAINS),
         }
     }
 
     fn push(&mut self, sockets: &Sockets<'_>, sock: Sock, to: SocketAddr, src_ip: Option<IpAddr>, header: &[u8], payload: &[u8]) {
         let len = header.len() + payload.len();
-        let max_segments = sockets.get(sock).map_or(1, |(_, s)| s.max_gso_segments().min(BATCH_SIZE));
-        let joins = self.count > 0
-            && !self.closed
-            && self.sock == sock
-            && self.to == to
-            && self.src_ip == src_ip
-            && len <= self.segment
-            && self.count < max_segments
-            && self.buf.len() + len <= SLOT;
+        let joins = self.trains.last().is_some_and(|t| {
+            !t.closed
+                && t.sock == sock
+                && t.to == to
+                && t.src_ip == src_ip
+                && len <= t.segment
+                && t.len + len <= SLOT
+                && t.count < sockets.get(sock).map_or(1, |(_, s)| s.max_gso_segments().min(BATCH_SIZE))
+        });
         if !joins {
-            self.flush(sockets);
-            self.sock = sock;
-            self.to = to;
-            self.src_ip = src_ip;
-            self.segment = len;
+            if self.trains.len() == OUTBOX_TRAINS || self.buf.len() + len > OUTBOX_BYTES {
+                self.flush(sockets);
+            }
+            self.trains.push(Train { sock, to, src_ip, start: self.buf.len(), len: 0, segment: len, count: 0, closed: false });
         }
         self.buf.extend_from_slice(header);
         self.buf.extend_from_slice(payload);
-        self.count += 1;
-        self.closed = len < self.segment;
+        if let Some(t) = self.trains.last_mut() {
+            t.len += len;
+            t.count += 1;
+            t.closed = len < t.segment;
+        }
     }
 
     fn flush(&mut self, sockets: &Sockets<'_>) {
-        if self.count == 0 {
-            return;
-        }
-        if let Some((socket, state)) = sockets.get(self.sock) {
-            let transmit = Transmit {
-                destination: self.to,
-                ecn: None,
-                contents: &self.buf,
-                segment_size: (self.count > 1).then_some(self.segment),
-                src_ip: self.src_ip,
+        let mut i = 0;
+        while i < self.trains.len() {
+            let t = &self.trains[i];
+            let Some((socket, state)) = sockets.get(t.sock) else {
+                i += 1;
+                continue;
             };
-            // A full socket buffer drops the datagrams, as the network would.
-            if let Err(e) = state.send(socket.into(), &transmit) {
-                tracing::trace!(error = %e, "send dropped");
+            if t.count > 1 || t.src_ip.is_some() {
+                let transmit = Transmit {
+                    destination: t.to,
+                    ecn: None,
+                    contents: &self.buf[t.start..t.start + t.len],
+                    segment_size: (t.count > 1).then_some(t.segment),
+                    src_ip: t.src_ip,
+                };
+                // A full socket buffer drops the datagrams, as the network would.
+                if let Err(e) = state.send(socket.into(), &transmit) {
+                    tracing::trace!(error = %e, "send dropped");
+                }
+                i += 1;
+                continue;
             }
+            // A run of single datagrams from this socket: one sendmmsg.
+            self.mmsg.clear();
+            let sock = t.sock;
+            while let Some(t) = self.trains.get(i).filter(|t| t.sock == sock && t.count == 1 && t.src_ip.is_none()) {
+                self.mmsg.push((t.start, t.len, t.to));
+                i += 1;
+            }
+            socket::send_mmsg(socket.as_raw_fd(), &self.buf, &self.mmsg);
         }
         self.buf.clear();
-        self.count = 0;
-        self.closed = false;
+        self.trains.clear();
     }
 }
 
@@ -186,16 +219,35 @@ pub fn spawn(spec: ShardSpec) -> io::Result<ShardHandle> {
         let local = std.local_addr()?;
         let state = UdpSocketState::new((&std).into())?;
         let mut socket = UdpSocket::from_std(std);
-        poll.registry().register(&mut socket, Token(LISTENER_BASE + i), Interest::READABLE)?;
-        listeners.push(Listener { socket, state, local });
+        poll.registry()
+            .register(&mut socket, Token(LISTENER_BASE + i), Interest::READABLE)?;
+        listeners.push(Listener {
+            socket,
+            state,
+            local,
+        });
     }
-    let relays = RelayTable { registry, slots: Vec::new(), free: Vec::new(), settings: spec.relays };
+    let relays = RelayTable {
+        registry,
+        slots: Vec::new(),
+        free: Vec::new(),
+        settings: spec.relays,
+    };
     let server = Server::new(spec.shared);
     let stop = spec.stop;
-    let thread = std::thread::Builder::new().name(format!("turn-udp-{}", spec.index)).spawn(move || {
-        let mut shard = Shard { poll, listeners, relays, server, outbox: Outbox::new(), stop };
-        shard.run();
-    })?;
+    let thread = std::thread::Builder::new()
+        .name(format!("turn-udp-{}", spec.index))
+        .spawn(move || {
+            let mut shard = Shard {
+                poll,
+                listeners,
+                relays,
+                server,
+                outbox: Outbox::new(),
+                stop,
+            };
+            shard.run();
+        })?;
     Ok(ShardHandle { waker, thread })
 }
 
@@ -215,7 +267,10 @@ struct RecvBufs {
 
 impl RecvBufs {
     fn new() -> Self {
-        Self { slots: vec![0; SLOT * BATCH_SIZE], meta: [RecvMeta::default(); BATCH_SIZE] }
+        Self {
+            slots: vec![0; SLOT * BATCH_SIZE],
+            meta: [RecvMeta::default(); BATCH_SIZE],
+        }
     }
 
     fn recv(&mut self, socket: &UdpSocket, state: &UdpSocketState) -> io::Result<usize> {
@@ -234,9 +289,14 @@ impl Shard {
         let mut events = Events::with_capacity(1024);
         let mut bufs = RecvBufs::new();
         let mut pending: Vec<Token> = Vec::new();
+        let mut ready: Vec<Token> = Vec::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
-            let timeout = if pending.is_empty() { next_sweep.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            let timeout = if pending.is_empty() {
+                next_sweep.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(error = %e, "poll failed");
@@ -247,7 +307,12 @@ impl Shard {
                 break;
             }
             let mut ready: Vec<Token> = std::mem::take(&mut pending);
-            ready.extend(events.iter().filter(|e| e.token() != WAKER).map(|e| e.token()));
+            ready.extend(
+                events
+                    .iter()
+                    .filter(|e| e.token() != WAKER)
+                    .map(|e| e.token()),
+            );
             ready.dedup();
             for token in ready {
                 let more = if token.0 >= LISTENER_BASE {
@@ -259,6 +324,9 @@ impl Shard {
                     pending.push(token);
                 }
             }
+            self.outbox.flush(&Sockets { listeners: &self.listeners, relays: &self.relays });
+            // Relay counters go to Prometheus once per wake-up: live, at no per-packet cost.
+            self.server.flush_stats();
             let now = Instant::now();
             if now >= next_sweep {
                 self.server.sweep(Now::system(), &mut self.relays);
@@ -271,7 +339,9 @@ impl Shard {
     /// Returns true when the budget ran out before the socket was empty.
     fn drain_listener(&mut self, index: usize, bufs: &mut RecvBufs) -> bool {
         for _ in 0..BUDGET {
-            let Some(l) = self.listeners.get(index) else { return false };
+            let Some(l) = self.listeners.get(index) else {
+                return false;
+            };
             let local = l.local;
             let n = match bufs.recv(&l.socket, &l.state) {
                 Ok(n) => n,
@@ -287,13 +357,20 @@ impl Shard {
                     Some(ip) if local.ip().is_unspecified() => SocketAddr::new(ip, local.port()),
                     _ => local,
                 };
-                let ft = FiveTuple { client: meta.addr, server: server_addr, transport: Transport::Udp };
+                let ft = FiveTuple {
+                    client: meta.addr,
+                    server: server_addr,
+                    transport: Transport::Udp,
+                };
                 let stride = meta.stride.max(1);
                 for datagram in slot[..meta.len].chunks(stride) {
                     self.client_datagram(index, &ft, datagram, now);
                 }
             }
-            self.outbox.flush(&Sockets { listeners: &self.listeners, relays: &self.relays });
+            self.outbox.flush(&Sockets {
+                listeners: &self.listeners,
+                relays: &self.relays,
+            });
         }
         true
     }
@@ -302,36 +379,70 @@ impl Shard {
         if channel_data::is_channel_data(data) {
             // The fast path: no `stun`, no allocation; the payload leaves from the receive buffer.
             if let Ok(cd) = channel_data::parse(data) {
-                if let Some((relay, peer)) = self.server.route_channel_data(ft, cd.number, cd.payload.len(), now.instant) {
-                    let sockets = Sockets { listeners: &self.listeners, relays: &self.relays };
-                    self.outbox.push(&sockets, Sock::Relay(relay), peer, None, &[], cd.payload);
+                if let Some((relay, peer)) =
+                    self.server
+                        .route_channel_data(ft, cd.number, cd.payload.len(), now.instant)
+                {
+                    let sockets = Sockets {
+                        listeners: &self.listeners,
+                        relays: &self.relays,
+                    };
+                    self.outbox
+                        .push(&sockets, Sock::Relay(relay), peer, None, &[], cd.payload);
                 }
             }
             return;
         }
         self.server.handle_client(data, *ft, now, &mut self.relays);
-        let src_ip = self.listeners[index].local.ip().is_unspecified().then_some(ft.server.ip());
+        let src_ip = self.listeners[index]
+            .local
+            .ip()
+            .is_unspecified()
+            .then_some(ft.server.ip());
         while let Some(out) = self.server.poll_output() {
-            let sockets = Sockets { listeners: &self.listeners, relays: &self.relays };
+            let sockets = Sockets {
+                listeners: &self.listeners,
+                relays: &self.relays,
+            };
             match out {
-                Output::ToClient { to, data } => self.outbox.push(&sockets, Sock::Listener(index), to.client, src_ip, &[], &data),
-                Output::ToPeer { relay, peer, data } => self.outbox.push(&sockets, Sock::Relay(relay), peer, None, &[], &data),
+                Output::ToClient { to, data } => self.outbox.push(
+                    &sockets,
+                    Sock::Listener(index),
+                    to.client,
+                    src_ip,
+                    &[],
+                    &data,
+                ),
+                Output::ToPeer { relay, peer, data } => {
+                    self.outbox
+                        .push(&sockets, Sock::Relay(relay), peer, None, &[], &data)
+                }
             }
         }
     }
 
     fn listener_for(&self, server: SocketAddr) -> Option<(usize, Option<IpAddr>)> {
-        self.listeners.iter().position(|l| l.local == server).map(|i| (i, None)).or_else(|| {
-            self.listeners
-                .iter()
-                .position(|l| l.local.port() == server.port() && l.local.ip().is_unspecified() && l.local.is_ipv4() == server.is_ipv4())
-                .map(|i| (i, Some(server.ip())))
-        })
+        self.listeners
+            .iter()
+            .position(|l| l.local == server)
+            .map(|i| (i, None))
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .position(|l| {
+                        l.local.port() == server.port()
+                            && l.local.ip().is_unspecified()
+                            && l.local.is_ipv4() == server.is_ipv4()
+                    })
+                    .map(|i| (i, Some(server.ip())))
+            })
     }
 
     fn drain_relay(&mut self, id: RelayId, bufs: &mut RecvBufs) -> bool {
         for _ in 0..BUDGET {
-            let Some(Some(r)) = self.relays.slots.get(id) else { return false };
+            let Some(Some(r)) = self.relays.slots.get(id) else {
+                return false;
+            };
             let n = match bufs.recv(&r.socket, &r.state) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -344,25 +455,51 @@ impl Shard {
             for (slot, meta) in bufs.slots.chunks(SLOT).zip(&bufs.meta).take(n) {
                 let stride = meta.stride.max(1);
                 for payload in slot[..meta.len].chunks(stride) {
-                    let (to, header) = match self.server.route_from_peer(id, meta.addr, payload.len(), now) {
-                        PeerRoute::Drop => continue,
-                        PeerRoute::Channel { to, number } => {
-                            (to, Some(channel_data::header(number, payload.len() as u16)))
-                        }
-                        PeerRoute::Indication { to } => (to, None),
+                    let (to, header) =
+                        match self
+                            .server
+                            .route_from_peer(id, meta.addr, payload.len(), now)
+                        {
+                            PeerRoute::Drop => continue,
+                            PeerRoute::Channel { to, number } => {
+                                (to, Some(channel_data::header(number, payload.len() as u16)))
+                            }
+                            PeerRoute::Indication { to } => (to, None),
+                        };
+                    let Some((index, src_ip)) = self.listener_for(to.server) else {
+                        continue;
                     };
-                    let Some((index, src_ip)) = self.listener_for(to.server) else { continue };
-                    let sockets = Sockets { listeners: &self.listeners, relays: &self.relays };
+                    let sockets = Sockets {
+                        listeners: &self.listeners,
+                        relays: &self.relays,
+                    };
                     match header {
-                        Some(h) => self.outbox.push(&sockets, Sock::Listener(index), to.client, src_ip, &h[..HEADER_LEN], payload),
+                        Some(h) => self.outbox.push(
+                            &sockets,
+                            Sock::Listener(index),
+                            to.client,
+                            src_ip,
+                            &h[..HEADER_LEN],
+                            payload,
+                        ),
                         None => {
                             let data = data_indication(meta.addr, payload);
-                            self.outbox.push(&sockets, Sock::Listener(index), to.client, src_ip, &[], &data);
+                            self.outbox.push(
+                                &sockets,
+                                Sock::Listener(index),
+                                to.client,
+                                src_ip,
+                                &[],
+                                &data,
+                            );
                         }
                     }
                 }
             }
-            self.outbox.flush(&Sockets { listeners: &self.listeners, relays: &self.relays });
+            self.outbox.flush(&Sockets {
+                listeners: &self.listeners,
+                relays: &self.relays,
+            });
         }
         true
     }

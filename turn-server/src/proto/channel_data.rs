@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(parse(&[0x40, 0x00]), Err(ChannelDataError::TooShort));
         assert_eq!(parse(&[0x80, 0x00, 0, 0]), Err(ChannelDataError::TooShort));
         assert_eq!(parse(&[0x70, 0x0d, 0, 0]).map(|c| c.number), Ok(0x700d));
-        assert_eq!(parse(&[0x40, 0x00, 0, 5, 1]), Err(ChannelDataError::LengthPastEnd(5)));
+        assert_eq!(
+            parse(&[0x40, 0x00, 0, 5, 1]),
+            Err(ChannelDataError::LengthPastEnd(5))
+        );
     }
 
     #[test]

@@ -27,7 +27,12 @@ pub struct CredentialFailure {
 }
 
 pub trait CredentialStore: Send + Sync {
-    fn lookup(&self, username: &str, realm: &str, now: SystemTime) -> Result<Grant, CredentialFailure>;
+    fn lookup(
+        &self,
+        username: &str,
+        realm: &str,
+        now: SystemTime,
+    ) -> Result<Grant, CredentialFailure>;
 }
 
 /// `--user NAME:PASSWORD` users, for development. Only the derived key is kept.
@@ -38,7 +43,9 @@ pub struct StaticUsers {
 
 impl std::fmt::Debug for StaticUsers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StaticUsers").field("users", &self.keys.len()).finish()
+        f.debug_struct("StaticUsers")
+            .field("users", &self.keys.len())
+            .finish()
     }
 }
 
@@ -57,9 +64,22 @@ impl StaticUsers {
 }
 
 impl CredentialStore for StaticUsers {
-    fn lookup(&self, username: &str, _realm: &str, _now: SystemTime) -> Result<Grant, CredentialFailure> {
-        let key = self.keys.get(username).ok_or(CredentialFailure { reason: "unknown_user" })?;
-        Ok(Grant { user: username.to_owned(), keys: vec![*key], expires_at: None, alloc_limit: None, kbps: None })
+    fn lookup(
+        &self,
+        username: &str,
+        _realm: &str,
+        _now: SystemTime,
+    ) -> Result<Grant, CredentialFailure> {
+        let key = self.keys.get(username).ok_or(CredentialFailure {
+            reason: "unknown_user",
+        })?;
+        Ok(Grant {
+            user: username.to_owned(),
+            keys: vec![*key],
+            expires_at: None,
+            alloc_limit: None,
+            kbps: None,
+        })
     }
 }
 
@@ -67,8 +87,15 @@ impl CredentialStore for StaticUsers {
 pub struct Chain(pub Vec<Box<dyn CredentialStore>>);
 
 impl CredentialStore for Chain {
-    fn lookup(&self, username: &str, realm: &str, now: SystemTime) -> Result<Grant, CredentialFailure> {
-        let mut last = CredentialFailure { reason: "unknown_user" };
+    fn lookup(
+        &self,
+        username: &str,
+        realm: &str,
+        now: SystemTime,
+    ) -> Result<Grant, CredentialFailure> {
+        let mut last = CredentialFailure {
+            reason: "unknown_user",
+        };
         for store in &self.0 {
             match store.lookup(username, realm, now) {
                 Ok(g) => return Ok(g),

@@ -50,7 +50,9 @@ pub fn decode(buf: &[u8]) -> Result<Message, (DecodeError, Option<Message>)> {
 fn header_only(buf: &[u8]) -> Message {
     let mut m = Message::new();
     m.typ.read_value(u16::from_be_bytes([buf[0], buf[1]]));
-    m.transaction_id.0.copy_from_slice(&buf[8..MESSAGE_HEADER_SIZE]);
+    m.transaction_id
+        .0
+        .copy_from_slice(&buf[8..MESSAGE_HEADER_SIZE]);
     m
 }
 
@@ -59,9 +61,29 @@ fn header_only(buf: &[u8]) -> Message {
 pub fn understood(t: AttrType) -> bool {
     matches!(
         t.0,
-        0x0001 | 0x0006 | 0x0008 | 0x0009 | 0x000A | 0x000C | 0x000D | 0x0012 | 0x0013 | 0x0014 | 0x0015
-            | 0x0016 | 0x0017 | 0x0018 | 0x0019 | 0x001A | 0x001C | 0x001D | 0x001E | 0x0020 | 0x0022
-            | 0x0024 | 0x0025
+        0x0001
+            | 0x0006
+            | 0x0008
+            | 0x0009
+            | 0x000A
+            | 0x000C
+            | 0x000D
+            | 0x0012
+            | 0x0013
+            | 0x0014
+            | 0x0015
+            | 0x0016
+            | 0x0017
+            | 0x0018
+            | 0x0019
+            | 0x001A
+            | 0x001C
+            | 0x001D
+            | 0x001E
+            | 0x0020
+            | 0x0022
+            | 0x0024
+            | 0x0025
     )
 }
 
@@ -76,7 +98,11 @@ pub fn unknown_required(m: &Message) -> Vec<AttrType> {
 }
 
 pub fn first(m: &Message, t: AttrType) -> Option<&[u8]> {
-    m.attributes.0.iter().find(|a| a.typ == t).map(|a| a.value.as_slice())
+    m.attributes
+        .0
+        .iter()
+        .find(|a| a.typ == t)
+        .map(|a| a.value.as_slice())
 }
 
 pub fn u32_attr(m: &Message, t: AttrType) -> Option<Result<u32, ()>> {
@@ -190,18 +216,27 @@ mod tests {
 
     #[test]
     fn rejects_non_stun_and_malformed() {
-        assert!(matches!(decode(&[0u8; 10]), Err((DecodeError::NotStun, None))));
+        assert!(matches!(
+            decode(&[0u8; 10]),
+            Err((DecodeError::NotStun, None))
+        ));
         let mut hdr = [0u8; 20];
         hdr[1] = 1;
         hdr[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
         assert!(decode(&hdr).is_ok());
         let mut bad_cookie = hdr;
         bad_cookie[4] = 0;
-        assert!(matches!(decode(&bad_cookie), Err((DecodeError::NotStun, None))));
+        assert!(matches!(
+            decode(&bad_cookie),
+            Err((DecodeError::NotStun, None))
+        ));
         // Attribute length 8 but only 4 value bytes present.
         let mut over = hdr.to_vec();
         over[3] = 8;
         over.extend_from_slice(&[0x00, 0x06, 0x00, 0x08, b'a', b'b', b'c', b'd']);
-        assert!(matches!(decode(&over), Err((DecodeError::Malformed, Some(_)))));
+        assert!(matches!(
+            decode(&over),
+            Err((DecodeError::Malformed, Some(_)))
+        ));
     }
 }

@@ -10,6 +10,6 @@ pub mod server;
 mod tests;
 
 pub use server::{
-    CoreConfig, Family, FiveTuple, Now, Output, PeerRoute, PortRequest, Relay, RelayError, RelayId, RelayPorts, Server, Shared,
-    Transport,
+    CoreConfig, Family, FiveTuple, Now, Output, PeerRoute, PortRequest, Relay, RelayError, RelayId,
+    RelayPorts, Server, Shared, Transport,
 };

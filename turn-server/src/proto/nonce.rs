@@ -42,7 +42,8 @@ impl NonceKey {
 
     fn mac(&self, issued: u32, client: SocketAddr) -> u64 {
         // The key is 32 bytes, which HMAC accepts for any length.
-        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha1> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(&issued.to_be_bytes());
         match client.ip() {
             IpAddr::V4(ip) => mac.update(&ip.octets()),
@@ -50,7 +51,9 @@ impl NonceKey {
         }
         mac.update(&client.port().to_be_bytes());
         let out = mac.finalize().into_bytes();
-        u64::from_be_bytes([out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]])
+        u64::from_be_bytes([
+            out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7],
+        ])
     }
 
     pub fn issue(&self, client: SocketAddr, unix_secs: u64) -> String {
@@ -61,11 +64,21 @@ impl NonceKey {
         s
     }
 
-    pub fn check(&self, nonce: &[u8], client: SocketAddr, unix_secs: u64, lifetime_secs: u64) -> NonceCheck {
+    pub fn check(
+        &self,
+        nonce: &[u8],
+        client: SocketAddr,
+        unix_secs: u64,
+        lifetime_secs: u64,
+    ) -> NonceCheck {
         if nonce.len() != NONCE_LEN {
             return NonceCheck::Invalid;
         }
-        let parse = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| u64::from_str_radix(s, 16).ok());
+        let parse = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+        };
         let (Some(issued), Some(mac)) = (parse(&nonce[..TS_HEX]), parse(&nonce[TS_HEX..])) else {
             return NonceCheck::Invalid;
         };
@@ -75,7 +88,11 @@ impl NonceKey {
             return NonceCheck::Invalid;
         }
         let age = (unix_secs as u32).wrapping_sub(issued);
-        if u64::from(age) >= lifetime_secs { NonceCheck::Stale } else { NonceCheck::Valid }
+        if u64::from(age) >= lifetime_secs {
+            NonceCheck::Stale
+        } else {
+            NonceCheck::Valid
+        }
     }
 }
 
@@ -90,12 +107,24 @@ mod tests {
         let b: SocketAddr = "192.0.2.1:4001".parse().expect("addr");
         let n = key.issue(a, 1_000_000);
         assert_eq!(n.len(), NONCE_LEN);
-        assert_eq!(key.check(n.as_bytes(), a, 1_000_100, 600), NonceCheck::Valid);
-        assert_eq!(key.check(n.as_bytes(), a, 1_000_600, 600), NonceCheck::Stale);
-        assert_eq!(key.check(n.as_bytes(), b, 1_000_100, 600), NonceCheck::Invalid);
+        assert_eq!(
+            key.check(n.as_bytes(), a, 1_000_100, 600),
+            NonceCheck::Valid
+        );
+        assert_eq!(
+            key.check(n.as_bytes(), a, 1_000_600, 600),
+            NonceCheck::Stale
+        );
+        assert_eq!(
+            key.check(n.as_bytes(), b, 1_000_100, 600),
+            NonceCheck::Invalid
+        );
         let mut tampered = n.into_bytes();
         tampered[0] = if tampered[0] == b'0' { b'1' } else { b'0' };
         assert_eq!(key.check(&tampered, a, 1_000_100, 600), NonceCheck::Invalid);
-        assert_eq!(NonceKey::from_bytes([8; 32]).check(key.issue(a, 5).as_bytes(), a, 6, 600), NonceCheck::Invalid);
+        assert_eq!(
+            NonceKey::from_bytes([8; 32]).check(key.issue(a, 5).as_bytes(), a, 6, 600),
+            NonceCheck::Invalid
+        );
     }
 }

@@ -42,11 +42,17 @@ pub struct Now {
 
 impl Now {
     pub fn system() -> Self {
-        Self { instant: Instant::now(), unix: SystemTime::now() }
+        Self {
+            instant: Instant::now(),
+            unix: SystemTime::now(),
+        }
     }
 
     fn unix_secs(&self) -> u64 {
-        self.unix.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        self.unix
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 }
 
@@ -161,12 +167,19 @@ pub struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl Shared {
-    pub fn new(config: CoreConfig, credentials: Box<dyn CredentialStore>, policy: PeerPolicy, metrics: Metrics) -> Self {
+    pub fn new(
+        config: CoreConfig,
+        credentials: Box<dyn CredentialStore>,
+        policy: PeerPolicy,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             config,
             credentials,
@@ -185,8 +198,15 @@ impl Shared {
 
 #[derive(Debug)]
 pub enum Output {
-    ToClient { to: FiveTuple, data: Vec<u8> },
-    ToPeer { relay: RelayId, peer: SocketAddr, data: Vec<u8> },
+    ToClient {
+        to: FiveTuple,
+        data: Vec<u8>,
+    },
+    ToPeer {
+        relay: RelayId,
+        peer: SocketAddr,
+        data: Vec<u8>,
+    },
 }
 
 /// Where a datagram from a peer goes.
@@ -194,9 +214,14 @@ pub enum Output {
 pub enum PeerRoute {
     Drop,
     /// Prefix a ChannelData header with this number and send to the client.
-    Channel { to: FiveTuple, number: u16 },
+    Channel {
+        to: FiveTuple,
+        number: u16,
+    },
     /// Wrap in a Data indication (no channel bound for this peer).
-    Indication { to: FiveTuple },
+    Indication {
+        to: FiveTuple,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -230,7 +255,9 @@ struct Allocation {
 
 impl Allocation {
     fn relay_for(&self, family: Family) -> Option<&RelayAddr> {
-        self.relays.iter().find(|r| Family::of(r.advertised.ip()) == family)
+        self.relays
+            .iter()
+            .find(|r| Family::of(r.advertised.ip()) == family)
     }
 
     fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
@@ -254,7 +281,13 @@ struct Reply {
 
 impl Reply {
     fn new(code: u16, reason: &'static str) -> Self {
-        Self { code, reason, key: None, extra: Vec::new(), nonce: false }
+        Self {
+            code,
+            reason,
+            key: None,
+            extra: Vec::new(),
+            nonce: false,
+        }
     }
 
     fn signed(mut self, key: [u8; 16]) -> Self {
@@ -281,7 +314,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("allocations", &self.allocations.len()).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("allocations", &self.allocations.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -318,7 +353,8 @@ fn code_label(code: u16) -> &'static str {
 impl Server {
     pub fn new(shared: Arc<Shared>) -> Self {
         let c = &shared.config;
-        let unauthorized = SourceRateLimit::new(c.unauthorized_per_sec, c.unauthorized_burst, 65_536);
+        let unauthorized =
+            SourceRateLimit::new(c.unauthorized_per_sec, c.unauthorized_burst, 65_536);
         Self {
             shared,
             allocations: HashMap::new(),
@@ -342,11 +378,23 @@ impl Server {
     }
 
     /// A datagram (or stream frame) from a client.
-    pub fn handle_client(&mut self, data: &[u8], from: FiveTuple, now: Now, relays: &mut dyn RelayPorts) {
+    pub fn handle_client(
+        &mut self,
+        data: &[u8],
+        from: FiveTuple,
+        now: Now,
+        relays: &mut dyn RelayPorts,
+    ) {
         if channel_data::is_channel_data(data) {
             if let Ok(cd) = channel_data::parse(data) {
-                if let Some((relay, peer)) = self.route_channel_data(&from, cd.number, cd.payload.len(), now.instant) {
-                    self.out.push_back(Output::ToPeer { relay, peer, data: cd.payload.to_vec() });
+                if let Some((relay, peer)) =
+                    self.route_channel_data(&from, cd.number, cd.payload.len(), now.instant)
+                {
+                    self.out.push_back(Output::ToPeer {
+                        relay,
+                        peer,
+                        data: cd.payload.to_vec(),
+                    });
                 }
             }
             return;
@@ -394,16 +442,31 @@ impl Server {
         };
         let label = method_label(m.typ.method);
         match result {
-            Ok(()) => self.shared.metrics.requests.with_label_values(&[label, "ok"]).inc(),
+            Ok(()) => self
+                .shared
+                .metrics
+                .requests
+                .with_label_values(&[label, "ok"])
+                .inc(),
             Err(reply) => {
-                self.shared.metrics.requests.with_label_values(&[label, code_label(reply.code)]).inc();
+                self.shared
+                    .metrics
+                    .requests
+                    .with_label_values(&[label, code_label(reply.code)])
+                    .inc();
                 self.send_error(&m, from, reply, now);
             }
         }
     }
 
     /// The ChannelData fast path: where to send `len` payload bytes on `number` from `from`.
-    pub fn route_channel_data(&mut self, from: &FiveTuple, number: u16, len: usize, now: Instant) -> Option<(RelayId, SocketAddr)> {
+    pub fn route_channel_data(
+        &mut self,
+        from: &FiveTuple,
+        number: u16,
+        len: usize,
+        now: Instant,
+    ) -> Option<(RelayId, SocketAddr)> {
         let a = self.allocations.get_mut(from)?;
         if a.expires <= now {
             return None;
@@ -423,9 +486,19 @@ impl Server {
     }
 
     /// The peer-to-client fast path: what to do with `len` bytes that `peer` sent to `relay`.
-    pub fn route_from_peer(&mut self, relay: RelayId, peer: SocketAddr, len: usize, now: Instant) -> PeerRoute {
-        let Some(ft) = self.by_relay.get(&relay) else { return PeerRoute::Drop };
-        let Some(a) = self.allocations.get_mut(ft) else { return PeerRoute::Drop };
+    pub fn route_from_peer(
+        &mut self,
+        relay: RelayId,
+        peer: SocketAddr,
+        len: usize,
+        now: Instant,
+    ) -> PeerRoute {
+        let Some(ft) = self.by_relay.get(&relay) else {
+            return PeerRoute::Drop;
+        };
+        let Some(a) = self.allocations.get_mut(ft) else {
+            return PeerRoute::Drop;
+        };
         if a.expires <= now || !a.permitted(peer.ip(), now) || !a.within_bandwidth(len, now) {
             return PeerRoute::Drop;
         }
@@ -445,7 +518,11 @@ impl Server {
             PeerRoute::Drop => {}
             PeerRoute::Channel { to, number } => {
                 let len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
-                let pad = if to.transport == Transport::Udp { 0 } else { channel_data::padded(payload.len()) - payload.len() };
+                let pad = if to.transport == Transport::Udp {
+                    0
+                } else {
+                    channel_data::padded(payload.len()) - payload.len()
+                };
                 let mut data = Vec::with_capacity(HEADER_LEN + payload.len() + pad);
                 data.extend_from_slice(&channel_data::header(number, len));
                 data.extend_from_slice(payload);
@@ -453,7 +530,10 @@ impl Server {
                 self.out.push_back(Output::ToClient { to, data });
             }
             PeerRoute::Indication { to } => {
-                self.out.push_back(Output::ToClient { to, data: data_indication(peer, payload) });
+                self.out.push_back(Output::ToClient {
+                    to,
+                    data: data_indication(peer, payload),
+                });
             }
         }
     }
@@ -466,7 +546,9 @@ impl Server {
         let expired: Vec<FiveTuple> = self
             .allocations
             .iter()
-            .filter(|(_, a)| a.expires <= t || (strict && a.credential_expires.is_some_and(|e| e <= now.unix)))
+            .filter(|(_, a)| {
+                a.expires <= t || (strict && a.credential_expires.is_some_and(|e| e <= now.unix))
+            })
             .map(|(ft, _)| *ft)
             .collect();
         for ft in expired {
@@ -511,7 +593,9 @@ impl Server {
     }
 
     fn remove_allocation(&mut self, ft: &FiveTuple, now: Instant, relays: &mut dyn RelayPorts) {
-        let Some(a) = self.allocations.remove(ft) else { return };
+        let Some(a) = self.allocations.remove(ft) else {
+            return;
+        };
         for r in &a.relays {
             self.by_relay.remove(&r.id);
             relays.release(r.id);
@@ -520,7 +604,8 @@ impl Server {
         m.allocations.dec();
         m.permissions.sub(a.permissions.len() as i64);
         m.channels.sub(a.channels.len() as i64);
-        m.allocation_lifetime.observe(now.saturating_duration_since(a.created).as_secs_f64());
+        m.allocation_lifetime
+            .observe(now.saturating_duration_since(a.created).as_secs_f64());
         self.shared.quotas.release(&a.user);
     }
 
@@ -532,22 +617,37 @@ impl Server {
 
     fn handle_send(&mut self, m: &Message, from: FiveTuple, now: Instant) {
         let (Some(peer), Some(data)) = (
-            msg::first(m, ATTR_XOR_PEER_ADDRESS).and_then(|v| msg::decode_xor_address(v, &m.transaction_id.0)),
+            msg::first(m, ATTR_XOR_PEER_ADDRESS)
+                .and_then(|v| msg::decode_xor_address(v, &m.transaction_id.0)),
             msg::first(m, ATTR_DATA),
         ) else {
             return;
         };
-        let Some(a) = self.allocations.get_mut(&from) else { return };
-        if a.expires <= now || !a.permitted(peer.ip(), now) || !a.within_bandwidth(data.len(), now) {
+        let Some(a) = self.allocations.get_mut(&from) else {
+            return;
+        };
+        if a.expires <= now || !a.permitted(peer.ip(), now) || !a.within_bandwidth(data.len(), now)
+        {
             return;
         }
-        let Some(relay) = a.relay_for(Family::of(peer.ip())) else { return };
+        let Some(relay) = a.relay_for(Family::of(peer.ip())) else {
+            return;
+        };
         self.stats.to_peer_bytes += data.len() as u64;
         self.stats.to_peer_packets += 1;
-        self.out.push_back(Output::ToPeer { relay: relay.id, peer, data: data.to_vec() });
+        self.out.push_back(Output::ToPeer {
+            relay: relay.id,
+            peer,
+            data: data.to_vec(),
+        });
     }
 
-    fn live_allocation(&mut self, from: &FiveTuple, now: Instant, relays: &mut dyn RelayPorts) -> bool {
+    fn live_allocation(
+        &mut self,
+        from: &FiveTuple,
+        now: Instant,
+        relays: &mut dyn RelayPorts,
+    ) -> bool {
         match self.allocations.get(from) {
             Some(a) if a.expires <= now => {
                 self.remove_allocation(from, now, relays);
@@ -558,7 +658,13 @@ impl Server {
         }
     }
 
-    fn challenge(&mut self, code: u16, reason: &'static str, from: FiveTuple, now: Instant) -> Reply {
+    fn challenge(
+        &mut self,
+        code: u16,
+        reason: &'static str,
+        from: FiveTuple,
+        now: Instant,
+    ) -> Reply {
         let mut r = Reply::new(code, reason);
         r.nonce = true;
         if code == 401 && !self.unauthorized.allow(from.client.ip(), now) {
@@ -569,22 +675,38 @@ impl Server {
     }
 
     fn auth_failure(&self, reason: &'static str) {
-        self.shared.metrics.auth_failures.with_label_values(&[reason]).inc();
+        self.shared
+            .metrics
+            .auth_failures
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Long-term credential mechanism (RFC 8489 §9.2) with stateless nonces.
-    fn authenticate(&mut self, m: &Message, from: FiveTuple, now: Now) -> Result<Authenticated, Reply> {
+    fn authenticate(
+        &mut self,
+        m: &Message,
+        from: FiveTuple,
+        now: Now,
+    ) -> Result<Authenticated, Reply> {
         if !m.contains(ATTR_MESSAGE_INTEGRITY) {
             return Err(self.challenge(401, "Unauthorized", from, now.instant));
         }
         let text = |t| msg::first(m, t).and_then(|v| std::str::from_utf8(v).ok());
-        let (Some(username), Some(_realm), Some(nonce)) =
-            (text(ATTR_USERNAME), text(ATTR_REALM), msg::first(m, ATTR_NONCE))
-        else {
+        let (Some(username), Some(_realm), Some(nonce)) = (
+            text(ATTR_USERNAME),
+            text(ATTR_REALM),
+            msg::first(m, ATTR_NONCE),
+        ) else {
             return Err(Reply::new(400, "Bad Request"));
         };
         let cfg = &self.shared.config;
-        match self.shared.nonce_key.check(nonce, from.client, now.unix_secs(), cfg.nonce_lifetime.as_secs()) {
+        match self.shared.nonce_key.check(
+            nonce,
+            from.client,
+            now.unix_secs(),
+            cfg.nonce_lifetime.as_secs(),
+        ) {
             NonceCheck::Valid => {}
             NonceCheck::Stale | NonceCheck::Invalid => {
                 self.auth_failure("stale_nonce");
@@ -595,7 +717,11 @@ impl Server {
         let (keys, grant) = match existing {
             // Lenient expiry: an allocation keeps the key it was created with.
             Some(a) if !cfg.strict_expiry && a.username == username => (vec![a.key], None),
-            _ => match self.shared.credentials.lookup(username, &cfg.realm, now.unix) {
+            _ => match self
+                .shared
+                .credentials
+                .lookup(username, &cfg.realm, now.unix)
+            {
                 Ok(g) => (g.keys.clone(), Some(g)),
                 Err(e) => {
                     self.auth_failure(e.reason);
@@ -604,7 +730,10 @@ impl Server {
             },
         };
         let mut checked = m.clone();
-        let Some(key) = keys.into_iter().find(|k| MessageIntegrity(k.to_vec()).check(&mut checked).is_ok()) else {
+        let Some(key) = keys
+            .into_iter()
+            .find(|k| MessageIntegrity(k.to_vec()).check(&mut checked).is_ok())
+        else {
             self.auth_failure("bad_integrity");
             return Err(self.challenge(401, "Unauthorized", from, now.instant));
         };
@@ -614,10 +743,20 @@ impl Server {
                 return Err(Reply::new(441, "Wrong Credentials").signed(key));
             }
         }
-        Ok(Authenticated { key, username: username.to_owned(), grant })
+        Ok(Authenticated {
+            key,
+            username: username.to_owned(),
+            grant,
+        })
     }
 
-    fn handle_allocate(&mut self, m: &Message, from: FiveTuple, now: Now, relays: &mut dyn RelayPorts) -> Result<(), Reply> {
+    fn handle_allocate(
+        &mut self,
+        m: &Message,
+        from: FiveTuple,
+        now: Now,
+        relays: &mut dyn RelayPorts,
+    ) -> Result<(), Reply> {
         if self.live_allocation(&from, now.instant, relays) {
             let a = &self.allocations[&from];
             if a.allocate_txid == m.transaction_id.0 {
@@ -633,7 +772,8 @@ impl Server {
                     let mut r = Reply::new(300, "Try Alternate");
                     let mut tmp = Message::new();
                     msg::add_plain_address(&mut tmp, ATTR_ALTERNATE_SERVER, alt);
-                    r.extra.push((ATTR_ALTERNATE_SERVER, tmp.attributes.0.remove(0).value));
+                    r.extra
+                        .push((ATTR_ALTERNATE_SERVER, tmp.attributes.0.remove(0).value));
                     r
                 }
                 None => Reply::new(486, "Server Draining"),
@@ -649,11 +789,17 @@ impl Server {
         match msg::leading_byte(m, ATTR_REQUESTED_TRANSPORT) {
             None | Some(Err(())) => return Err(Reply::new(400, "Bad Request").signed(key)),
             Some(Ok(msg::PROTO_UDP)) => {}
-            Some(Ok(_)) => return Err(Reply::new(442, "Unsupported Transport Protocol").signed(key)),
+            Some(Ok(_)) => {
+                return Err(Reply::new(442, "Unsupported Transport Protocol").signed(key));
+            }
         }
         let token = match msg::first(m, ATTR_RESERVATION_TOKEN) {
             None => None,
-            Some(v) if m.contains(ATTR_EVEN_PORT) || m.contains(ATTR_REQUESTED_ADDRESS_FAMILY) || v.len() != 8 => {
+            Some(v)
+                if m.contains(ATTR_EVEN_PORT)
+                    || m.contains(ATTR_REQUESTED_ADDRESS_FAMILY)
+                    || v.len() != 8 =>
+            {
                 return Err(Reply::new(400, "Bad Request").signed(key));
             }
             Some(v) => {
@@ -676,7 +822,9 @@ impl Server {
             (Some(Ok(msg::FAMILY_V4)), None) | (None, None) => vec![Family::V4],
             (Some(Ok(msg::FAMILY_V6)), None) => vec![Family::V6],
             (None, Some(Ok(msg::FAMILY_V6))) => vec![Family::V4, Family::V6],
-            (Some(_), None) => return Err(Reply::new(440, "Address Family not Supported").signed(key)),
+            (Some(_), None) => {
+                return Err(Reply::new(440, "Address Family not Supported").signed(key));
+            }
             (None, Some(_)) => return Err(Reply::new(400, "Bad Request").signed(key)),
         };
         let grant = match auth.grant {
@@ -684,12 +832,24 @@ impl Server {
             None => return Err(Reply::new(437, "Allocation Mismatch").signed(key)),
         };
         let user_limit = grant.alloc_limit.or(cfg.user_quota);
-        if let Err(e) = self.shared.quotas.acquire(&grant.user, user_limit, cfg.total_quota) {
-            self.shared.metrics.quota_rejections.with_label_values(&[e.kind()]).inc();
+        if let Err(e) = self
+            .shared
+            .quotas
+            .acquire(&grant.user, user_limit, cfg.total_quota)
+        {
+            self.shared
+                .metrics
+                .quota_rejections
+                .with_label_values(&[e.kind()])
+                .inc();
             let reason = match e {
                 QuotaError::User | QuotaError::Total => "Allocation Quota Reached",
             };
-            self.shared.metrics.allocations_total.with_label_values(&["quota"]).inc();
+            self.shared
+                .metrics
+                .allocations_total
+                .with_label_values(&["quota"])
+                .inc();
             return Err(Reply::new(486, reason).signed(key));
         }
         // Relay sockets, one per family; the additional family may fail on its own (RFC 8656 §7.2).
@@ -707,14 +867,25 @@ impl Server {
                         .or_else(|| (!relay.local.ip().is_unspecified()).then(|| relay.local.ip()))
                         .filter(|ip| Family::of(*ip) == family)
                         .unwrap_or(from.server.ip());
-                    bound.push(RelayAddr { id: relay.id, advertised: SocketAddr::new(advertised_ip, relay.local.port()) });
+                    bound.push(RelayAddr {
+                        id: relay.id,
+                        advertised: SocketAddr::new(advertised_ip, relay.local.port()),
+                    });
                 }
                 Err(e) if i == 0 => {
                     self.shared.quotas.release(&grant.user);
-                    self.shared.metrics.allocations_total.with_label_values(&["error"]).inc();
+                    self.shared
+                        .metrics
+                        .allocations_total
+                        .with_label_values(&["error"])
+                        .inc();
                     return Err(match e {
-                        RelayError::Exhausted => Reply::new(508, "Insufficient Capacity").signed(key),
-                        RelayError::FamilyUnsupported => Reply::new(440, "Address Family not Supported").signed(key),
+                        RelayError::Exhausted => {
+                            Reply::new(508, "Insufficient Capacity").signed(key)
+                        }
+                        RelayError::FamilyUnsupported => {
+                            Reply::new(440, "Address Family not Supported").signed(key)
+                        }
                     });
                 }
                 Err(e) => {
@@ -767,14 +938,23 @@ impl Server {
             },
         );
         self.shared.metrics.allocations.inc();
-        self.shared.metrics.allocations_total.with_label_values(&["ok"]).inc();
+        self.shared
+            .metrics
+            .allocations_total
+            .with_label_values(&["ok"])
+            .inc();
         self.out.push_back(Output::ToClient { to: from, data });
         Ok(())
     }
 
     /// The granted lifetime: the request's LIFETIME within [default, max]; with strict expiry
     /// never past the credential's expiry.
-    fn lifetime(&self, m: &Message, credential_expires: &Option<SystemTime>, now: Now) -> Result<Duration, Reply> {
+    fn lifetime(
+        &self,
+        m: &Message,
+        credential_expires: &Option<SystemTime>,
+        now: Now,
+    ) -> Result<Duration, Reply> {
         let cfg = &self.shared.config;
         let requested = match msg::u32_attr(m, ATTR_LIFETIME) {
             Some(Ok(s)) => Duration::from_secs(u64::from(s)),
@@ -790,7 +970,13 @@ impl Server {
         Ok(lifetime)
     }
 
-    fn handle_refresh(&mut self, m: &Message, from: FiveTuple, now: Now, relays: &mut dyn RelayPorts) -> Result<(), Reply> {
+    fn handle_refresh(
+        &mut self,
+        m: &Message,
+        from: FiveTuple,
+        now: Now,
+        relays: &mut dyn RelayPorts,
+    ) -> Result<(), Reply> {
         let exists = self.live_allocation(&from, now.instant, relays);
         let auth = self.authenticate(m, from, now)?;
         let key = auth.key;
@@ -811,7 +997,11 @@ impl Server {
         let requested = match msg::u32_attr(m, ATTR_LIFETIME) {
             Some(Ok(0)) => Duration::ZERO,
             Some(Ok(_)) | None => {
-                let exp = auth.grant.as_ref().and_then(|g| g.expires_at).or(self.allocations[&from].credential_expires);
+                let exp = auth
+                    .grant
+                    .as_ref()
+                    .and_then(|g| g.expires_at)
+                    .or(self.allocations[&from].credential_expires);
                 self.lifetime(m, &exp, now).map_err(|r| r.signed(key))?
             }
             Some(Err(())) => return Err(Reply::new(400, "Bad Request").signed(key)),
@@ -841,14 +1031,28 @@ impl Server {
         Ok(())
     }
 
-    fn handle_create_permission(&mut self, m: &Message, from: FiveTuple, now: Now) -> Result<(), Reply> {
+    fn handle_create_permission(
+        &mut self,
+        m: &Message,
+        from: FiveTuple,
+        now: Now,
+    ) -> Result<(), Reply> {
         let auth = self.authenticate(m, from, now)?;
         let key = auth.key;
-        let Some(a) = self.allocations.get(&from).filter(|a| a.expires > now.instant) else {
+        let Some(a) = self
+            .allocations
+            .get(&from)
+            .filter(|a| a.expires > now.instant)
+        else {
             return Err(Reply::new(437, "Allocation Mismatch").signed(key));
         };
         let mut peers = Vec::new();
-        for attr in m.attributes.0.iter().filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS) {
+        for attr in m
+            .attributes
+            .0
+            .iter()
+            .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
+        {
             let peer = msg::decode_xor_address(&attr.value, &m.transaction_id.0)
                 .ok_or_else(|| Reply::new(400, "Bad Request").signed(key))?;
             self.check_peer(a, peer, key)?;
@@ -874,7 +1078,11 @@ impl Server {
     fn handle_channel_bind(&mut self, m: &Message, from: FiveTuple, now: Now) -> Result<(), Reply> {
         let auth = self.authenticate(m, from, now)?;
         let key = auth.key;
-        let Some(a) = self.allocations.get(&from).filter(|a| a.expires > now.instant) else {
+        let Some(a) = self
+            .allocations
+            .get(&from)
+            .filter(|a| a.expires > now.instant)
+        else {
             return Err(Reply::new(437, "Allocation Mismatch").signed(key));
         };
         let bad = || Reply::new(400, "Bad Request").signed(key);
@@ -891,7 +1099,9 @@ impl Server {
             .ok_or_else(bad)?;
         self.check_peer(a, peer, key)?;
         // A number stays with one peer, and a peer with one number, while bound.
-        if a.channels.get(&number).is_some_and(|c| c.peer != peer && c.expires > now.instant)
+        if a.channels
+            .get(&number)
+            .is_some_and(|c| c.peer != peer && c.expires > now.instant)
             || a.channel_by_peer.get(&peer).is_some_and(|n| *n != number)
         {
             tracing::debug!(number, %peer, "channel already bound differently");
@@ -902,7 +1112,13 @@ impl Server {
         let perm_expires = now.instant + cfg.permission_lifetime;
         let metrics = self.shared.metrics.clone();
         if let Some(a) = self.allocations.get_mut(&from) {
-            if let Some(old) = a.channels.insert(number, Channel { peer, expires: ch_expires }) {
+            if let Some(old) = a.channels.insert(
+                number,
+                Channel {
+                    peer,
+                    expires: ch_expires,
+                },
+            ) {
                 a.channel_by_peer.remove(&old.peer);
             } else {
                 metrics.channels.inc();

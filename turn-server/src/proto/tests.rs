@@ -28,7 +28,8 @@ struct FakeRelays {
 impl RelayPorts for FakeRelays {
     fn allocate(&mut self, family: Family, port: PortRequest) -> Result<Relay, RelayError> {
         self.requests.push(port);
-        if self.exhausted || matches!(port, PortRequest::Reserved(t) if !self.reserved.contains(&t)) {
+        if self.exhausted || matches!(port, PortRequest::Reserved(t) if !self.reserved.contains(&t))
+        {
             return Err(RelayError::Exhausted);
         }
         self.next += 1;
@@ -39,7 +40,10 @@ impl RelayPorts for FakeRelays {
         }
         .parse()
         .expect("addr");
-        Ok(Relay { id: self.next, local })
+        Ok(Relay {
+            id: self.next,
+            local,
+        })
     }
 
     fn release(&mut self, id: RelayId) {
@@ -54,12 +58,21 @@ struct Expiring {
 }
 
 impl CredentialStore for Expiring {
-    fn lookup(&self, username: &str, realm: &str, now: SystemTime) -> Result<Grant, CredentialFailure> {
+    fn lookup(
+        &self,
+        username: &str,
+        realm: &str,
+        now: SystemTime,
+    ) -> Result<Grant, CredentialFailure> {
         if now >= self.expires_at {
             return Err(CredentialFailure { reason: "expired" });
         }
         Ok(Grant {
-            user: username.split(':').next_back().unwrap_or(username).to_owned(),
+            user: username
+                .split(':')
+                .next_back()
+                .unwrap_or(username)
+                .to_owned(),
             keys: vec![long_term_key(username, realm, "pw")],
             expires_at: Some(self.expires_at),
             alloc_limit: self.alloc,
@@ -76,16 +89,35 @@ struct Harness {
 }
 
 fn config() -> CoreConfig {
-    CoreConfig { realm: REALM.into(), external_ips: vec!["203.0.113.7".parse().expect("ip")], ..CoreConfig::default() }
+    CoreConfig {
+        realm: REALM.into(),
+        external_ips: vec!["203.0.113.7".parse().expect("ip")],
+        ..CoreConfig::default()
+    }
 }
 
 fn harness_with(config: CoreConfig, creds: Box<dyn CredentialStore>) -> Harness {
     let policy = PeerPolicy::new(Vec::new(), default_deny());
-    let shared = Arc::new(Shared::new(config, creds, policy, Metrics::new().expect("metrics")));
+    let shared = Arc::new(Shared::new(
+        config,
+        creds,
+        policy,
+        Metrics::new().expect("metrics"),
+    ));
     Harness {
         server: Server::new(shared),
-        relays: FakeRelays { next: 0, released: Vec::new(), v6: true, exhausted: false, requests: Vec::new(), reserved: Vec::new() },
-        now: Now { instant: Instant::now(), unix: SystemTime::now() },
+        relays: FakeRelays {
+            next: 0,
+            released: Vec::new(),
+            v6: true,
+            exhausted: false,
+            requests: Vec::new(),
+            reserved: Vec::new(),
+        },
+        now: Now {
+            instant: Instant::now(),
+            unix: SystemTime::now(),
+        },
         client: FiveTuple {
             client: "198.51.100.1:40000".parse().expect("addr"),
             server: "192.0.2.10:3478".parse().expect("addr"),
@@ -95,7 +127,10 @@ fn harness_with(config: CoreConfig, creds: Box<dyn CredentialStore>) -> Harness 
 }
 
 fn harness() -> Harness {
-    harness_with(config(), Box::new(StaticUsers::new(&[("alice".into(), "pw".into())], REALM)))
+    harness_with(
+        config(),
+        Box::new(StaticUsers::new(&[("alice".into(), "pw".into())], REALM)),
+    )
 }
 
 struct Req {
@@ -117,7 +152,11 @@ impl Req {
     }
 
     fn peer(mut self, addr: &str) -> Self {
-        msg::add_xor_address(&mut self.m, ATTR_XOR_PEER_ADDRESS, addr.parse().expect("addr"));
+        msg::add_xor_address(
+            &mut self.m,
+            ATTR_XOR_PEER_ADDRESS,
+            addr.parse().expect("addr"),
+        );
         self
     }
 
@@ -132,7 +171,9 @@ impl Req {
         MessageIntegrity::new_long_term_integrity(user.into(), REALM.into(), password.into())
             .add_to(&mut self.m)
             .expect("integrity");
-        stun::fingerprint::FINGERPRINT.add_to(&mut self.m).expect("fingerprint");
+        stun::fingerprint::FINGERPRINT
+            .add_to(&mut self.m)
+            .expect("fingerprint");
         self.m.raw
     }
 
@@ -143,7 +184,8 @@ impl Req {
 
 impl Harness {
     fn send(&mut self, bytes: &[u8]) -> Vec<Output> {
-        self.server.handle_client(bytes, self.client, self.now, &mut self.relays);
+        self.server
+            .handle_client(bytes, self.client, self.now, &mut self.relays);
         std::iter::from_fn(|| self.server.poll_output()).collect()
     }
 
@@ -152,7 +194,9 @@ impl Harness {
         let out = self.send(bytes);
         assert_eq!(out.len(), 1, "expected one reply, got {out:?}");
         match &out[0] {
-            Output::ToClient { data, .. } => msg::decode(data).map_err(|e| e.0).expect("reply decodes"),
+            Output::ToClient { data, .. } => {
+                msg::decode(data).map_err(|e| e.0).expect("reply decodes")
+            }
             other => panic!("expected a reply, got {other:?}"),
         }
     }
@@ -166,7 +210,12 @@ impl Harness {
     fn allocate(&mut self) -> (Message, String) {
         let nonce = self.nonce();
         let r = self.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce));
-        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate failed: {:?}", code(&r));
+        assert_eq!(
+            r.typ.class,
+            CLASS_SUCCESS_RESPONSE,
+            "allocate failed: {:?}",
+            code(&r)
+        );
         (r, nonce)
     }
 
@@ -182,12 +231,15 @@ fn code(m: &Message) -> Option<u16> {
 }
 
 fn xor_addr(m: &Message, t: AttrType) -> SocketAddr {
-    msg::decode_xor_address(msg::first(m, t).expect("address attr"), &m.transaction_id.0).expect("address")
+    msg::decode_xor_address(msg::first(m, t).expect("address attr"), &m.transaction_id.0)
+        .expect("address")
 }
 
 fn verify(m: &Message, user: &str, password: &str) {
     let mut m = m.clone();
-    MessageIntegrity(long_term_key(user, REALM, password).to_vec()).check(&mut m).expect("response integrity");
+    MessageIntegrity(long_term_key(user, REALM, password).to_vec())
+        .check(&mut m)
+        .expect("response integrity");
 }
 
 #[test]
@@ -197,7 +249,9 @@ fn binding_returns_the_mapped_address() {
     assert_eq!(r.typ, BINDING_SUCCESS);
     assert_eq!(xor_addr(&r, ATTR_XORMAPPED_ADDRESS), h.client.client);
     assert!(msg::first(&r, ATTR_SOFTWARE).is_some());
-    stun::fingerprint::FINGERPRINT.check(&r).expect("fingerprint");
+    stun::fingerprint::FINGERPRINT
+        .check(&r)
+        .expect("fingerprint");
 }
 
 #[test]
@@ -220,7 +274,9 @@ fn retransmitted_allocate_gets_the_original_success_and_a_new_one_437() {
     let first = h.send(&req);
     let again = h.send(&req);
     match (&first[..], &again[..]) {
-        ([Output::ToClient { data: a, .. }], [Output::ToClient { data: b, .. }]) => assert_eq!(a, b),
+        ([Output::ToClient { data: a, .. }], [Output::ToClient { data: b, .. }]) => {
+            assert_eq!(a, b)
+        }
         other => panic!("unexpected {other:?}"),
     }
     let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce));
@@ -232,9 +288,17 @@ fn retransmitted_allocate_gets_the_original_success_and_a_new_one_437() {
 fn wrong_password_and_unknown_user_get_401() {
     let mut h = harness();
     let nonce = h.nonce();
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "nope", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .auth("alice", "nope", &nonce),
+    );
     assert_eq!(code(&r), Some(401));
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("mallory", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .auth("mallory", "pw", &nonce),
+    );
     assert_eq!(code(&r), Some(401));
     assert!(msg::first(&r, ATTR_NONCE).is_some());
 }
@@ -246,9 +310,14 @@ fn stale_and_foreign_nonces_get_438() {
     h.advance(601);
     let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce));
     assert_eq!(code(&r), Some(438));
-    let fresh = String::from_utf8(msg::first(&r, ATTR_NONCE).expect("nonce").to_vec()).expect("utf8");
+    let fresh =
+        String::from_utf8(msg::first(&r, ATTR_NONCE).expect("nonce").to_vec()).expect("utf8");
     assert_ne!(fresh, nonce);
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", "0000000000000000deadbeef"));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .auth("alice", "pw", "0000000000000000deadbeef"),
+    );
     assert_eq!(code(&r), Some(438));
     let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &fresh));
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
@@ -260,19 +329,40 @@ fn request_checks_give_the_rfc_codes() {
     let nonce = h.nonce();
     let r = h.ask(&Req::new(METHOD_ALLOCATE).auth("alice", "pw", &nonce));
     assert_eq!(code(&r), Some(400), "missing REQUESTED-TRANSPORT");
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).attr(ATTR_REQUESTED_TRANSPORT, &[6, 0, 0, 0]).auth("alice", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .attr(ATTR_REQUESTED_TRANSPORT, &[6, 0, 0, 0])
+            .auth("alice", "pw", &nonce),
+    );
     assert_eq!(code(&r), Some(442));
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0]).auth("alice", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0])
+            .auth("alice", "pw", &nonce),
+    );
     assert_eq!(code(&r), Some(440));
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(AttrType(0x7ff0), &[1, 2, 3, 4]).auth("alice", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(AttrType(0x7ff0), &[1, 2, 3, 4])
+            .auth("alice", "pw", &nonce),
+    );
     assert_eq!(code(&r), Some(420));
-    assert_eq!(msg::first(&r, ATTR_UNKNOWN_ATTRIBUTES), Some(&[0x7f, 0xf0][..]));
+    assert_eq!(
+        msg::first(&r, ATTR_UNKNOWN_ATTRIBUTES),
+        Some(&[0x7f, 0xf0][..])
+    );
     let r = h.ask(&Req::new(METHOD_REFRESH).auth("alice", "pw", &nonce));
     assert_eq!(code(&r), Some(437));
     h.relays.exhausted = true;
     let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce));
     assert_eq!(code(&r), Some(508));
-    assert_eq!(h.server.shared().quotas.total(), 0, "quota returned after a failed allocate");
+    assert_eq!(
+        h.server.shared().quotas.total(),
+        0,
+        "quota returned after a failed allocate"
+    );
 }
 
 #[test]
@@ -281,24 +371,42 @@ fn permissions_send_indications_and_peer_data() {
     let (_, nonce) = h.allocate();
     let peer: SocketAddr = "198.51.100.9:7000".parse().expect("addr");
     // No permission yet: dropped both ways.
-    let mut send = Req::new(METHOD_SEND).peer("198.51.100.9:7000").attr(ATTR_DATA, b"hi");
-    send.m.set_type(MessageType::new(METHOD_SEND, CLASS_INDICATION));
+    let mut send = Req::new(METHOD_SEND)
+        .peer("198.51.100.9:7000")
+        .attr(ATTR_DATA, b"hi");
+    send.m
+        .set_type(MessageType::new(METHOD_SEND, CLASS_INDICATION));
     send.m.write_header();
     let send = send.bytes();
     assert!(h.send(&send).is_empty());
-    assert_eq!(h.server.route_from_peer(1, peer, 2, h.now.instant), PeerRoute::Drop);
+    assert_eq!(
+        h.server.route_from_peer(1, peer, 2, h.now.instant),
+        PeerRoute::Drop
+    );
 
-    let r = h.ask(&Req::new(METHOD_CREATE_PERMISSION).peer("198.51.100.9:7000").auth("alice", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_CREATE_PERMISSION)
+            .peer("198.51.100.9:7000")
+            .auth("alice", "pw", &nonce),
+    );
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
     match &h.send(&send)[..] {
-        [Output::ToPeer { relay: 1, peer: p, data }] => {
+        [
+            Output::ToPeer {
+                relay: 1,
+                peer: p,
+                data,
+            },
+        ] => {
             assert_eq!(*p, peer);
             assert_eq!(data, b"hi");
         }
         other => panic!("unexpected {other:?}"),
     }
     h.server.handle_peer(1, peer, b"back", h.now.instant);
-    let Some(Output::ToClient { data, .. }) = h.server.poll_output() else { panic!("no data indication") };
+    let Some(Output::ToClient { data, .. }) = h.server.poll_output() else {
+        panic!("no data indication")
+    };
     let m = msg::decode(&data).map_err(|e| e.0).expect("indication");
     assert_eq!(m.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
     assert_eq!(msg::first(&m, ATTR_DATA), Some(&b"back"[..]));
@@ -306,7 +414,10 @@ fn permissions_send_indications_and_peer_data() {
 
     // Permissions last 300 s.
     h.advance(301);
-    assert_eq!(h.server.route_from_peer(1, peer, 2, h.now.instant), PeerRoute::Drop);
+    assert_eq!(
+        h.server.route_from_peer(1, peer, 2, h.now.instant),
+        PeerRoute::Drop
+    );
 }
 
 #[test]
@@ -331,12 +442,22 @@ fn channel_bind_and_channel_data_both_ways() {
     }
     assert_eq!(
         h.server.route_from_peer(1, peer, 3, h.now.instant),
-        PeerRoute::Channel { to: h.client, number: 0x4001 }
+        PeerRoute::Channel {
+            to: h.client,
+            number: 0x4001
+        }
     );
     // Out of range, and a second number for the same peer.
-    for (number, peer) in [([0x3f, 0xff], "198.51.100.9:7000"), ([0x7f, 0xff], "198.51.100.9:7000"), ([0x40, 0x02], "198.51.100.9:7000")] {
+    for (number, peer) in [
+        ([0x3f, 0xff], "198.51.100.9:7000"),
+        ([0x7f, 0xff], "198.51.100.9:7000"),
+        ([0x40, 0x02], "198.51.100.9:7000"),
+    ] {
         let r = h.ask(
-            &Req::new(METHOD_CHANNEL_BIND).attr(ATTR_CHANNEL_NUMBER, &[number[0], number[1], 0, 0]).peer(peer).auth("alice", "pw", &nonce),
+            &Req::new(METHOD_CHANNEL_BIND)
+                .attr(ATTR_CHANNEL_NUMBER, &[number[0], number[1], 0, 0])
+                .peer(peer)
+                .auth("alice", "pw", &nonce),
         );
         assert_eq!(code(&r), Some(400));
     }
@@ -349,14 +470,33 @@ fn channel_bind_and_channel_data_both_ways() {
 fn denied_peers_get_403() {
     let mut h = harness();
     let (_, nonce) = h.allocate();
-    for peer in ["169.254.169.254:80", "127.0.0.1:9", "[::ffff:127.0.0.1]:9", "10.1.1.1:1", "0.0.0.0:1"] {
-        let r = h.ask(&Req::new(METHOD_CREATE_PERMISSION).peer(peer).auth("alice", "pw", &nonce));
+    for peer in [
+        "169.254.169.254:80",
+        "127.0.0.1:9",
+        "[::ffff:127.0.0.1]:9",
+        "10.1.1.1:1",
+        "0.0.0.0:1",
+    ] {
+        let r = h.ask(
+            &Req::new(METHOD_CREATE_PERMISSION)
+                .peer(peer)
+                .auth("alice", "pw", &nonce),
+        );
         assert_eq!(code(&r), Some(403), "{peer}");
     }
-    let r = h.ask(&Req::new(METHOD_CHANNEL_BIND).attr(ATTR_CHANNEL_NUMBER, &[0x40, 0, 0, 0]).peer("127.0.0.1:9").auth("alice", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_CHANNEL_BIND)
+            .attr(ATTR_CHANNEL_NUMBER, &[0x40, 0, 0, 0])
+            .peer("127.0.0.1:9")
+            .auth("alice", "pw", &nonce),
+    );
     assert_eq!(code(&r), Some(403));
     // An IPv6 peer on an IPv4-only allocation.
-    let r = h.ask(&Req::new(METHOD_CREATE_PERMISSION).peer("[2001:db8::1]:9").auth("alice", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_CREATE_PERMISSION)
+            .peer("[2001:db8::1]:9")
+            .auth("alice", "pw", &nonce),
+    );
     assert_eq!(code(&r), Some(443));
 }
 
@@ -365,13 +505,25 @@ fn refresh_extends_and_zero_deletes() {
     let mut h = harness();
     let (_, nonce) = h.allocate();
     h.advance(500);
-    let r = h.ask(&Req::new(METHOD_REFRESH).attr(ATTR_LIFETIME, &99_999u32.to_be_bytes()).auth("alice", "pw", &nonce));
-    assert_eq!(msg::u32_attr(&r, ATTR_LIFETIME), Some(Ok(3600)), "clamped to max_lifetime");
+    let r = h.ask(
+        &Req::new(METHOD_REFRESH)
+            .attr(ATTR_LIFETIME, &99_999u32.to_be_bytes())
+            .auth("alice", "pw", &nonce),
+    );
+    assert_eq!(
+        msg::u32_attr(&r, ATTR_LIFETIME),
+        Some(Ok(3600)),
+        "clamped to max_lifetime"
+    );
     h.advance(500);
     h.server.sweep(h.now, &mut h.relays);
     assert_eq!(h.server.allocation_count(), 1);
     let nonce = h.nonce();
-    let r = h.ask(&Req::new(METHOD_REFRESH).attr(ATTR_LIFETIME, &[0, 0, 0, 0]).auth("alice", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_REFRESH)
+            .attr(ATTR_LIFETIME, &[0, 0, 0, 0])
+            .auth("alice", "pw", &nonce),
+    );
     assert_eq!(msg::u32_attr(&r, ATTR_LIFETIME), Some(Ok(0)));
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.relays.released, vec![1]);
@@ -392,8 +544,14 @@ fn allocations_expire_in_the_sweep() {
 
 #[test]
 fn quotas_give_486() {
-    let cfg = CoreConfig { total_quota: Some(1), ..config() };
-    let mut h = harness_with(cfg, Box::new(StaticUsers::new(&[("alice".into(), "pw".into())], REALM)));
+    let cfg = CoreConfig {
+        total_quota: Some(1),
+        ..config()
+    };
+    let mut h = harness_with(
+        cfg,
+        Box::new(StaticUsers::new(&[("alice".into(), "pw".into())], REALM)),
+    );
     h.allocate();
     h.client.client.set_port(40001);
     let nonce = h.nonce();
@@ -401,14 +559,28 @@ fn quotas_give_486() {
     assert_eq!(code(&r), Some(486));
 
     let expires_at = SystemTime::now() + Duration::from_secs(3600);
-    let mut h = harness_with(config(), Box::new(Expiring { expires_at, alloc: Some(1) }));
+    let mut h = harness_with(
+        config(),
+        Box::new(Expiring {
+            expires_at,
+            alloc: Some(1),
+        }),
+    );
     let nonce = h.nonce();
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("123:bob", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .auth("123:bob", "pw", &nonce),
+    );
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
     // Same user id under a newer REST timestamp still counts against bob's quota.
     h.client.client.set_port(40001);
     let nonce = h.nonce();
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("456:bob", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .auth("456:bob", "pw", &nonce),
+    );
     assert_eq!(code(&r), Some(486));
 }
 
@@ -417,14 +589,27 @@ fn dual_stack_and_requested_family() {
     let mut h = harness();
     let nonce = h.nonce();
     let r = h.ask(
-        &Req::new(METHOD_ALLOCATE).udp().attr(msg::ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]).auth("alice", "pw", &nonce),
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(msg::ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .auth("alice", "pw", &nonce),
     );
-    let relayed: Vec<_> = r.attributes.0.iter().filter(|a| a.typ == ATTR_XOR_RELAYED_ADDRESS).collect();
+    let relayed: Vec<_> = r
+        .attributes
+        .0
+        .iter()
+        .filter(|a| a.typ == ATTR_XOR_RELAYED_ADDRESS)
+        .collect();
     assert_eq!(relayed.len(), 2);
     h.client.client.set_port(40001);
     h.relays.v6 = false;
     let nonce = h.nonce();
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]).auth("alice", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .auth("alice", "pw", &nonce),
+    );
     assert_eq!(code(&r), Some(440));
 }
 
@@ -432,10 +617,24 @@ fn dual_stack_and_requested_family() {
 fn expiry_policy_lenient_and_strict() {
     for strict in [false, true] {
         let expires_at = SystemTime::now() + Duration::from_secs(100);
-        let cfg = CoreConfig { strict_expiry: strict, nonce_lifetime: Duration::from_secs(3600), ..config() };
-        let mut h = harness_with(cfg, Box::new(Expiring { expires_at, alloc: None }));
+        let cfg = CoreConfig {
+            strict_expiry: strict,
+            nonce_lifetime: Duration::from_secs(3600),
+            ..config()
+        };
+        let mut h = harness_with(
+            cfg,
+            Box::new(Expiring {
+                expires_at,
+                alloc: None,
+            }),
+        );
         let nonce = h.nonce();
-        let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("1:carol", "pw", &nonce));
+        let r = h.ask(
+            &Req::new(METHOD_ALLOCATE)
+                .udp()
+                .auth("1:carol", "pw", &nonce),
+        );
         assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
         let lifetime = msg::u32_attr(&r, ATTR_LIFETIME);
         h.advance(90);
@@ -443,7 +642,10 @@ fn expiry_policy_lenient_and_strict() {
         h.advance(20);
         let r = h.ask(&refresh);
         if strict {
-            assert!(matches!(lifetime, Some(Ok(l)) if l <= 100), "strict clamps to the credential");
+            assert!(
+                matches!(lifetime, Some(Ok(l)) if l <= 100),
+                "strict clamps to the credential"
+            );
             assert_eq!(code(&r), Some(401));
         } else {
             assert_eq!(lifetime, Some(Ok(600)));
@@ -452,7 +654,11 @@ fn expiry_policy_lenient_and_strict() {
         // A new allocation with the expired credential is refused either way.
         h.client.client.set_port(40001);
         let nonce = h.nonce();
-        let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("1:carol", "pw", &nonce));
+        let r = h.ask(
+            &Req::new(METHOD_ALLOCATE)
+                .udp()
+                .auth("1:carol", "pw", &nonce),
+        );
         assert_eq!(code(&r), Some(401));
     }
 }
@@ -463,7 +669,10 @@ fn draining_refuses_new_allocations() {
     h.server.shared().start_drain();
     let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().bytes());
     assert_eq!(code(&r), Some(486));
-    let cfg = CoreConfig { alternate_server: Some("192.0.2.99:3478".parse().expect("addr")), ..config() };
+    let cfg = CoreConfig {
+        alternate_server: Some("192.0.2.99:3478".parse().expect("addr")),
+        ..config()
+    };
     let mut h = harness_with(cfg, Box::new(StaticUsers::default()));
     h.server.shared().start_drain();
     let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().bytes());
@@ -478,7 +687,9 @@ fn malformed_input_is_dropped_or_400() {
     let mut bytes = Req::new(METHOD_BINDING).bytes();
     bytes[4] ^= 0xff;
     assert!(h.send(&bytes).is_empty(), "wrong magic cookie");
-    let mut bytes = Req::new(METHOD_BINDING).attr(ATTR_SOFTWARE, b"abcd").bytes();
+    let mut bytes = Req::new(METHOD_BINDING)
+        .attr(ATTR_SOFTWARE, b"abcd")
+        .bytes();
     bytes[20 + 3] = 40; // attribute length past the end
     let r = h.ask(&bytes);
     assert_eq!(code(&r), Some(400));
@@ -494,26 +705,55 @@ fn malformed_input_is_dropped_or_400() {
 
 #[test]
 fn unauthenticated_floods_are_rate_limited() {
-    let cfg = CoreConfig { unauthorized_per_sec: 1, unauthorized_burst: 3, ..config() };
+    let cfg = CoreConfig {
+        unauthorized_per_sec: 1,
+        unauthorized_burst: 3,
+        ..config()
+    };
     let mut h = harness_with(cfg, Box::new(StaticUsers::default()));
-    let replies: usize = (0..10).map(|_| h.send(&Req::new(METHOD_ALLOCATE).udp().bytes()).len()).sum();
+    let replies: usize = (0..10)
+        .map(|_| h.send(&Req::new(METHOD_ALLOCATE).udp().bytes()).len())
+        .sum();
     assert_eq!(replies, 3);
 }
 
 #[test]
 fn stun_only_answers_binding_only() {
-    let cfg = CoreConfig { stun_only: true, ..config() };
+    let cfg = CoreConfig {
+        stun_only: true,
+        ..config()
+    };
     let mut h = harness_with(cfg, Box::new(StaticUsers::default()));
-    assert_eq!(h.ask(&Req::new(METHOD_BINDING).bytes()).typ, BINDING_SUCCESS);
-    assert_eq!(code(&h.ask(&Req::new(METHOD_ALLOCATE).udp().bytes())), Some(400));
+    assert_eq!(
+        h.ask(&Req::new(METHOD_BINDING).bytes()).typ,
+        BINDING_SUCCESS
+    );
+    assert_eq!(
+        code(&h.ask(&Req::new(METHOD_ALLOCATE).udp().bytes())),
+        Some(400)
+    );
 }
 
 #[test]
 fn strict_channel_numbers_refuse_rfc5766_range() {
-    for (max, expect) in [(super::channel_data::CHANNEL_MAX, Some(400)), (super::channel_data::CHANNEL_MAX_RFC5766, None)] {
-        let mut h = harness_with(CoreConfig { channel_max: max, ..config() }, Box::new(StaticUsers::new(&[("alice".into(), "pw".into())], REALM)));
+    for (max, expect) in [
+        (super::channel_data::CHANNEL_MAX, Some(400)),
+        (super::channel_data::CHANNEL_MAX_RFC5766, None),
+    ] {
+        let mut h = harness_with(
+            CoreConfig {
+                channel_max: max,
+                ..config()
+            },
+            Box::new(StaticUsers::new(&[("alice".into(), "pw".into())], REALM)),
+        );
         let (_, nonce) = h.allocate();
-        let r = h.ask(&Req::new(METHOD_CHANNEL_BIND).attr(ATTR_CHANNEL_NUMBER, &[0x70, 0x0d, 0, 0]).peer("198.51.100.9:7000").auth("alice", "pw", &nonce));
+        let r = h.ask(
+            &Req::new(METHOD_CHANNEL_BIND)
+                .attr(ATTR_CHANNEL_NUMBER, &[0x70, 0x0d, 0, 0])
+                .peer("198.51.100.9:7000")
+                .auth("alice", "pw", &nonce),
+        );
         assert_eq!(code(&r), expect);
     }
 }
@@ -522,18 +762,84 @@ fn strict_channel_numbers_refuse_rfc5766_range() {
 fn even_port_reservation_token_round_trip() {
     let mut h = harness();
     let nonce = h.nonce();
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_EVEN_PORT, &[0x80]).auth("alice", "pw", &nonce));
-    let token: [u8; 8] = msg::first(&r, ATTR_RESERVATION_TOKEN).expect("token").try_into().expect("8 bytes");
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(ATTR_EVEN_PORT, &[0x80])
+            .auth("alice", "pw", &nonce),
+    );
+    let token: [u8; 8] = msg::first(&r, ATTR_RESERVATION_TOKEN)
+        .expect("token")
+        .try_into()
+        .expect("8 bytes");
     assert_eq!(h.relays.requests, vec![PortRequest::EvenReserveNext(token)]);
     h.relays.reserved.push(token);
     h.client.client.set_port(40001);
     let nonce = h.nonce();
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_RESERVATION_TOKEN, &token).auth("alice", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(ATTR_RESERVATION_TOKEN, &token)
+            .auth("alice", "pw", &nonce),
+    );
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
     h.client.client.set_port(40002);
     let nonce = h.nonce();
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_RESERVATION_TOKEN, &[1; 8]).auth("alice", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(ATTR_RESERVATION_TOKEN, &[1; 8])
+            .auth("alice", "pw", &nonce),
+    );
     assert_eq!(code(&r), Some(508), "unknown token");
-    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().attr(ATTR_RESERVATION_TOKEN, &token).attr(ATTR_EVEN_PORT, &[0]).auth("alice", "pw", &nonce));
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(ATTR_RESERVATION_TOKEN, &token)
+            .attr(ATTR_EVEN_PORT, &[0])
+            .auth("alice", "pw", &nonce),
+    );
     assert_eq!(code(&r), Some(400));
+}
+
+mod decoders_never_panic {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proto::channel_data;
+
+    /// Arbitrary bytes, and bytes with a valid STUN header (cookie, matching length) so the
+    /// attribute walk is reached too.
+    fn datagrams() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            (any::<u16>(), any::<[u8; 12]>(), proptest::collection::vec(any::<u8>(), 0..75)).prop_map(|(t, txid, body)| {
+                let body_len = body.len() * 4;
+                let mut v = Vec::with_capacity(20 + body_len);
+                v.extend_from_slice(&(t & 0x3fff).to_be_bytes());
+                v.extend_from_slice(&(body_len as u16).to_be_bytes());
+                v.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+                v.extend_from_slice(&txid);
+                for b in body {
+                    v.extend_from_slice(&[0x00, b, 0x00, b % 9]);
+                }
+                v
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn through_the_whole_core(data in datagrams()) {
+            let _ = msg::decode(&data);
+            if let Ok(cd) = channel_data::parse(&data) {
+                prop_assert!(cd.payload.len() + channel_data::HEADER_LEN <= data.len());
+            }
+            let mut h = harness();
+            let _ = h.send(&data);
+            h.server.handle_peer(1, "198.51.100.9:7".parse().expect("addr"), &data, h.now.instant);
+            h.server.sweep(h.now, &mut h.relays);
+        }
+    }
 }
