@@ -52,6 +52,7 @@ NAMESPACE = "iceway-live"
 OWNER = {"iceway_turn_": "turn", "iceway_stun_": "turn", "iceway_signal_": "signal", "iceway_auth_": "auth"}
 
 sys.path.insert(0, str(REPO / "scripts"))
+sys.dont_write_bytecode = True  # no __pycache__ in the work tree
 import helm_checks  # noqa: E402
 
 procs = []  # (name, Popen) of everything started, stopped in reverse order

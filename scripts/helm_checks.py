@@ -6,6 +6,8 @@
   helm_checks.py alert-coverage RULES TEST RUNBOOK
                                               every alert: runbook annotations, a runbook section,
                                               a firing and a silent promtool test case
+  helm_checks.py dashboard-configmap RENDERED JSON
+                                              the dashboard ConfigMap carries JSON, sidecar label
   helm_checks.py dashboard-rules JSON OUT     every dashboard expression as a recording rule
   helm_checks.py dashboard-names JSON         metric names the dashboard uses, one per line
   helm_checks.py names-contract JSON RULES    dashboard and alerts use only DESIGN §4 names, and
@@ -239,6 +241,23 @@ def dashboard_rules(path, out):
     print(f"dashboard: {len(rules)} expressions written as recording rules to {out}")
 
 
+def dashboard_configmap(rendered, path):
+    cms = [
+        d
+        for d in load_docs(rendered)
+        if d.get("kind") == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")
+    ]
+    if len(cms) != 1:
+        fail(f"{rendered}: expected one dashboard ConfigMap, found {len(cms)}")
+        return
+    cm = cms[0]
+    if (cm["metadata"].get("labels") or {}).get("grafana_dashboard") != "1":
+        fail("dashboard ConfigMap lacks the sidecar label grafana_dashboard=1")
+    with open(path) as f:
+        if json.loads(cm["data"]["iceway.json"]) != json.load(f):
+            fail("dashboard ConfigMap differs from files/dashboards/iceway.json")
+
+
 def dashboard_names(path):
     _, exprs = dashboard_exprs(path)
     names = set()
@@ -277,6 +296,8 @@ def main(argv):
         extract_rules(*args)
     elif cmd == "alert-coverage":
         alert_coverage(*args)
+    elif cmd == "dashboard-configmap":
+        dashboard_configmap(*args)
     elif cmd == "dashboard-rules":
         dashboard_rules(*args)
     elif cmd == "dashboard-names":

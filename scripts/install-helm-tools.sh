@@ -53,8 +53,10 @@ venv="$tools/venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" || die "python3 -m venv failed (apt-get install -y python3-venv)"
 fi
-if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qxF "${PY_PKGS[0]}" \
-   || ! "$venv/bin/pip" freeze 2>/dev/null | grep -qxF "${PY_PKGS[3]}"; then
+frozen="$("$venv/bin/pip" freeze --disable-pip-version-check 2>/dev/null || true)"
+missing_py=0
+for p in "${PY_PKGS[@]}"; do grep -qixF "$p" <<<"$frozen" || missing_py=1; done
+if [ "$missing_py" = 1 ]; then
   log "installing ${PY_PKGS[*]}"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${PY_PKGS[@]}"
 fi

@@ -37,8 +37,11 @@ fi
 if [ "$build" = 1 ]; then
   # One crate at a time, so a service still being written does not keep the others from running.
   for pkg in iceway-turn iceway-signal iceway-auth iceway-loadtest; do
-    if ! (cd "$repo" && cargo build -q -p "$pkg" 2>"${TMPDIR:-/tmp}/iceway-live-build-$pkg.log"); then
-      echo "build of $pkg failed (see ${TMPDIR:-/tmp}/iceway-live-build-$pkg.log); using what target/debug holds" >&2
+    log="$(mktemp "${TMPDIR:-/tmp}/iceway-live-build-$pkg.XXXXXX")"
+    if (cd "$repo" && cargo build -q -p "$pkg" 2>"$log"); then
+      rm -f "$log"
+    else
+      echo "build of $pkg failed (see $log); using what target/debug holds" >&2
     fi
   done
 fi

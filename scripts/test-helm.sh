@@ -85,6 +85,8 @@ for vs in "${value_sets[@]}"; do
   rendered="$out/$vs.yaml"
   check "helm lint --strict [$vs]" helm lint --strict "$chart" -n "$namespace" "${args[@]}"
   check "helm template [$vs]" sh -c 'helm template "$@" > "'"$rendered"'"' _ "$release" "$chart" -n "$namespace" "${args[@]}"
+  check "NOTES.txt renders (helm install --dry-run=client) [$vs]" sh -c \
+    'helm install "$@" --dry-run=client | grep -q "is installed as release"' _ "$release" "$chart" -n "$namespace" "${args[@]}"
   [ -s "$rendered" ] || continue
   for kv in "${kube_versions[@]}"; do
     check "kubernetes-validate --strict k8s $kv [$vs]" kubernetes-validate --strict --quiet -k "$kv" "$rendered"
@@ -123,9 +125,7 @@ check "every alert: runbook, firing and silent tests" "$py" "$repo/scripts/helm_
 dash="$chart/files/dashboards/iceway.json"
 check "dashboard JSON is generated (scripts/gen-dashboard.py)" sh -c \
   '"$1" "$2/scripts/gen-dashboard.py" --stdout | diff -u "$3" -' _ "$py" "$repo" "$dash"
-check "dashboard ConfigMap carries the JSON" sh -c \
-  '"$1" -c "import sys,yaml,json; d=[x for x in yaml.safe_load_all(open(sys.argv[1])) if x and x[\"kind\"]==\"ConfigMap\" and x[\"metadata\"][\"name\"].endswith(\"-dashboard\")][0]; assert d[\"metadata\"][\"labels\"][\"grafana_dashboard\"]==\"1\"; assert json.loads(d[\"data\"][\"iceway.json\"])==json.load(open(sys.argv[2]))" "$2" "$3"' \
-  _ "$py" "$out/all-on.yaml" "$dash"
+check "dashboard ConfigMap carries the JSON" "$py" "$repo/scripts/helm_checks.py" dashboard-configmap "$out/all-on.yaml" "$dash"
 check "dashboard expressions as recording rules" "$py" "$repo/scripts/helm_checks.py" dashboard-rules "$dash" "$out/dashboard-rules.yaml"
 check "promtool check rules (dashboard expressions)" promtool check rules "$out/dashboard-rules.yaml"
 check "dashboard and alerts use DESIGN §4 names only, dashboard shows all" "$py" "$repo/scripts/helm_checks.py" \

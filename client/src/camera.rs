@@ -137,11 +137,9 @@ pub async fn run(opts: CameraOptions, stop: CancellationToken) -> Result<(), Cam
                         let _ = s.send(ToSession::Candidate(candidate, sdp_mid, sdp_mline_index));
                     }
                 }
-                ServerFrame::PeerLeft { peer } => {
-                    // Dropping the sender ends that session.
-                    if sessions.remove(&peer).is_some() {
-                        tracing::info!(viewer = %peer, "viewer left");
-                    }
+                // Dropping the sender ends that session.
+                ServerFrame::PeerLeft { peer } if sessions.remove(&peer).is_some() => {
+                    tracing::info!(viewer = %peer, "viewer left");
                 }
                 ServerFrame::Error {
                     code,

@@ -215,7 +215,8 @@ fn refused_or_error(e: &SignalError) -> ExitCode {
 }
 
 fn load_ice_servers(path: &std::path::Path) -> Result<Vec<IceServer>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     ice_servers_of(&value).map_err(|e| format!("{}: {e}", path.display()))

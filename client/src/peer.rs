@@ -4,15 +4,16 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use rtc::ice::mdns::MulticastDnsMode;
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidate, RTCIceCandidateInit, RTCIceGatheringState,
     RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCStatsReportEntry,
-    Registry, StatsSelector, register_default_interceptors,
+    Registry, SettingEngineBuilder, StatsSelector, register_default_interceptors,
 };
 
 use crate::ice;
@@ -92,8 +93,18 @@ pub async fn new_peer(
         .bind
         .or_else(|| ice::pick_local_ip(&opts.ice_servers, &opts.signal_url))
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    // No mDNS: it would send multicast queries on every interface (and fails where there is no
+    // multicast route, e.g. a namespace with only loopback); Iceway candidates are plain IPs.
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_include_loopback_candidate(bind.is_loopback())
+        // webrtc-rs holds a relay pair back for 2 s hoping for a better one; with --relay-only
+        // there is no better one.
+        .with_relay_acceptance_min_wait(opts.relay_only.then_some(Duration::ZERO))
+        .build();
     let (tx, rx) = mpsc::unbounded_channel();
     let pc = PeerConnectionBuilder::new()
+        .with_setting_engine(settings)
         .with_configuration(config)
         .with_media_engine(media)
         .with_interceptor_registry(registry)

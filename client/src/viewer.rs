@@ -214,12 +214,12 @@ pub async fn run(
                                 _ => pending.push((from, init)),
                             }
                         }
-                        ServerFrame::PeerLeft { peer } => {
-                            if call.as_ref().is_some_and(|c| c.camera_session == peer) {
-                                tracing::info!("camera left; waiting for it to come back");
-                                close(call.take()).await;
-                                pc_events = None;
-                            }
+                        ServerFrame::PeerLeft { peer }
+                            if call.as_ref().is_some_and(|c| c.camera_session == peer) =>
+                        {
+                            tracing::info!("camera left; waiting for it to come back");
+                            close(call.take()).await;
+                            pc_events = None;
                         }
                         ServerFrame::Error { code, message, .. } => {
                             let text = message.unwrap_or_else(|| code.clone());
@@ -257,6 +257,10 @@ pub async fn run(
                             });
                             tracing::error!("{why}");
                             state.turn_problem = Some(why);
+                            // Relay-only without a relay candidate can never connect: say so now.
+                            close(call.take()).await;
+                            sender.send(ClientFrame::Leave);
+                            break 'reconnect;
                         }
                     }
                     Some(PcEvent::State(s)) => {

@@ -57,12 +57,13 @@ function waitForLine(stream, match, timeoutMs, what) {
 }
 
 /** Starts `iceway dev --json` and resolves with its printed info plus a stop() function. */
-export async function startDev(extraArgs = []) {
+export async function startDev(extraArgs = [], opts = {}) {
   requireTools();
-  const stateDir = mkdtempSync(path.join(tmpdir(), 'iceway-e2e-'));
+  const stateDir = opts.stateDir || mkdtempSync(path.join(tmpdir(), 'iceway-e2e-'));
   const relayLo = 40000 + Math.floor(Math.random() * 20000);
   const args = [
-    '--state-dir', stateDir, 'dev', '--json', '--http-port', '0', '--turn-port', '0',
+    '--state-dir', stateDir, 'dev', '--json',
+    '--http-port', String(opts.httpPort || 0), '--turn-port', String(opts.turnPort || 0),
     '--relay-range', `${relayLo}-${relayLo + 200}`, ...extraArgs,
   ];
   const child = spawn(icewayBin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' } });
@@ -83,14 +84,14 @@ export async function startDev(extraArgs = []) {
     child.kill('SIGKILL');
     throw new Error(`${e.message}\n--- iceway dev stderr ---\n${logs.join('')}`);
   }
-  const stop = async () => {
+  const stop = async ({ keepState = false } = {}) => {
     if (child.exitCode === null) {
       child.kill('SIGTERM');
       const t = setTimeout(() => child.kill('SIGKILL'), 10000);
       await exited;
       clearTimeout(t);
     }
-    rmSync(stateDir, { recursive: true, force: true });
+    if (!keepState) rmSync(stateDir, { recursive: true, force: true });
   };
   return { ...info, stateDir, child, logs, stop };
 }
@@ -110,6 +111,8 @@ export const chromiumArgs = [
   '--use-fake-device-for-media-stream',
   '--use-fake-ui-for-media-stream',
   '--allow-loopback-in-peer-connection',
+  // Plain IP host candidates: no mDNS names, so no multicast queries.
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
 ];
 
 export async function launchBrowser() {

@@ -50,7 +50,9 @@ pub struct DevState {
 
 impl std::fmt::Debug for DevState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevState").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("DevState")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -200,7 +202,10 @@ mod tests {
     #[test]
     fn directory_precedence() {
         let s = |v: &str| Some(std::ffi::OsString::from(v));
-        assert_eq!(dir_from_env(s("/x"), s("/xdg"), s("/home/u")), PathBuf::from("/x"));
+        assert_eq!(
+            dir_from_env(s("/x"), s("/xdg"), s("/home/u")),
+            PathBuf::from("/x")
+        );
         assert_eq!(
             dir_from_env(None, s("/xdg"), s("/home/u")),
             PathBuf::from("/xdg/iceway/dev")

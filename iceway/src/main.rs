@@ -15,7 +15,11 @@ use iceway_auth::Role;
 use iceway_service::{LogFormat, init_tracing};
 
 #[derive(Debug, Parser)]
-#[command(name = "iceway", version, about = "Iceway: self-hosted WebRTC infrastructure")]
+#[command(
+    name = "iceway",
+    version,
+    about = "Iceway: self-hosted WebRTC infrastructure"
+)]
 struct Cli {
     /// Where the dev secrets live (default: $ICEWAY_DEV_DIR, else $XDG_DATA_HOME/iceway/dev,
     /// else ~/.local/share/iceway/dev).

@@ -47,7 +47,13 @@ mod tests {
     #[test]
     fn minted_viewer_token_verifies_with_the_dev_key() {
         let s = state();
-        let token = mint(&s, Role::Viewer, "alice", &["cam1".into()], Duration::from_secs(3600));
+        let token = mint(
+            &s,
+            Role::Viewer,
+            "alice",
+            &["cam1".into()],
+            Duration::from_secs(3600),
+        );
         let claims = verifier(&s).verify(&token).expect("valid");
         assert_eq!(claims.sub, "alice");
         assert_eq!(claims.role, Role::Viewer);

@@ -28,7 +28,10 @@ fn still_serving(server: SocketAddr, case: &str) {
     let other = Client::new(server);
     let m = request(METHOD_BINDING);
     let r = other.ask(&m.raw);
-    assert_eq!(r.typ, BINDING_SUCCESS, "server stopped serving after case {case:?}");
+    assert_eq!(
+        r.typ, BINDING_SUCCESS,
+        "server stopped serving after case {case:?}"
+    );
 }
 
 fn expect_code(client: &Client, bytes: &[u8], code: u16, case: &str) -> Message {
@@ -82,7 +85,10 @@ fn bad_input_matrix_gets_exact_codes_and_the_server_keeps_serving() {
     let mut m = request(METHOD_BINDING);
     m.add(AttrType(0x7ff0), &[1, 2, 3, 4]);
     let r = expect_code(&c, &m.raw, 420, "unknown comprehension-required attribute");
-    assert_eq!(r.get(ATTR_UNKNOWN_ATTRIBUTES).expect("UNKNOWN-ATTRIBUTES"), vec![0x7f, 0xf0]);
+    assert_eq!(
+        r.get(ATTR_UNKNOWN_ATTRIBUTES).expect("UNKNOWN-ATTRIBUTES"),
+        vec![0x7f, 0xf0]
+    );
 
     // Credentials.
     let nonce = c.nonce();
@@ -93,53 +99,131 @@ fn bad_input_matrix_gets_exact_codes_and_the_server_keeps_serving() {
     expect_code(&c, &bad_mi, 401, "bad MESSAGE-INTEGRITY");
 
     let (u, p) = rest_user(unix_now() - 60, "carol", SECRET);
-    expect_code(&c, &sign(allocate_request(), &u, &p, &nonce), 401, "expired REST credential");
+    expect_code(
+        &c,
+        &sign(allocate_request(), &u, &p, &nonce),
+        401,
+        "expired REST credential",
+    );
     let (u, _) = rest_user(unix_now() + 3600, "carol", SECRET);
     let (_, p) = rest_user(unix_now() + 3600, "mallory", SECRET);
-    expect_code(&c, &sign(allocate_request(), &u, &p, &nonce), 401, "tampered REST username");
+    expect_code(
+        &c,
+        &sign(allocate_request(), &u, &p, &nonce),
+        401,
+        "tampered REST username",
+    );
     let (u, p) = rest_user(unix_now() + 3600, "carol", "some-other-secret");
-    expect_code(&c, &sign(allocate_request(), &u, &p, &nonce), 401, "REST credential from another secret");
-    expect_code(&c, &sign(allocate_request(), USER, "wrong", &nonce), 401, "wrong static password");
+    expect_code(
+        &c,
+        &sign(allocate_request(), &u, &p, &nonce),
+        401,
+        "REST credential from another secret",
+    );
+    expect_code(
+        &c,
+        &sign(allocate_request(), USER, "wrong", &nonce),
+        401,
+        "wrong static password",
+    );
     assert!(server.metric(r#"iceway_turn_auth_failures_total{reason="expired"}"#) >= 1.0);
 
     let other = Client::new(addr);
-    expect_code(&other, &sign(allocate_request(), USER, PASSWORD, &nonce), 438, "nonce issued to another client");
-    expect_code(&c, &sign(allocate_request(), USER, PASSWORD, "65f0a1b2c3d4e5f601234567"), 438, "forged nonce");
+    expect_code(
+        &other,
+        &sign(allocate_request(), USER, PASSWORD, &nonce),
+        438,
+        "nonce issued to another client",
+    );
+    expect_code(
+        &c,
+        &sign(
+            allocate_request(),
+            USER,
+            PASSWORD,
+            "65f0a1b2c3d4e5f601234567",
+        ),
+        438,
+        "forged nonce",
+    );
 
     // Address families: this server relays IPv4 only.
     let mut m = allocate_request();
     m.add(ATTR_REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0]);
-    expect_code(&c, &sign(m, USER, PASSWORD, &nonce), 440, "IPv6 relay requested");
+    expect_code(
+        &c,
+        &sign(m, USER, PASSWORD, &nonce),
+        440,
+        "IPv6 relay requested",
+    );
     let mut m = allocate_request();
     m.add(ATTR_REQUESTED_ADDRESS_FAMILY, &[0x03, 0, 0, 0]);
-    expect_code(&c, &sign(m, USER, PASSWORD, &nonce), 440, "unknown address family");
+    expect_code(
+        &c,
+        &sign(m, USER, PASSWORD, &nonce),
+        440,
+        "unknown address family",
+    );
 
     // An allocation, then requests on it that must be refused.
     let r = c.ask(&sign(allocate_request(), USER, PASSWORD, &nonce));
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "allocate: {r}");
     for number in [0x3fffu16, 0x7fff, 0x8000] {
         let mut m = request(METHOD_CHANNEL_BIND);
-        m.add(ATTR_CHANNEL_NUMBER, &[(number >> 8) as u8, number as u8, 0, 0]);
+        m.add(
+            ATTR_CHANNEL_NUMBER,
+            &[(number >> 8) as u8, number as u8, 0, 0],
+        );
         xor_peer(&mut m, "192.0.2.1:9".parse().expect("addr"));
-        expect_code(&c, &sign(m, USER, PASSWORD, &nonce), 400, &format!("channel number {number:#06x}"));
+        expect_code(
+            &c,
+            &sign(m, USER, PASSWORD, &nonce),
+            400,
+            &format!("channel number {number:#06x}"),
+        );
     }
-    for peer in ["169.254.169.254:80", "[::ffff:127.0.0.1]:9", "127.0.0.1:9", "10.0.0.1:9", "0.0.0.0:9"] {
+    for peer in [
+        "169.254.169.254:80",
+        "[::ffff:127.0.0.1]:9",
+        "127.0.0.1:9",
+        "10.0.0.1:9",
+        "0.0.0.0:9",
+    ] {
         let mut m = request(METHOD_CREATE_PERMISSION);
         xor_peer(&mut m, peer.parse().expect("addr"));
-        expect_code(&c, &sign(m, USER, PASSWORD, &nonce), 403, &format!("denied peer {peer}"));
+        expect_code(
+            &c,
+            &sign(m, USER, PASSWORD, &nonce),
+            403,
+            &format!("denied peer {peer}"),
+        );
     }
     let mut m = request(METHOD_CHANNEL_BIND);
     m.add(ATTR_CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]);
     xor_peer(&mut m, "169.254.169.254:80".parse().expect("addr"));
-    expect_code(&c, &sign(m, USER, PASSWORD, &nonce), 403, "channel to the metadata address");
+    expect_code(
+        &c,
+        &sign(m, USER, PASSWORD, &nonce),
+        403,
+        "channel to the metadata address",
+    );
     assert!(server.metric("iceway_turn_peer_denied_total") >= 6.0);
     let r = c.ask(&sign(allocate_request(), USER, PASSWORD, &nonce));
-    assert_eq!(error_code(&r), Some(437), "second Allocate on the same 5-tuple");
+    assert_eq!(
+        error_code(&r),
+        Some(437),
+        "second Allocate on the same 5-tuple"
+    );
 
     // Quota: alice already holds her one allocation.
     let second = Client::new(addr);
     let nonce2 = second.nonce();
-    expect_code(&second, &sign(allocate_request(), USER, PASSWORD, &nonce2), 486, "user quota exceeded");
+    expect_code(
+        &second,
+        &sign(allocate_request(), USER, PASSWORD, &nonce2),
+        486,
+        "user quota exceeded",
+    );
     assert!(server.metric(r#"iceway_turn_quota_rejections_total{kind="user"}"#) >= 1.0);
 
     // A bounded burst of pseudo-random garbage (xorshift, fixed seed) changes nothing.
@@ -150,7 +234,9 @@ fn bad_input_matrix_gets_exact_codes_and_the_server_keeps_serving() {
         x ^= x >> 7;
         x ^= x << 17;
         let len = (x % 200) as usize;
-        let mut bytes: Vec<u8> = (0..len).map(|j| (x >> (j % 8 * 8)) as u8 ^ j as u8).collect();
+        let mut bytes: Vec<u8> = (0..len)
+            .map(|j| (x >> (j % 8 * 8)) as u8 ^ j as u8)
+            .collect();
         if i % 3 == 0 && bytes.len() >= 20 {
             bytes[0] &= 0x3f; // look like STUN
             bytes[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
@@ -166,6 +252,9 @@ fn bad_input_matrix_gets_exact_codes_and_the_server_keeps_serving() {
     let (u, p) = rest_user(unix_now() + 3600, "dave", SECRET);
     let nonce3 = fresh.nonce();
     let r = fresh.ask(&sign(allocate_request(), &u, &p, &nonce3));
-    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "fresh client allocate: {r}");
+    assert_eq!(
+        r.typ.class, CLASS_SUCCESS_RESPONSE,
+        "fresh client allocate: {r}"
+    );
     assert!(r.get(ATTR_XOR_RELAYED_ADDRESS).is_ok());
 }

@@ -339,6 +339,7 @@ window.icewayStats = async () => {
     signal: signal ? signal.state : 'closed',
     camera: params.camera,
     cameraState,
+    cameraSession,
     connectionState: pc ? pc.connectionState : 'none',
     path: s ? s.path : null,
     localCandidateType: s ? s.localCandidateType : null,

@@ -3,8 +3,8 @@
 //! with other shards: no lock, no task hop, no timer per allocation (one sweep per second).
 
 use std::io::{self, IoSliceMut};
-use std::os::fd::AsRawFd;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -119,7 +119,12 @@ impl Sockets<'_> {
     fn get(&self, sock: Sock) -> Option<(&UdpSocket, &UdpSocketState)> {
         match sock {
             Sock::Listener(i) => self.listeners.get(i).map(|l| (&l.socket, &l.state)),
-            Sock::Relay(id) => self.relays.slots.get(id).and_then(Option::as_ref).map(|r| (&r.socket, &r.state)),
+            Sock::Relay(id) => self
+                .relays
+                .slots
+                .get(id)
+                .and_then(Option::as_ref)
+                .map(|r| (&r.socket, &r.state)),
         }
     }
 }
@@ -133,7 +138,15 @@ impl Outbox {
         }
     }
 
-    fn push(&mut self, sockets: &Sockets<'_>, sock: Sock, to: SocketAddr, src_ip: Option<IpAddr>, header: &[u8], payload: &[u8]) {
+    fn push(
+        &mut self,
+        sockets: &Sockets<'_>,
+        sock: Sock,
+        to: SocketAddr,
+        src_ip: Option<IpAddr>,
+        header: &[u8],
+        payload: &[u8],
+    ) {
         let len = header.len() + payload.len();
         let joins = self.trains.last().is_some_and(|t| {
             !t.closed
@@ -142,13 +155,25 @@ impl Outbox {
                 && t.src_ip == src_ip
                 && len <= t.segment
                 && t.len + len <= SLOT
-                && t.count < sockets.get(sock).map_or(1, |(_, s)| s.max_gso_segments().min(BATCH_SIZE))
+                && t.count
+                    < sockets
+                        .get(sock)
+                        .map_or(1, |(_, s)| s.max_gso_segments().min(BATCH_SIZE))
         });
         if !joins {
             if self.trains.len() == OUTBOX_TRAINS || self.buf.len() + len > OUTBOX_BYTES {
                 self.flush(sockets);
             }
-            self.trains.push(Train { sock, to, src_ip, start: self.buf.len(), len: 0, segment: len, count: 0, closed: false });
+            self.trains.push(Train {
+                sock,
+                to,
+                src_ip,
+                start: self.buf.len(),
+                len: 0,
+                segment: len,
+                count: 0,
+                closed: false,
+            });
         }
         self.buf.extend_from_slice(header);
         self.buf.extend_from_slice(payload);
@@ -185,7 +210,11 @@ impl Outbox {
             // A run of single datagrams from this socket: one sendmmsg.
             self.mmsg.clear();
             let sock = t.sock;
-            while let Some(t) = self.trains.get(i).filter(|t| t.sock == sock && t.count == 1 && t.src_ip.is_none()) {
+            while let Some(t) = self
+                .trains
+                .get(i)
+                .filter(|t| t.sock == sock && t.count == 1 && t.src_ip.is_none())
+            {
                 self.mmsg.push((t.start, t.len, t.to));
                 i += 1;
             }
@@ -306,7 +335,8 @@ impl Shard {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let mut ready: Vec<Token> = std::mem::take(&mut pending);
+            ready.clear();
+            ready.append(&mut pending);
             ready.extend(
                 events
                     .iter()
@@ -314,7 +344,7 @@ impl Shard {
                     .map(|e| e.token()),
             );
             ready.dedup();
-            for token in ready {
+            for &token in &ready {
                 let more = if token.0 >= LISTENER_BASE {
                     self.drain_listener(token.0 - LISTENER_BASE, &mut bufs)
                 } else {
@@ -324,7 +354,10 @@ impl Shard {
                     pending.push(token);
                 }
             }
-            self.outbox.flush(&Sockets { listeners: &self.listeners, relays: &self.relays });
+            self.outbox.flush(&Sockets {
+                listeners: &self.listeners,
+                relays: &self.relays,
+            });
             // Relay counters go to Prometheus once per wake-up: live, at no per-packet cost.
             self.server.flush_stats();
             let now = Instant::now();
@@ -367,10 +400,10 @@ impl Shard {
                     self.client_datagram(index, &ft, datagram, now);
                 }
             }
-            self.outbox.flush(&Sockets {
-                listeners: &self.listeners,
-                relays: &self.relays,
-            });
+            if n < BATCH_SIZE {
+                // A short batch emptied the queue; a later datagram raises a new edge.
+                return false;
+            }
         }
         true
     }
@@ -496,10 +529,10 @@ impl Shard {
                     }
                 }
             }
-            self.outbox.flush(&Sockets {
-                listeners: &self.listeners,
-                relays: &self.relays,
-            });
+            if n < BATCH_SIZE {
+                // A short batch emptied the queue; a later datagram raises a new edge.
+                return false;
+            }
         }
         true
     }

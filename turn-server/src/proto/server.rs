@@ -1,7 +1,9 @@
 //! The TURN/STUN server state machine of one shard: bytes, a five-tuple and the time in;
 //! datagrams to send out. No sockets, no clock, no tokio.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -357,8 +359,8 @@ impl Server {
             SourceRateLimit::new(c.unauthorized_per_sec, c.unauthorized_burst, 65_536);
         Self {
             shared,
-            allocations: HashMap::new(),
-            by_relay: HashMap::new(),
+            allocations: HashMap::default(),
+            by_relay: HashMap::default(),
             unauthorized,
             out: VecDeque::new(),
             stats: RelayStats::default(),
@@ -931,9 +933,9 @@ impl Server {
                 expires: now.instant + lifetime,
                 allocate_txid: m.transaction_id.0,
                 allocate_response: data.clone(),
-                permissions: HashMap::new(),
-                channels: HashMap::new(),
-                channel_by_peer: HashMap::new(),
+                permissions: HashMap::default(),
+                channels: HashMap::default(),
+                channel_by_peer: HashMap::default(),
                 bandwidth,
             },
         );

@@ -813,18 +813,23 @@ mod decoders_never_panic {
     fn datagrams() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..300),
-            (any::<u16>(), any::<[u8; 12]>(), proptest::collection::vec(any::<u8>(), 0..75)).prop_map(|(t, txid, body)| {
-                let body_len = body.len() * 4;
-                let mut v = Vec::with_capacity(20 + body_len);
-                v.extend_from_slice(&(t & 0x3fff).to_be_bytes());
-                v.extend_from_slice(&(body_len as u16).to_be_bytes());
-                v.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
-                v.extend_from_slice(&txid);
-                for b in body {
-                    v.extend_from_slice(&[0x00, b, 0x00, b % 9]);
-                }
-                v
-            }),
+            (
+                any::<u16>(),
+                any::<[u8; 12]>(),
+                proptest::collection::vec(any::<u8>(), 0..75)
+            )
+                .prop_map(|(t, txid, body)| {
+                    let body_len = body.len() * 4;
+                    let mut v = Vec::with_capacity(20 + body_len);
+                    v.extend_from_slice(&(t & 0x3fff).to_be_bytes());
+                    v.extend_from_slice(&(body_len as u16).to_be_bytes());
+                    v.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+                    v.extend_from_slice(&txid);
+                    for b in body {
+                        v.extend_from_slice(&[0x00, b, 0x00, b % 9]);
+                    }
+                    v
+                }),
         ]
     }
 

@@ -1,0 +1,159 @@
+//! `iceway dev` as a user starts it, with the Rust reference camera and viewer (in-process, on
+//! real WebRTC) calling through its TURN relay on loopback. The namespace/NAT and browser
+//! variants are in e2e/ (scripts/test-e2e.sh).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iceway_client::camera::{self, CameraOptions};
+use iceway_client::media::Clip;
+use iceway_client::signaling::SignalError;
+use iceway_client::viewer::{self, ViewerError, ViewerOptions};
+use tokio_util::sync::CancellationToken;
+
+struct Dev {
+    child: Child,
+    info: serde_json::Value,
+    _state: tempfile::TempDir,
+}
+
+impl Dev {
+    fn start() -> Self {
+        let state = tempfile::tempdir().expect("tempdir");
+        // A relay range per test process keeps parallel tests' allocations apart.
+        let lo = 20_000 + (std::process::id() % 20_000) as u16;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_iceway"))
+            .args(["--state-dir"])
+            .arg(state.path())
+            .args([
+                "dev",
+                "--json",
+                "--http-port",
+                "0",
+                "--turn-port",
+                "0",
+                "--relay-range",
+            ])
+            .arg(format!("{lo}-{}", lo + 300))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn iceway dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if !line.is_empty() => line,
+            other => {
+                let _ = child.kill();
+                panic!("iceway dev did not print its URLs: {other:?}");
+            }
+        };
+        let info: serde_json::Value = serde_json::from_str(&line).expect("dev json");
+        Self {
+            child,
+            info,
+            _state: state,
+        }
+    }
+
+    fn get(&self, key: &str) -> String {
+        self.info[key].as_str().expect(key).to_owned()
+    }
+
+    fn token(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_iceway"))
+            .arg("--state-dir")
+            .arg(self.get("state_dir"))
+            .arg("token")
+            .args(args)
+            .output()
+            .expect("iceway token");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn camera_opts(dev: &Dev) -> CameraOptions {
+    CameraOptions {
+        signal_url: dev.get("signal_url"),
+        token: dev.get("camera_token"),
+        clip: Arc::new(Clip::builtin()),
+        relay_only: true,
+        bind: None,
+        ice_servers: None,
+        duration: Some(Duration::from_secs(60)),
+    }
+}
+
+fn viewer_opts(dev: &Dev, frames: u64) -> ViewerOptions {
+    ViewerOptions {
+        signal_url: dev.get("signal_url"),
+        token: dev.get("viewer_token"),
+        camera: dev.get("camera_id"),
+        relay_only: true,
+        bind: None,
+        ice_servers: None,
+        frames,
+        timeout: Duration::from_secs(45),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_viewer_sees_rust_camera_through_the_turn_relay() {
+    let dev = Dev::start();
+    let stop = CancellationToken::new();
+    let cam = tokio::spawn(camera::run(camera_opts(&dev), stop.clone()));
+    let report = viewer::run(viewer_opts(&dev, 60), CancellationToken::new())
+        .await
+        .expect("viewer");
+    stop.cancel();
+    let _ = cam.await;
+    println!(
+        "time to first frame (rust camera -> rust viewer, relay, loopback): {:?} ms",
+        report.time_to_first_frame_ms
+    );
+    assert!(report.ok, "{report:?}");
+    assert!(report.frames >= 60);
+    let pair = report.selected_pair.expect("selected pair");
+    assert_eq!(pair.local, "relay");
+    assert_eq!(pair.remote, "relay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_viewer_without_the_camera_in_cams_is_forbidden() {
+    let dev = Dev::start();
+    let token = dev.token(&[
+        "--role", "viewer", "--sub", "mallory", "--cams", "other", "--ttl", "10m",
+    ]);
+    let opts = ViewerOptions {
+        token,
+        frames: 1,
+        timeout: Duration::from_secs(20),
+        ..viewer_opts(&dev, 1)
+    };
+    let err = viewer::run(opts, CancellationToken::new())
+        .await
+        .expect_err("must be refused");
+    assert!(
+        matches!(err, ViewerError::Signal(SignalError::Forbidden(_))),
+        "{err:?}"
+    );
+}
