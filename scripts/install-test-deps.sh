@@ -30,7 +30,7 @@ python3 -m openapi_spec_validator --help >/dev/null 2>&1 || \
   pip install --quiet openapi-spec-validator
 
 # Helm, kubernetes-validate, yamllint (chart checks) and node modules (browser e2e tests).
-[ -x scripts/install-helm-tools.sh ] && scripts/install-helm-tools.sh
+scripts/install-helm-tools.sh --live
 if [ -f e2e/package.json ] && [ ! -d e2e/node_modules ]; then
   (cd e2e && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi)
 fi

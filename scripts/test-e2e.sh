@@ -17,7 +17,11 @@ missing=()
 command -v ip >/dev/null || missing+=("ip (apt-get install iproute2)")
 command -v nft >/dev/null || missing+=("nft (apt-get install nftables)")
 command -v python3 >/dev/null || missing+=("python3")
-command -v node >/dev/null || missing+=("node (Node.js >= 20)")
+if ! command -v node >/dev/null; then
+  missing+=("node (Node.js >= 20)")
+elif [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  missing+=("Node.js >= 20 (found $(node --version))")
+fi
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=("chromium at ${CHROMIUM:-/usr/bin/chromium} (apt-get install chromium)")
 [ -d e2e/node_modules/playwright-core ] || missing+=("e2e/node_modules/playwright-core (run: npm ci --prefix e2e)")
 if [ "${#missing[@]}" -gt 0 ]; then

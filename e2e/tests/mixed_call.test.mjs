@@ -46,3 +46,19 @@ test('rust viewer receives the browser camera through the TURN relay', async () 
   assert.ok(cam);
   await camera.context().close();
 });
+
+test('browser viewer shows the rust camera through the TURN relay', async () => {
+  if (!existsSync(clientBin)) throw new Error(`missing ${clientBin} (cargo build -p iceway-client)`);
+  const camera = spawn(clientBin, [
+    '--signal', dev.signal_url, '--token', dev.camera_token, '--relay-only', 'camera', '--duration', '90s',
+  ], { stdio: 'ignore', env: { ...process.env, RUST_LOG: 'warn' } });
+  try {
+    const viewer = await openPage(browser, dev.http, withRelay(dev.viewer_url));
+    const live = await waitForStats(viewer, (s) => s.framesDecoded > 30, 45000, 'the rust camera video');
+    console.log(`time to first frame (rust camera -> browser viewer, relay): ${live.ttffMs} ms`);
+    assert.equal(live.path, 'relay');
+    await viewer.context().close();
+  } finally {
+    camera.kill('SIGTERM');
+  }
+});

@@ -123,7 +123,7 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     };
 
     let turn_shutdown = Shutdown::new();
-    let turn_task = tokio::spawn(iceway_turn::io::run_until(turn_cfg, turn_shutdown.clone()));
+    let mut turn_task = tokio::spawn(iceway_turn::io::run_until(turn_cfg, turn_shutdown.clone()));
 
     let registry = iceway_service::new_registry("signal", env!("CARGO_PKG_VERSION"));
     let server = SignalServer::bind(signal_cfg, &registry)
@@ -179,12 +179,21 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
 
     let stop = Shutdown::new();
     stop.listen_for_signals();
-    tokio::select! {
-        _ = stop.draining() => {}
-        r = turn_task_done(&turn_shutdown) => r?,
-    }
+    let turn_ended = tokio::select! {
+        _ = stop.draining() => None,
+        r = &mut turn_task => Some(r),
+    };
     signal_shutdown.begin_drain();
     turn_shutdown.begin_drain();
+    if let Some(r) = turn_ended {
+        // TURN only stops on its own after an error; the rest of the stack is useless without it.
+        let _ = tokio::time::timeout(DRAIN * 5, signal_task).await;
+        return match r {
+            Ok(Ok(())) => Err(anyhow::anyhow!("the TURN server stopped")),
+            Ok(Err(e)) => Err(e.context("the TURN server stopped")),
+            Err(e) => Err(anyhow::anyhow!("the TURN server task failed: {e}")),
+        };
+    }
     let _ = tokio::time::timeout(DRAIN * 5, async {
         let _ = signal_task.await;
         let _ = turn_task.await;
@@ -211,17 +220,6 @@ async fn wait_ready(
             anyhow::bail!("the TURN server did not become ready within {READY_TIMEOUT:?}");
         }
         tick.tick().await;
-    }
-}
-
-/// Resolves if TURN stops on its own (it only does on error).
-async fn turn_task_done(turn: &Shutdown) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tick.tick().await;
-        if !turn.is_ready() && !turn.is_draining() {
-            anyhow::bail!("the TURN server stopped");
-        }
     }
 }
 

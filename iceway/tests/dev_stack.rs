@@ -22,8 +22,10 @@ struct Dev {
 impl Dev {
     fn start() -> Self {
         let state = tempfile::tempdir().expect("tempdir");
-        // A relay range per test process keeps parallel tests' allocations apart.
-        let lo = 20_000 + (std::process::id() % 20_000) as u16;
+        // A relay range per stack keeps parallel tests' (and processes') allocations apart.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let lo = 20_000 + ((std::process::id() * 7 + n * 401) % 30_000) as u16;
         let mut child = Command::new(env!("CARGO_BIN_EXE_iceway"))
             .args(["--state-dir"])
             .arg(state.path())

@@ -523,8 +523,10 @@ async fn run_async(opts: &SignalOptions) -> Result<Report, SignalError> {
     progress.start_traffic();
     let mut sent: u64 = 0;
     let mut last_tick = Instant::now();
-    if !ready.is_empty() && opts.rate > 0.0 {
-        while start.elapsed() < opts.duration {
+    // With --rate 0 this only holds the connections open for the duration.
+    let sending = !ready.is_empty() && opts.rate > 0.0;
+    while start.elapsed() < opts.duration {
+        if sending {
             let due = (start.elapsed().as_secs_f64() * opts.rate) as u64;
             while sent < due {
                 let (tx, viewer) = &ready[(sent % ready.len() as u64) as usize];
@@ -542,12 +544,12 @@ async fn run_async(opts: &SignalOptions) -> Result<Report, SignalError> {
                 }
                 sent += 1;
             }
-            if last_tick.elapsed() >= Duration::from_millis(100) {
-                progress.traffic(sent, shared.received.load(Ordering::Relaxed));
-                last_tick = Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        if last_tick.elapsed() >= Duration::from_millis(100) {
+            progress.traffic(sent, shared.received.load(Ordering::Relaxed));
+            last_tick = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(if sending { 1 } else { 50 })).await;
     }
     let drain_deadline = Instant::now() + opts.drain;
     while shared.received.load(Ordering::Relaxed) < sent && Instant::now() < drain_deadline {

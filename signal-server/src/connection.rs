@@ -7,11 +7,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use iceway_auth::{AppClaims, IceServer, Role};
-use tokio::sync::mpsc;
 
 use crate::limits::{LivenessAction, RateDecision, RateLimiter, UserSlot};
 use crate::protocol::{self, ClientFrame, ErrorCode, Parsed, Ref, RelayBody, ServerFrame, close};
-use crate::router::{Delivery, MAILBOX_CAPACITY, SendError, SessionId, new_session_id, now_us};
+use crate::router::{Delivery, Mailbox, SendError, SessionId, new_session_id, now_us};
 use crate::server::Shared;
 
 /// Why a connection ends, and the close frame it gets (if any).
@@ -22,42 +21,32 @@ enum End {
     Close(u16, &'static str),
 }
 
-pub(crate) async fn serve(mut socket: WebSocket, bearer: Option<String>, shared: Arc<Shared>) {
-    let claims = match Box::pin(authenticate(&mut socket, bearer, &shared)).await {
-        Ok(claims) => claims,
+/// The task of one upgraded socket. Not an `async fn`: an async fn keeps its arguments in the
+/// task for its whole life, and the socket would then be held twice (argument and working
+/// copy); boxing it first keeps an idle connection's task small.
+pub(crate) fn serve(
+    socket: WebSocket,
+    bearer: Option<String>,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send {
+    serve_boxed(Box::new(socket), bearer, shared)
+}
+
+async fn serve_boxed(mut socket: Box<WebSocket>, bearer: Option<String>, shared: Arc<Shared>) {
+    let (mut session, mailbox) = match Box::pin(admit(&mut socket, bearer, &shared)).await {
+        Ok(admitted) => admitted,
         Err(end) => {
             Box::pin(finish(&mut socket, end, &shared)).await;
             return;
         }
     };
-    let user: Arc<str> = Arc::from(claims.sub.as_str());
-    let Some(slot) = shared.users.acquire(&user) else {
-        shared.metrics.connection("user_limit");
-        let end = End::Close(close::POLICY, "too many connections for this user");
-        Box::pin(finish(&mut socket, end, &shared)).await;
-        return;
-    };
-    let id = new_session_id();
-    let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
-    if let Err(e) = shared.router.register(&id, tx).await {
-        tracing::warn!(error = %e, "cannot register session");
-        shared.metrics.connection("backplane_error");
-        finish(
-            &mut socket,
-            End::Close(1011, "backplane unavailable"),
-            &shared,
-        )
-        .await;
-        return;
-    }
+    let role = session.role;
     shared.metrics.connection("accepted");
     shared.metrics.connections.inc();
-    let role = claims.role;
     if role == Role::Viewer {
         shared.metrics.viewers.inc();
     }
-    let mut session = Session::new(id, user, claims, slot, shared.clone());
-    let end = session.run(&mut socket, rx).await;
+    let end = session.run(&mut socket, &mailbox).await;
     Box::pin(session.leave_all()).await;
     shared.router.unregister(&session.id).await;
     shared.metrics.connections.dec();
@@ -65,6 +54,32 @@ pub(crate) async fn serve(mut socket: WebSocket, bearer: Option<String>, shared:
         shared.metrics.viewers.dec();
     }
     Box::pin(finish(&mut socket, end, &shared)).await;
+}
+
+/// Authenticates, takes a per-user slot and registers the session with the router.
+async fn admit(
+    socket: &mut WebSocket,
+    bearer: Option<String>,
+    shared: &Arc<Shared>,
+) -> Result<(Box<Session>, Arc<Mailbox>), End> {
+    let claims = authenticate(socket, bearer, shared).await?;
+    let user: Arc<str> = Arc::from(claims.sub.as_str());
+    let Some(slot) = shared.users.acquire(&user) else {
+        shared.metrics.connection("user_limit");
+        return Err(End::Close(
+            close::POLICY,
+            "too many connections for this user",
+        ));
+    };
+    let id = new_session_id();
+    let mailbox = Mailbox::new();
+    if let Err(e) = shared.router.register(&id, mailbox.clone()).await {
+        tracing::warn!(error = %e, "cannot register session");
+        shared.metrics.connection("backplane_error");
+        return Err(End::Close(1011, "backplane unavailable"));
+    }
+    let session = Session::new(id, user, claims, slot, shared.clone());
+    Ok((Box::new(session), mailbox))
 }
 
 /// Verifies the `Authorization` token, or waits for an `auth` frame.
@@ -203,7 +218,9 @@ struct Watch {
 struct Session {
     id: SessionId,
     user: Arc<str>,
-    claims: AppClaims,
+    role: Role,
+    /// Viewer role: the cameras the token allows.
+    cams: Box<[String]>,
     shared: Arc<Shared>,
     rate: RateLimiter,
     /// Camera role: the camera published by this session.
@@ -223,7 +240,7 @@ type Step = Result<(), End>;
 
 enum Event {
     Drain,
-    Delivery(Option<Arc<Delivery>>),
+    Delivery,
     Message(Option<Result<Message, axum::Error>>),
     Timer,
 }
@@ -243,7 +260,8 @@ impl Session {
             next_peer_check: now + c.heartbeat,
             id,
             user,
-            claims,
+            role: claims.role,
+            cams: claims.cams.into_boxed_slice(),
             shared,
             published: None,
             viewers: Vec::new(),
@@ -254,40 +272,48 @@ impl Session {
         }
     }
 
-    async fn run(&mut self, socket: &mut WebSocket, mut rx: mpsc::Receiver<Arc<Delivery>>) -> End {
-        let welcome = ServerFrame::Welcome {
-            session: self.id.to_string(),
-            role: self.claims.role,
-            ice_servers: self.ice_servers(),
-            heartbeat: self.shared.config.heartbeat.as_secs().max(1),
-        };
-        if let Err(end) = Box::pin(self.send(socket, &welcome)).await {
+    async fn run(&mut self, socket: &mut WebSocket, mailbox: &Mailbox) -> End {
+        if let Err(end) = Box::pin(self.send_welcome(socket)).await {
             return end;
         }
         let drained = self.shared.close_all.clone();
         loop {
-            let wake = self.next_wake();
-            // The handlers are boxed: they run briefly, while an idle connection would
-            // otherwise carry their largest state in its task for its whole life.
-            let event = tokio::select! {
-                () = drained.cancelled() => Event::Drain,
-                delivery = rx.recv() => Event::Delivery(delivery),
-                msg = socket.recv() => Event::Message(msg),
-                () = tokio::time::sleep_until(wake.into()) => Event::Timer,
-            };
-            let step = match event {
-                Event::Drain => Err(End::Close(close::GOING_AWAY, "server is draining")),
-                Event::Delivery(Some(d)) => Box::pin(self.on_delivery(socket, &d)).await,
-                Event::Delivery(None) => {
-                    Err(End::Close(close::POLICY, "not reading frames fast enough"))
+            // Deliveries first: they are already queued, and the socket's reads can wait.
+            let step = if let Some(d) = mailbox.pop() {
+                Box::pin(self.on_delivery(socket, &d)).await
+            } else if mailbox.is_closed() {
+                Err(End::Close(close::POLICY, "not reading frames fast enough"))
+            } else {
+                let wake = self.next_wake();
+                let event = tokio::select! {
+                    () = drained.cancelled() => Event::Drain,
+                    () = mailbox.wait() => Event::Delivery,
+                    msg = socket.recv() => Event::Message(msg),
+                    () = tokio::time::sleep_until(wake.into()) => Event::Timer,
+                };
+                // The handlers are boxed: they run briefly, while an idle connection would
+                // otherwise carry their largest state in its task for its whole life.
+                match event {
+                    Event::Drain => Err(End::Close(close::GOING_AWAY, "server is draining")),
+                    Event::Delivery => Ok(()),
+                    Event::Message(msg) => Box::pin(self.on_message(socket, msg)).await,
+                    Event::Timer => Box::pin(self.on_timer(socket)).await,
                 }
-                Event::Message(msg) => Box::pin(self.on_message(socket, msg)).await,
-                Event::Timer => Box::pin(self.on_timer(socket)).await,
             };
             if let Err(end) = step {
                 return end;
             }
         }
+    }
+
+    async fn send_welcome(&self, socket: &mut WebSocket) -> Step {
+        let welcome = ServerFrame::Welcome {
+            session: self.id.to_string(),
+            role: self.role,
+            ice_servers: self.ice_servers(),
+            heartbeat: self.shared.config.heartbeat.as_secs().max(1),
+        };
+        self.send(socket, &welcome).await
     }
 
     fn ice_servers(&self) -> Vec<IceServer> {
@@ -501,16 +527,16 @@ impl Session {
                 Ok(None)
             }
             ClientFrame::Publish { camera } => {
-                if self.claims.role != Role::Camera {
+                if self.role != Role::Camera {
                     return refused(ErrorCode::Forbidden, "only a camera token may publish");
                 }
-                if camera.as_ref().is_some_and(|c| *c != self.claims.sub) {
+                if camera.as_deref().is_some_and(|c| c != &*self.user) {
                     return refused(
                         ErrorCode::Forbidden,
                         "a camera publishes only as its own sub",
                     );
                 }
-                let camera = self.claims.sub.clone();
+                let camera = self.user.to_string();
                 if let Err(e) = self.shared.router.publish(&camera, &self.id).await {
                     tracing::warn!(error = %e, "publish failed");
                     return refused(ErrorCode::Internal, "presence backplane unavailable");
@@ -527,10 +553,10 @@ impl Session {
                 Ok(None)
             }
             ClientFrame::Watch { camera } => {
-                if self.claims.role != Role::Viewer {
+                if self.role != Role::Viewer {
                     return refused(ErrorCode::Forbidden, "only a viewer token may watch");
                 }
-                if !self.claims.may_watch(&camera) {
+                if !self.cams.contains(&camera) {
                     return refused(ErrorCode::Forbidden, "camera is not in this token's cams");
                 }
                 if self.watches.iter().any(|w| w.camera == camera) {
@@ -563,7 +589,7 @@ impl Session {
                 self.relay(socket, to, RelayBody::Candidate { candidate })
                     .await
             }
-            ClientFrame::Leave { camera } => match self.claims.role {
+            ClientFrame::Leave { camera } => match self.role {
                 Role::Camera => {
                     self.unpublish().await;
                     Ok(None)

@@ -25,7 +25,7 @@ use crate::router::{MemoryRouter, RedisRouter, RedisRouterConfig, Router};
 /// The WebSocket read buffer. tungstenite's default (128 KiB) per connection would dwarf
 /// everything else an idle connection holds; signaling frames are small, and a larger frame
 /// just takes a few more reads.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 512;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -260,11 +260,10 @@ async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let fut = crate::connection::serve(socket, bearer, shared);
-            eprintln!("TASKSIZE {}", std::mem::size_of_val(&fut));
+            let connection = crate::connection::serve(socket, bearer, shared);
             tracker.track_future(async move {
                 let _slot = slot;
-                fut.await;
+                connection.await;
             })
         })
 }

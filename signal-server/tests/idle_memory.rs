@@ -47,7 +47,11 @@ async fn idle_connection_memory() {
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .args(["--jwt-secret-file", secret.path().to_str().unwrap()])
         .env("ICEWAY_SIGNAL__MAX_CONNECTIONS_PER_USER", "100000")
-        .envs(std::env::var("MALLOC_ARENA_MAX").ok().map(|v| ("MALLOC_ARENA_MAX", v)))
+        .envs(
+            std::env::var("MALLOC_ARENA_MAX")
+                .ok()
+                .map(|v| ("MALLOC_ARENA_MAX", v)),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -57,7 +61,10 @@ async fn idle_connection_memory() {
     let start = Instant::now();
     let mut ready = false;
     for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             ready = true;
             break;
         }

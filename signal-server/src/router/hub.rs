@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc::error::TrySendError;
 
+use super::mailbox::Refused;
 use super::{Delivery, Mailbox, SendError, SessionId};
 
 /// A camera's presence as this process knows it: `None` not yet known (Redis lookup pending),
@@ -20,7 +20,7 @@ pub struct Hub {
 
 #[derive(Debug, Default)]
 struct State {
-    sessions: HashMap<SessionId, Mailbox>,
+    sessions: HashMap<SessionId, Arc<Mailbox>>,
     watches: HashMap<String, Watch>,
 }
 
@@ -31,7 +31,7 @@ struct Watch {
 }
 
 impl Hub {
-    pub fn insert_session(&self, session: SessionId, mailbox: Mailbox) {
+    pub fn insert_session(&self, session: SessionId, mailbox: Arc<Mailbox>) {
         self.state.lock().sessions.insert(session, mailbox);
     }
 
@@ -149,15 +149,16 @@ fn deliver(state: &mut State, to: &str, delivery: Arc<Delivery>) -> Result<(), S
     let Some(mailbox) = state.sessions.get(to) else {
         return Err(SendError::Gone);
     };
-    match mailbox.try_send(delivery) {
+    match mailbox.push(delivery) {
         Ok(()) => Ok(()),
-        Err(TrySendError::Full(_)) => {
-            // Dropping the only sender ends the session's mailbox; its task sees that and
-            // closes the socket (4008). Keeping it would mean dropping events silently.
+        Err(Refused::Full) => {
+            // The session's task sees the closed mailbox and closes its socket (4008);
+            // keeping it would mean dropping events silently.
+            mailbox.close();
             state.sessions.remove(to);
             Err(SendError::Full)
         }
-        Err(TrySendError::Closed(_)) => {
+        Err(Refused::Closed) => {
             state.sessions.remove(to);
             Err(SendError::Gone)
         }
@@ -167,17 +168,17 @@ fn deliver(state: &mut State, to: &str, delivery: Arc<Delivery>) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::mpsc;
+    use crate::router::MAILBOX_CAPACITY;
 
-    fn session(hub: &Hub, id: &str) -> (SessionId, mpsc::Receiver<Arc<Delivery>>) {
-        let (tx, rx) = mpsc::channel(4);
+    fn session(hub: &Hub, id: &str) -> (SessionId, Arc<Mailbox>) {
+        let mailbox = Mailbox::new();
         let id: SessionId = Arc::from(id);
-        hub.insert_session(id.clone(), tx);
-        (id, rx)
+        hub.insert_session(id.clone(), mailbox.clone());
+        (id, mailbox)
     }
 
-    fn state(rx: &mut mpsc::Receiver<Arc<Delivery>>) -> Option<Option<String>> {
-        match rx.try_recv().ok().as_deref() {
+    fn state(rx: &mut Arc<Mailbox>) -> Option<Option<String>> {
+        match rx.pop().as_deref() {
             Some(Delivery::CameraState { session, .. }) => {
                 Some(session.as_ref().map(|s| s.to_string()))
             }
@@ -222,7 +223,7 @@ mod tests {
     fn a_session_that_stops_reading_is_dropped_not_buffered() {
         let hub = Hub::default();
         let (v, _rx) = session(&hub, "v");
-        for _ in 0..4 {
+        for _ in 0..MAILBOX_CAPACITY {
             hub.deliver(&v, Arc::new(Delivery::Replaced { camera: "c".into() }))
                 .expect("room");
         }

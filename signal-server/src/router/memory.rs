@@ -27,7 +27,7 @@ impl Router for MemoryRouter {
     fn register<'a>(
         &'a self,
         session: &'a SessionId,
-        mailbox: Mailbox,
+        mailbox: Arc<Mailbox>,
     ) -> BoxFuture<'a, Result<(), RouterError>> {
         self.hub.insert_session(session.clone(), mailbox);
         async { Ok(()) }.boxed()

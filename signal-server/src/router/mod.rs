@@ -6,30 +6,23 @@
 //! mailbox; a connection task reacts to what arrives there.
 
 mod hub;
+mod mailbox;
 mod memory;
 mod redis;
 
 use std::sync::Arc;
 
+use crate::protocol::RelayBody;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
-
-use crate::protocol::RelayBody;
 
 pub use hub::Hub;
+pub use mailbox::{MAILBOX_CAPACITY, Mailbox};
 pub use memory::MemoryRouter;
 pub use redis::{RedisRouter, RedisRouterConfig};
 
 /// A session id: 128 random bits, base64url. Unguessable, so it doubles as a capability.
 pub type SessionId = Arc<str>;
-
-/// What a session's connection task receives.
-pub type Mailbox = mpsc::Sender<Arc<Delivery>>;
-
-/// Slots per session mailbox. Small: frames are handed to the socket as they arrive, and a
-/// session that falls this far behind is dropped rather than buffered without bound.
-pub const MAILBOX_CAPACITY: usize = 32;
 
 /// An event for one session, local or carried over Redis.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +77,7 @@ pub trait Router: Send + Sync + 'static {
     fn register<'a>(
         &'a self,
         session: &'a SessionId,
-        mailbox: Mailbox,
+        mailbox: Arc<Mailbox>,
     ) -> BoxFuture<'a, Result<(), RouterError>>;
 
     fn unregister<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()>;

@@ -445,7 +445,7 @@ impl Router for RedisRouter {
     fn register<'a>(
         &'a self,
         session: &'a SessionId,
-        mailbox: Mailbox,
+        mailbox: Arc<Mailbox>,
     ) -> BoxFuture<'a, Result<(), RouterError>> {
         async move {
             let inner = &self.inner;

@@ -230,3 +230,34 @@ pub fn send_mmsg(fd: std::os::fd::RawFd, buf: &[u8], msgs: &[(usize, usize, Sock
     }
     sent
 }
+
+/// Turns off the per-datagram control messages quinn-udp asks for and the relay does not use:
+/// the TOS/traffic class always, the destination address unless the socket is bound to a
+/// wildcard address. Less work per datagram in the kernel.
+pub fn trim_control_messages(socket: &impl std::os::fd::AsRawFd, local: SocketAddr) {
+    let fd = socket.as_raw_fd();
+    let off: libc::c_int = 0;
+    let set = |level: libc::c_int, name: libc::c_int| {
+        // SAFETY: setsockopt with a c_int option value that lives for the call.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&off as *const libc::c_int).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    };
+    if local.is_ipv4() {
+        set(libc::IPPROTO_IP, libc::IP_RECVTOS);
+        if !local.ip().is_unspecified() {
+            set(libc::IPPROTO_IP, libc::IP_PKTINFO);
+        }
+    } else {
+        set(libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS);
+        if !local.ip().is_unspecified() {
+            set(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO);
+        }
+    }
+}

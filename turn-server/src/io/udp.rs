@@ -53,6 +53,7 @@ impl RelayPorts for RelayTable {
         let std = socket::open_relay(&self.settings, family, port)?;
         let local = std.local_addr().map_err(|_| RelayError::Exhausted)?;
         let state = UdpSocketState::new((&std).into()).map_err(|_| RelayError::Exhausted)?;
+        socket::trim_control_messages(&std, local);
         let mut socket = UdpSocket::from_std(std);
         let id = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
@@ -247,6 +248,7 @@ pub fn spawn(spec: ShardSpec) -> io::Result<ShardHandle> {
     for (i, std) in spec.listeners.into_iter().enumerate() {
         let local = std.local_addr()?;
         let state = UdpSocketState::new((&std).into())?;
+        socket::trim_control_messages(&std, local);
         let mut socket = UdpSocket::from_std(std);
         poll.registry()
             .register(&mut socket, Token(LISTENER_BASE + i), Interest::READABLE)?;
