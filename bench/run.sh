@@ -153,4 +153,23 @@ for entry in "${SHAPE_LIST[@]}"; do
   done
 done
 
+# Loss at 80 % of saturation: the flood throughput of a100-flood-120 is each server's saturation
+# rate on this machine; offer 80 % of it, paced, and look at the loss column of `sat80`.
+if [ -z "${SHAPES:-}" ] || [[ " $SHAPES " == *" sat80 "* ]]; then
+  for server in $SERVERS; do
+    [ -f "$OUT/a100-flood-120__${server}.json" ] || continue
+    rate=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(int(0.8*r["traffic"]["received_per_second"]/100))' \
+      "$OUT/a100-flood-120__${server}.json")
+    [ "$rate" -gt 0 ] || continue
+    start_server "$server"
+    extra=(--secret "$SECRET")
+    if [ "$server" = ceiling ]; then extra=(--protocol ceiling); fi
+    echo "== sat80 on $server: 100 allocations at $rate pps each (80 % of its flood rate)" >&2
+    "$LT" turn -n 100 --rate "$rate" --size 120 --server "$SERVER_ADDR" "${extra[@]}" \
+      --duration "$DURATION" --threads "$THREADS" --server-pid "$SERVER_PID" --json --no-progress \
+      >"$OUT/sat80__${server}.json" 2>"$OUT/sat80__${server}.err" || rm -f "$OUT/sat80__${server}.json"
+    stop_server
+  done
+fi
+
 python3 "$ROOT/bench/table.py" "$OUT" | tee "$OUT/table.md"

@@ -1,6 +1,6 @@
-//! One task per WebSocket: authenticate, send `welcome`, then relay between the socket and the
-//! session's mailbox until either side ends. Protocol rules live in [`Session`]; this file only
-//! moves frames and keeps time.
+//! One task per WebSocket: authenticate, send `welcome`, then move frames between the socket
+//! and the session's mailbox until either side ends. The protocol rules are `Session`'s
+//! handlers and the pure `view_change`; the loop around them only moves frames and keeps time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -672,14 +672,14 @@ impl Session {
                 body,
                 sent_at_us,
             } => {
-                self.send(socket, &ServerFrame::relayed(from, body.clone()))
-                    .await?;
+                // Observed at hand-off to the socket, before the write can wait on the client.
                 let latency = now_us().saturating_sub(*sent_at_us);
                 self.shared
                     .metrics
                     .relay_latency
                     .observe(Duration::from_micros(latency).as_secs_f64());
-                Ok(())
+                self.send(socket, &ServerFrame::relayed(from, body.clone()))
+                    .await
             }
             Delivery::ViewerJoined {
                 camera,

@@ -81,12 +81,6 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Unregistered series, for unit tests that do not look at metrics.
-    #[cfg(test)]
-    pub fn unregistered() -> Self {
-        Self::register(&Registry::new()).expect("fresh registry")
-    }
-
     pub fn message(&self, kind: &str, result: &str) {
         self.messages_total.with_label_values(&[kind, result]).inc();
     }

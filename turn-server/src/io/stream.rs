@@ -154,7 +154,10 @@ pub async fn serve_connection<S>(
                 }
                 Output::ToPeer { relay, peer, data } => {
                     if let Some(s) = relays.get(relay) {
-                        let _ = s.try_send_to(&data, peer);
+                        // Straight to the kernel: tokio's try_send_to refuses (WouldBlock) until
+                        // its reactor has seen the new socket writable, which would drop the
+                        // first datagrams of a fresh allocation.
+                        let _ = socket2::SockRef::from(s).send_to(&data, &peer.into());
                     }
                 }
             }

@@ -428,6 +428,11 @@ impl Shard {
             }
             return;
         }
+        // Control messages may release relay ids (and reuse them): send what was queued first.
+        self.outbox.flush(&Sockets {
+            listeners: &self.listeners,
+            relays: &self.relays,
+        });
         self.server.handle_client(data, *ft, now, &mut self.relays);
         let src_ip = self.listeners[index]
             .local
