@@ -29,6 +29,8 @@ SHAPE_LIST=(
   "a1000-flood-1000|turn -n 1000 --window 2 --size 1000"
   "a1000-50pps-120|turn -n 1000 --rate 50 --size 120"
   "a1000-50pps-1000|turn -n 1000 --rate 50 --size 1000"
+  "tcp-a100-flood-120|turn -n 100 --window 8 --size 120 --transport tcp"
+  "tcp-a100-50pps-120|turn -n 100 --rate 50 --size 120 --transport tcp"
   "stun-flood|stun --sockets 16 --window 16"
 )
 
@@ -135,7 +137,7 @@ for entry in "${SHAPE_LIST[@]}"; do
   if [ $((i % 2)) -eq 1 ]; then order=$(echo "$SERVERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
   i=$((i + 1))
   for server in $order; do
-    if [ "$server" = ceiling ] && [[ $args == stun* ]]; then continue; fi
+    if [ "$server" = ceiling ] && [[ $args == stun* || $args == *"--transport tcp"* ]]; then continue; fi
     if [ "$server" = iceway ] && [ ! -x "$ICEWAY" ]; then echo "skip iceway: $ICEWAY not built" >&2; continue; fi
     start_server "$server"
     extra=(--secret "$SECRET")

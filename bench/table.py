@@ -39,7 +39,7 @@ def main():
     order = [
         "a100-flood-120", "a100-flood-1000", "a100-50pps-120", "a100-50pps-1000",
         "a1000-flood-120", "a1000-flood-1000", "a1000-50pps-120", "a1000-50pps-1000",
-        "stun-flood", "sat80",
+        "tcp-a100-flood-120", "tcp-a100-50pps-120", "stun-flood", "sat80",
     ]
     shapes = [s for s in order if s in runs] + sorted(s for s in runs if s not in order)
     print("| load | ceiling work/CPU-s | coturn work/CPU-s | iceway work/CPU-s "

@@ -79,9 +79,20 @@ enum Command {
     },
 }
 
+/// webrtc-rs logs every state change at info; a CLI user wants Iceway's lines and real problems.
+const DEFAULT_LOG_FILTER: &str = "info,rtc=error,rtc_ice=warn,rtc_dtls=warn,webrtc=warn";
+
 fn main() -> ExitCode {
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: nothing else runs yet (no runtime, no threads), so nobody reads the
+        // environment concurrently.
+        unsafe { std::env::set_var("RUST_LOG", DEFAULT_LOG_FILTER) };
+    }
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    // wss:// goes through rustls; name its provider so a second one elsewhere in the build
+    // cannot make the choice ambiguous at run time.
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
     let Some(token) = cli.token.clone() else {
         eprintln!("error: --token (or ICEWAY_TOKEN) is required");
         return ExitCode::from(EXIT_ERROR);

@@ -5,8 +5,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import {
-  startDev, launchBrowser, openPage, stats, waitForStats, withRelay, ensureArtifactsDir,
+  startDev, launchBrowser, openPage, stats, waitForStats, withRelay, ensureArtifactsDir, icewayBin,
 } from './harness.mjs';
 
 let dev;
@@ -59,4 +60,17 @@ test('viewer page shows the camera page live through the TURN relay, and push-to
   await camera.screenshot({ path: path.join(dir, 'browser-call-camera.png') });
   await camera.context().close();
   await viewer.context().close();
+});
+
+test('one camera page serves two viewer pages at once, one peer connection each', async () => {
+  const camera = await openPage(browser, dev.http, withRelay(dev.camera_url));
+  await waitForStats(camera, (s) => s.signal === 'open', 20000, 'the camera to be online');
+  const bob = execFileSync(icewayBin, ['--state-dir', dev.stateDir, 'token', '--role', 'viewer', '--sub', 'bob', '--cams', dev.camera_id, '--ttl', '10m']).toString().trim();
+  const v1 = await openPage(browser, dev.http, withRelay(dev.viewer_url));
+  const v2 = await openPage(browser, dev.http, `${dev.http}/viewer?token=${bob}&camera=${dev.camera_id}&relay=1`);
+  await waitForStats(v1, (s) => s.framesDecoded > 20, 45000, 'video at viewer 1');
+  await waitForStats(v2, (s) => s.framesDecoded > 20, 45000, 'video at viewer 2');
+  const cam = await waitForStats(camera, (s) => s.viewers.length === 2 && s.viewers.every((v) => v.connectionState === 'connected'), 20000, 'two connected viewers');
+  assert.deepEqual(cam.viewers.map((v) => v.user).sort(), ['bob', 'viewer1']);
+  for (const p of [camera, v1, v2]) await p.context().close();
 });

@@ -140,6 +140,28 @@ async fn rust_viewer_sees_rust_camera_through_the_turn_relay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_camera_serves_two_viewers_at_once() {
+    let dev = Dev::start();
+    let stop = CancellationToken::new();
+    let cam = tokio::spawn(camera::run(camera_opts(&dev), stop.clone()));
+    let second = ViewerOptions {
+        token: dev.token(&[
+            "--role", "viewer", "--sub", "bob", "--cams", "cam1", "--ttl", "10m",
+        ]),
+        ..viewer_opts(&dev, 45)
+    };
+    let (a, b) = tokio::join!(
+        viewer::run(viewer_opts(&dev, 45), CancellationToken::new()),
+        viewer::run(second, CancellationToken::new()),
+    );
+    stop.cancel();
+    let _ = cam.await;
+    let (a, b) = (a.expect("viewer 1"), b.expect("viewer 2"));
+    assert!(a.ok, "{a:?}");
+    assert!(b.ok, "{b:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_viewer_without_the_camera_in_cams_is_forbidden() {
     let dev = Dev::start();
     let token = dev.token(&[

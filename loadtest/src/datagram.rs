@@ -3,13 +3,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::SystemTime;
 
-use crate::batch::udp_socket;
 use crate::credentials::CredentialSource;
 use crate::driver::{self, DriverConfig, DriverError, FlowSpec, Outcome};
 use crate::echo::EchoPeer;
 use crate::engine::Pace;
 use crate::proto::{AllocationHandshake, Binding, Framing, Handshake};
 use crate::stats::{LoadShape, Percentiles, Report, ServerReport, TrafficReport, latency_curve};
+use crate::transport::{StdTransport, TransportKind};
 
 /// Per-socket kernel buffer request; the kernel caps it at net.core.{r,w}mem_max.
 const SOCKET_BUFFER: usize = 1 << 20;
@@ -39,6 +39,7 @@ pub struct TurnOptions {
     pub server: SocketAddr,
     pub protocol: TurnProtocol,
     pub allocations: usize,
+    pub transport: TransportKind,
     pub credentials: CredentialSource,
     /// An external echo peer; None starts the built-in one on `echo_bind`.
     pub peer: Option<SocketAddr>,
@@ -52,6 +53,7 @@ pub struct TurnOptions {
 pub struct StunOptions {
     pub server: SocketAddr,
     pub sockets: usize,
+    pub transport: TransportKind,
     pub bind: Vec<IpAddr>,
     pub driver: DriverConfig,
 }
@@ -67,6 +69,8 @@ pub enum LoadError {
     EchoPeer(std::io::Error),
     #[error("the ceiling relay needs an IPv4 peer address")]
     CeilingNeedsIpv4,
+    #[error("the ceiling relay speaks UDP only")]
+    CeilingIsUdpOnly,
     #[error("cannot mint TURN credentials: {0}")]
     Credentials(#[from] iceway_auth::turn_credential::CredentialError),
     #[error(transparent)]
@@ -95,17 +99,19 @@ fn client_sockets(
     n: usize,
     bind: &[IpAddr],
     server: SocketAddr,
-) -> Result<Vec<std::net::UdpSocket>, LoadError> {
+    kind: TransportKind,
+) -> Result<Vec<StdTransport>, LoadError> {
     let fallback = default_bind(server);
     let bind = if bind.is_empty() { &fallback } else { bind };
     (0..n)
         .map(|i| {
-            let addr = SocketAddr::new(bind[i % bind.len()], 0);
-            let s = udp_socket(addr, SOCKET_BUFFER)
-                .map_err(|source| LoadError::Socket { addr, source })?;
-            s.connect(server)
-                .map_err(|source| LoadError::Socket { addr, source })?;
-            Ok(s)
+            let ip = bind[i % bind.len()];
+            StdTransport::connect(kind, ip, server, SOCKET_BUFFER).map_err(|source| {
+                LoadError::Socket {
+                    addr: SocketAddr::new(ip, 0),
+                    source,
+                }
+            })
         })
         .collect()
 }
@@ -137,7 +143,10 @@ pub fn run_turn(opts: &TurnOptions) -> Result<Report, LoadError> {
         .peer
         .or(echo.as_ref().map(|e| e.addr()))
         .unwrap_or(opts.echo_bind);
-    let sockets = client_sockets(opts.allocations, &opts.bind, opts.server)?;
+    if opts.protocol == TurnProtocol::Ceiling && opts.transport == TransportKind::Tcp {
+        return Err(LoadError::CeilingIsUdpOnly);
+    }
+    let sockets = client_sockets(opts.allocations, &opts.bind, opts.server, opts.transport)?;
     let now = SystemTime::now();
     let mut flows = Vec::with_capacity(sockets.len());
     for (i, socket) in sockets.into_iter().enumerate() {
@@ -176,7 +185,10 @@ pub fn run_turn(opts: &TurnOptions) -> Result<Report, LoadError> {
     };
     Ok(report(
         "turn",
-        opts.protocol.name(),
+        &match opts.transport {
+            TransportKind::Udp => opts.protocol.name().to_string(),
+            TransportKind::Tcp => format!("{}/tcp", opts.protocol.name()),
+        },
         opts.server,
         shape(opts.allocations, &opts.driver),
         outcome,
@@ -186,7 +198,7 @@ pub fn run_turn(opts: &TurnOptions) -> Result<Report, LoadError> {
 }
 
 pub fn run_stun(opts: &StunOptions) -> Result<Report, LoadError> {
-    let sockets = client_sockets(opts.sockets, &opts.bind, opts.server)?;
+    let sockets = client_sockets(opts.sockets, &opts.bind, opts.server, opts.transport)?;
     let flows = sockets
         .into_iter()
         .map(|socket| FlowSpec {
@@ -198,7 +210,10 @@ pub fn run_stun(opts: &StunOptions) -> Result<Report, LoadError> {
     let outcome = driver::run(flows, &opts.driver)?;
     Ok(report(
         "stun",
-        "stun-binding",
+        match opts.transport {
+            TransportKind::Udp => "stun-binding",
+            TransportKind::Tcp => "stun-binding/tcp",
+        },
         opts.server,
         shape(opts.sockets, &opts.driver),
         outcome,

@@ -10,17 +10,18 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 
-use crate::batch::{BATCH, RecvBatch, send_batch};
+use crate::batch::RecvBatch;
 use crate::engine::{self, Flow, LoadPlan, Shared};
 use crate::progress::Progress;
 use crate::proto::{Framing, Handshake, HandshakeError, Step};
 use crate::stats::{Percentiles, SetupReport, TrafficStats, new_histogram};
 use crate::sysstat::{ProcessSample, UdpCounters};
+use crate::transport::{StdTransport, Transport};
 
 pub struct FlowSpec {
-    pub socket: std::net::UdpSocket,
+    pub socket: StdTransport,
     pub handshake: Option<Handshake>,
     pub framing: Framing,
 }
@@ -245,7 +246,7 @@ fn worker(
     let mut handshakes = Vec::with_capacity(group.len());
     let mut framings = Vec::with_capacity(group.len());
     for f in group {
-        sockets.push(mio::net::UdpSocket::from_std(f.socket));
+        sockets.push(Transport::from_std(f.socket));
         handshakes.push(f.handshake);
         framings.push(f.framing);
     }
@@ -272,10 +273,10 @@ fn worker(
             let r = engine::run(&mut flows, &cfg.plan, shared);
             let _ = tx.send(Phase::DataDone);
             start_teardown.wait();
-            for (f, i) in flows.iter().zip(owners) {
+            for (f, i) in flows.iter_mut().zip(owners) {
                 if let Some(req) = handshakes[i].as_mut().and_then(|h| h.deallocate()) {
                     // Best-effort: the server frees the allocation at its lifetime anyway.
-                    let _ = send_batch(&f.socket, &[&req], &[]);
+                    let _ = f.transport.send(&[&req]);
                 }
             }
             r
@@ -306,7 +307,7 @@ const INITIAL_RTO: Duration = Duration::from_millis(500);
 const MAX_TRIES: u32 = 5;
 
 fn setup_phase(
-    sockets: &mut [mio::net::UdpSocket],
+    sockets: &mut [Transport],
     handshakes: &mut [Option<Handshake>],
     concurrency: usize,
     timeout: Duration,
@@ -339,7 +340,7 @@ fn setup_phase(
     }
     let mut poll = Poll::new()?;
     for (i, s) in sockets.iter_mut().enumerate() {
-        poll.registry().register(s, Token(i), Interest::READABLE)?;
+        s.register(poll.registry(), Token(i))?;
     }
     let started = Instant::now();
     let deadline = started + timeout;
@@ -364,7 +365,7 @@ fn setup_phase(
             };
             let req = h.start();
             let now = Instant::now();
-            if let Err(e) = send_batch(&sockets[i], &[&req], &[]) {
+            if let Err(e) = sockets[i].send(&[&req]) {
                 fail(&mut result, format!("send: {}", e.kind()));
                 state[i] = SetupState::Failed;
                 finished += 1;
@@ -381,76 +382,82 @@ fn setup_phase(
         poll.poll(&mut events, Some(Duration::from_millis(20)))?;
         for ev in events.iter() {
             let i = ev.token().0;
-            loop {
-                let got = match rb.recv(&sockets[i]) {
-                    Ok(got) => got,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        if matches!(state[i], SetupState::Active { .. }) {
-                            fail(&mut result, "connection refused".into());
-                            state[i] = SetupState::Failed;
-                            active -= 1;
-                            finished += 1;
-                        }
-                        break;
+            if ev.is_writable() {
+                let _ = sockets[i].flush();
+            }
+            let mut packets: Vec<Vec<u8>> = Vec::new();
+            let drained = match sockets[i].drain(&mut rb, |p| packets.push(p.to_vec())) {
+                Ok(d) => d,
+                Err(e) => {
+                    if matches!(state[i], SetupState::Active { .. }) {
+                        fail(&mut result, format!("transport: {}", e.kind()));
+                        state[i] = SetupState::Failed;
+                        active -= 1;
+                        finished += 1;
                     }
-                    Err(e) => return Err(e),
-                };
-                for k in 0..got {
-                    let SetupState::Active {
-                        started,
-                        tries,
-                        allocated,
-                        ..
-                    } = state[i]
-                    else {
-                        break;
-                    };
-                    let Some(h) = handshakes[i].as_mut() else {
-                        break;
-                    };
-                    let step = h.on_response(rb.packet(k));
-                    let now = Instant::now();
-                    let mut record_alloc = |h: &Handshake| {
-                        if !allocated && h.allocated() {
-                            let _ = result
-                                .latency
-                                .record((now.duration_since(started).as_nanos() as u64).max(1));
-                            true
-                        } else {
-                            allocated
-                        }
-                    };
-                    match step {
-                        Ok(Step::Ignore) => {}
-                        Ok(Step::Send(req)) => {
-                            let allocated = record_alloc(h);
-                            let _ = send_batch(&sockets[i], &[&req], &[]);
-                            state[i] = SetupState::Active {
-                                started,
-                                sent_at: now,
-                                tries,
-                                allocated,
-                            };
-                        }
-                        Ok(Step::Ready { .. }) => {
-                            record_alloc(h);
-                            state[i] = SetupState::Ready;
-                            result.ready[i] = true;
-                            active -= 1;
-                            finished += 1;
-                            setup_done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            fail(&mut result, error_key(&e));
-                            state[i] = SetupState::Failed;
-                            active -= 1;
-                            finished += 1;
-                        }
-                    }
+                    continue;
                 }
-                if got < BATCH {
+            };
+            if drained.refused && packets.is_empty() {
+                if matches!(state[i], SetupState::Active { .. }) {
+                    fail(&mut result, "connection refused".into());
+                    state[i] = SetupState::Failed;
+                    active -= 1;
+                    finished += 1;
+                }
+                continue;
+            }
+            for packet in &packets {
+                let SetupState::Active {
+                    started,
+                    tries,
+                    allocated,
+                    ..
+                } = state[i]
+                else {
                     break;
+                };
+                let Some(h) = handshakes[i].as_mut() else {
+                    break;
+                };
+                let step = h.on_response(packet);
+                let now = Instant::now();
+                let mut record_alloc = |h: &Handshake| {
+                    if !allocated && h.allocated() {
+                        let _ = result
+                            .latency
+                            .record((now.duration_since(started).as_nanos() as u64).max(1));
+                        true
+                    } else {
+                        allocated
+                    }
+                };
+                match step {
+                    Ok(Step::Ignore) => {}
+                    Ok(Step::Send(req)) => {
+                        let allocated = record_alloc(h);
+                        let _ = sockets[i].send(&[&req]);
+                        state[i] = SetupState::Active {
+                            started,
+                            sent_at: now,
+                            tries,
+                            allocated,
+                        };
+                    }
+                    Ok(Step::Ready { .. }) => {
+                        record_alloc(h);
+                        state[i] = SetupState::Ready;
+                        result.ready[i] = true;
+                        active -= 1;
+                        finished += 1;
+                        setup_done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        fail(&mut result, error_key(&e));
+                        state[i] = SetupState::Failed;
+                        active -= 1;
+                        finished += 1;
+                    }
                 }
             }
         }
@@ -474,7 +481,7 @@ fn setup_phase(
                     continue;
                 }
                 if let Some(h) = handshakes[i].as_ref() {
-                    let _ = send_batch(&sockets[i], &[h.last_request()], &[]);
+                    let _ = sockets[i].send(&[h.last_request()]);
                 }
                 state[i] = SetupState::Active {
                     started,
@@ -493,7 +500,7 @@ fn setup_phase(
     }
     result.seconds = started.elapsed().as_secs_f64();
     for s in sockets.iter_mut() {
-        let _ = poll.registry().deregister(s);
+        s.deregister(poll.registry());
     }
     Ok(result)
 }

@@ -6,11 +6,12 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 
-use crate::batch::{BATCH, MAX_DATAGRAM, RecvBatch, send_batch};
+use crate::batch::{BATCH, MAX_DATAGRAM, RecvBatch};
 use crate::proto::{Framing, Stamp};
 use crate::stats::TrafficStats;
+use crate::transport::Transport;
 
 /// How packets are offered.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,7 +67,7 @@ impl Default for Shared {
 }
 
 pub struct Flow {
-    pub socket: mio::net::UdpSocket,
+    pub transport: Transport,
     pub framing: Framing,
     seq: u32,
     in_flight: u32,
@@ -76,9 +77,9 @@ pub struct Flow {
 }
 
 impl Flow {
-    pub fn new(socket: mio::net::UdpSocket, framing: Framing) -> Self {
+    pub fn new(transport: Transport, framing: Framing) -> Self {
         Self {
-            socket,
+            transport,
             framing,
             seq: 0,
             in_flight: 0,
@@ -134,29 +135,13 @@ fn send_on(
         );
         scratch.lens.push(len);
     }
-    if n == 1 {
-        // The paced path sends one packet at a time: skip building a batch.
-        return match flow.socket.send(&scratch.buf[..scratch.lens[0]]) {
-            Ok(_) => {
-                flow.seq = flow.seq.wrapping_add(1);
-                flow.sent += 1;
-                flow.in_flight += 1;
-                if let Some(b) = budget_left {
-                    *b -= 1;
-                }
-                Ok(1)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            Err(e) => Err(e),
-        };
-    }
     let packets: Vec<&[u8]> = scratch
         .lens
         .iter()
         .enumerate()
         .map(|(i, len)| &scratch.buf[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len])
         .collect();
-    let sent = match send_batch(&flow.socket, &packets, &[]) {
+    let sent = match flow.transport.send(&packets) {
         Ok(s) => s as u32,
         // A full socket buffer under flood is the same as loss on the wire: the packet is
         // counted as not sent and the window refills on the next reply or timeout.
@@ -181,8 +166,7 @@ pub fn run(flows: &mut [Flow], plan: &LoadPlan, shared: &Shared) -> io::Result<T
     }
     let mut poll = Poll::new()?;
     for (i, f) in flows.iter_mut().enumerate() {
-        poll.registry()
-            .register(&mut f.socket, Token(i), Interest::READABLE)?;
+        f.transport.register(poll.registry(), Token(i))?;
     }
     let mut budgets: Vec<Option<u64>> = vec![plan.packets_per_flow; flows.len()];
     let mut events = Events::with_capacity(1024);
@@ -278,43 +262,39 @@ pub fn run(flows: &mut [Flow], plan: &LoadPlan, shared: &Shared) -> io::Result<T
         for ev in events.iter() {
             let i = ev.token().0;
             let Some(f) = flows.get_mut(i) else { continue };
-            // Edge-triggered: read until a short batch says the queue is empty.
-            loop {
-                let n = match rb.recv(&f.socket) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                    Err(e) => return Err(e),
-                };
-                let now_ns = shared.now_ns();
-                let since = start.elapsed();
-                let mut replies = 0_u32;
-                for k in 0..n {
-                    if let Some(stamp) = f.framing.decode(rb.packet(k)) {
-                        if f.received < f.sent {
-                            f.received += 1;
-                            replies += 1;
-                            stats.record_received(since, now_ns.saturating_sub(stamp.sent_ns));
-                        }
+            if ev.is_writable() {
+                f.transport.flush()?;
+            }
+            if !ev.is_readable() {
+                continue;
+            }
+            // Edge-triggered: drain everything waiting.
+            let since = start.elapsed();
+            let mut replies = 0_u32;
+            let (framing, sent, received) = (&f.framing, f.sent, &mut f.received);
+            f.transport.drain(&mut rb, |p| {
+                if let Some(stamp) = framing.decode(p) {
+                    if *received < sent {
+                        *received += 1;
+                        replies += 1;
+                        let now_ns = shared.now_ns();
+                        stats.record_received(since, now_ns.saturating_sub(stamp.sent_ns));
                     }
                 }
-                if replies > 0 {
-                    f.in_flight = f.in_flight.saturating_sub(replies);
-                    f.last_progress = Instant::now();
-                    let still_sending = Instant::now() < send_end
-                        && !shared.stop.load(Ordering::Relaxed)
-                        && budgets[i] != Some(0);
-                    if let (Pace::Flood { window }, true) = (plan.pace, still_sending) {
-                        let want = window.saturating_sub(f.in_flight);
-                        let before = f.sent;
-                        if send_on(f, want, plan, shared, &mut scratch, &mut budgets[i]).is_err() {
-                            stats.send_errors += 1;
-                        }
-                        stats.record_sent(since, f.sent - before);
+            })?;
+            if replies > 0 {
+                f.in_flight = f.in_flight.saturating_sub(replies);
+                f.last_progress = Instant::now();
+                let still_sending = Instant::now() < send_end
+                    && !shared.stop.load(Ordering::Relaxed)
+                    && budgets[i] != Some(0);
+                if let (Pace::Flood { window }, true) = (plan.pace, still_sending) {
+                    let want = window.saturating_sub(f.in_flight);
+                    let before = f.sent;
+                    if send_on(f, want, plan, shared, &mut scratch, &mut budgets[i]).is_err() {
+                        stats.send_errors += 1;
                     }
-                }
-                if n < BATCH {
-                    break;
+                    stats.record_sent(since, f.sent - before);
                 }
             }
         }
@@ -328,7 +308,7 @@ pub fn run(flows: &mut [Flow], plan: &LoadPlan, shared: &Shared) -> io::Result<T
         reported_received = stats.received;
     }
     for f in flows.iter_mut() {
-        let _ = poll.registry().deregister(&mut f.socket);
+        f.transport.deregister(poll.registry());
     }
     Ok(stats)
 }

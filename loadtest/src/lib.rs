@@ -14,3 +14,4 @@ pub mod render;
 pub mod signal;
 pub mod stats;
 pub mod sysstat;
+pub mod transport;

@@ -15,6 +15,7 @@ use iceway_loadtest::engine::{LoadPlan, Pace};
 use iceway_loadtest::render;
 use iceway_loadtest::signal::{SignalOptions, SignalProtocol, run_signal};
 use iceway_loadtest::stats::Report;
+use iceway_loadtest::transport::TransportKind;
 
 #[derive(Parser)]
 #[command(
@@ -143,6 +144,21 @@ enum ProtocolArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Udp,
+    Tcp,
+}
+
+impl From<TransportArg> for TransportKind {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Udp => TransportKind::Udp,
+            TransportArg::Tcp => TransportKind::Tcp,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum CredentialFormatArg {
     Rest,
     Jwt,
@@ -157,6 +173,9 @@ struct TurnArgs {
     allocations: usize,
     #[arg(long, value_enum, default_value = "channel")]
     protocol: ProtocolArg,
+    /// Client ↔ server transport (the relay towards the peer is UDP either way).
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: TransportArg,
     /// Payload bytes per packet (at least 12: sequence number and send time).
     #[arg(long, default_value_t = 120)]
     size: usize,
@@ -196,6 +215,8 @@ struct StunArgs {
     /// Client sockets.
     #[arg(long, default_value_t = 16)]
     sockets: usize,
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: TransportArg,
     #[command(flatten)]
     common: Common,
 }
@@ -302,6 +323,7 @@ fn run() -> anyhow::Result<()> {
                     ProtocolArg::Ceiling => TurnProtocol::Ceiling,
                 },
                 allocations: args.allocations,
+                transport: args.transport.into(),
                 credentials: credentials(&args)?,
                 peer: args.peer,
                 echo_bind: args.echo_bind,
@@ -319,6 +341,7 @@ fn run() -> anyhow::Result<()> {
             let opts = StunOptions {
                 server: args.server,
                 sockets: args.sockets,
+                transport: args.transport.into(),
                 bind: args.common.bind.clone(),
                 driver: driver_config(&args.common, 0, (1, Duration::from_secs(1))),
             };

@@ -14,6 +14,7 @@ use iceway_loadtest::datagram::{StunOptions, TurnOptions, TurnProtocol, run_stun
 use iceway_loadtest::driver::DriverConfig;
 use iceway_loadtest::engine::{LoadPlan, Pace};
 use iceway_loadtest::stats::Report;
+use iceway_loadtest::transport::TransportKind;
 
 fn config(pace: Pace, payload: usize, server_pid: u32) -> DriverConfig {
     DriverConfig {
@@ -45,6 +46,7 @@ fn turn_options(
         server,
         protocol,
         allocations: n,
+        transport: TransportKind::Udp,
         credentials: creds,
         peer: None,
         echo_bind: "127.0.0.1:0".parse().expect("literal"),
@@ -140,6 +142,7 @@ fn stun_binding_flood_against_coturn_adds_up() {
     let opts = StunOptions {
         server: server.addr,
         sockets: 8,
+        transport: TransportKind::Udp,
         bind: vec![],
         driver: config(Pace::Flood { window: 8 }, 0, server.pid()),
     };
@@ -264,9 +267,55 @@ fn stun_binding_flood_against_iceway_turn_adds_up() {
     let opts = StunOptions {
         server: server.addr,
         sockets: 8,
+        transport: TransportKind::Udp,
         bind: vec![],
         driver: config(Pace::Flood { window: 8 }, 0, server.pid()),
     };
     let r = run_stun(&opts).expect("stun load runs");
+    assert_adds_up(&r);
+}
+
+#[test]
+fn turn_over_tcp_against_coturn_adds_up() {
+    let server = common::coturn(common::Auth::Secret("tcpsecret"));
+    let mut opts = turn_options(
+        server.addr,
+        TurnProtocol::Channel,
+        5,
+        rest("tcpsecret"),
+        config(Pace::Flood { window: 4 }, 120, server.pid()),
+    );
+    opts.transport = TransportKind::Tcp;
+    let r = run_turn(&opts).expect("turn load over TCP runs");
+    assert_eq!(r.protocol, "turn-channel/tcp");
+    assert_relay_adds_up(&r, 5);
+}
+
+#[test]
+fn turn_indications_over_tcp_against_iceway_turn_add_up() {
+    let server = common::iceway_turn("tcpsecret\n", &[]);
+    let mut opts = turn_options(
+        server.addr,
+        TurnProtocol::Indication,
+        5,
+        rest("tcpsecret"),
+        config(Pace::Paced { pps: 50.0 }, 1000, server.pid()),
+    );
+    opts.transport = TransportKind::Tcp;
+    let r = run_turn(&opts).expect("turn load over TCP runs");
+    assert_relay_adds_up(&r, 5);
+}
+
+#[test]
+fn stun_over_tcp_against_iceway_turn_adds_up() {
+    let server = common::iceway_turn("s\n", &[]);
+    let opts = StunOptions {
+        server: server.addr,
+        sockets: 4,
+        transport: TransportKind::Tcp,
+        bind: vec![],
+        driver: config(Pace::Flood { window: 8 }, 0, server.pid()),
+    };
+    let r = run_stun(&opts).expect("stun load over TCP runs");
     assert_adds_up(&r);
 }

@@ -168,7 +168,16 @@ async function onOffer(f) {
     cameraSession = f.from;
     pc = newPeer(await currentIceServers());
   }
-  await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
+  try {
+    await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
+  } catch (e) {
+    if (!renegotiate) throw e;
+    // The camera replaced its connection (new certificate): start over with a fresh one.
+    closePeer();
+    cameraSession = f.from;
+    pc = newPeer(await currentIceServers());
+    await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
+  }
   const audio = audioTransceiver();
   if (audio && (audio.direction === 'recvonly' || audio.direction === 'inactive')) {
     // Ready to talk back without renegotiating: the mic track is attached while the button is held.

@@ -202,7 +202,7 @@ impl Outbox {
                     src_ip: t.src_ip,
                 };
                 // A full socket buffer drops the datagrams, as the network would.
-                if let Err(e) = state.send(socket.into(), &transmit) {
+                if let Err(e) = state.try_send(socket.into(), &transmit) {
                     tracing::trace!(error = %e, "send dropped");
                 }
                 i += 1;

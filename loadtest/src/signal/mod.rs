@@ -1,0 +1,630 @@
+//! signal mode: N camera/viewer pairs over WebSocket against a signaling server. Each pair
+//! negotiates (see [`frames`]), then cameras send stamped `candidate` frames of about
+//! `message_size` bytes to their viewer at a fixed total rate, and viewers record the relay
+//! latency (send → relayed receipt, one clock: both ends live in this process). With `rate` 0
+//! the pairs only hold their connections for `duration` (the idle shape: RSS per connection).
+//!
+//! Two protocols: Iceway's (DESIGN §3, a distinct-`sub` HS256 app token on the upgrade) and
+//! peerjs-server's (`--protocol peerjs`), for side-by-side numbers with the same load.
+
+pub mod fd_limit;
+pub mod frames;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use iceway_auth::app_token::{AppClaims, Role, mint_hs256};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+pub use fd_limit::FdLimitError;
+pub use frames::SignalProtocol;
+
+use crate::progress::Progress;
+use crate::stats::{
+    LoadShape, Percentiles, Report, ServerReport, SetupReport, SignalReport, TrafficReport,
+    TrafficStats, latency_curve, new_histogram,
+};
+use crate::sysstat::{ProcessSample, rss_kb};
+
+#[derive(Debug, Clone)]
+pub struct SignalOptions {
+    /// Iceway: ws://IP:PORT/v1/ws. PeerJS: ws://IP:PORT/peerjs (key, id and token are added).
+    pub url: String,
+    pub protocol: SignalProtocol,
+    pub pairs: usize,
+    /// HS256 app-token key, for the Iceway protocol.
+    pub jwt_secret: Vec<u8>,
+    pub jwt_kid: String,
+    /// Relayed messages per second over all pairs (camera → viewer); 0 holds the connections
+    /// idle for `duration`.
+    pub rate: f64,
+    /// Approximate bytes of each relayed frame's candidate string.
+    pub message_size: usize,
+    pub duration: Duration,
+    /// After sending stops, how long to wait for messages still in flight.
+    pub drain: Duration,
+    /// Client source addresses (round-robin). Empty: 127.0.0.1–127.0.0.8 for a loopback
+    /// server, so the kernel's search for a free local port is not the bottleneck.
+    pub bind: Vec<IpAddr>,
+    pub connect_concurrency: usize,
+    /// Bound on the connect phase and, separately, on the negotiation phase.
+    pub setup_timeout: Duration,
+    pub server_pid: Option<u32>,
+    pub threads: usize,
+    pub progress: bool,
+    pub interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("bad URL {0}")]
+    Url(String),
+    #[error(transparent)]
+    FdLimit(#[from] FdLimitError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("no connection succeeded; errors: {0}")]
+    NothingConnected(String),
+}
+
+/// 127.0.0.1 to 127.0.0.8.
+pub fn loopback_spread() -> Vec<IpAddr> {
+    (1..=8)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect()
+}
+
+/// Runs the load on its own runtime and returns the report.
+pub fn run_signal(opts: &SignalOptions) -> Result<Report, SignalError> {
+    let server = target_addr(&opts.url)?;
+    fd_limit::ensure(2 * opts.pairs as u64)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(SignalError::Runtime)?;
+    rt.block_on(run_async(opts, server))
+}
+
+fn target_addr(url: &str) -> Result<SocketAddr, SignalError> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| SignalError::Url(format!("{url}: only ws:// is supported")))?;
+    let hostport = rest.split(['/', '?']).next().unwrap_or(rest);
+    hostport
+        .parse()
+        .map_err(|_| SignalError::Url(format!("{url}: the host must be IP:PORT")))
+}
+
+/// Counters the connection tasks share with the driver.
+struct Shared {
+    epoch: Instant,
+    protocol: SignalProtocol,
+    errors: Mutex<BTreeMap<String, u64>>,
+    negotiated: AtomicU64,
+    negotiated_now: tokio::sync::Notify,
+    received: AtomicU64,
+    traffic: Mutex<TrafficStats>,
+    traffic_start: Mutex<Option<Instant>>,
+    /// Set when the load closes its connections: how a server ends them after that is not an
+    /// error of the run.
+    closing: AtomicBool,
+}
+
+impl Shared {
+    fn error(&self, code: impl Into<String>) {
+        if self.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(mut e) = self.errors.lock() {
+            *e.entry(code.into()).or_insert(0) += 1;
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// One pair's negotiation, written by its two connection tasks.
+#[derive(Default)]
+struct PairState {
+    watch_sent: Mutex<Option<Instant>>,
+    watch_to_answer: Mutex<Option<Duration>>,
+    viewer_id: Mutex<Option<String>>,
+}
+
+impl PairState {
+    fn negotiated(&self, shared: &Shared) {
+        let started = self.watch_sent.lock().ok().and_then(|g| *g);
+        if let (Some(t), Ok(mut n)) = (started, self.watch_to_answer.lock()) {
+            if n.is_none() {
+                *n = Some(t.elapsed());
+                shared.negotiated.fetch_add(1, Ordering::Relaxed);
+                shared.negotiated_now.notify_one();
+            }
+        }
+    }
+}
+
+struct Conn {
+    tx: mpsc::UnboundedSender<Message>,
+    /// Iceway: the session id from `welcome`; PeerJS: the peer id we chose.
+    id: String,
+    reader: tokio::task::JoinHandle<Option<Histogram<u64>>>,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Opens one WebSocket from `bind` and waits for the greeting; returns it with the id the peer
+/// is known by, or an error code for the report.
+async fn connect(
+    opts: &SignalOptions,
+    bind: IpAddr,
+    server: SocketAddr,
+    name: &str,
+    role: Role,
+    cams: Vec<String>,
+) -> Result<(Ws, String), String> {
+    let url = match opts.protocol {
+        SignalProtocol::Iceway => opts.url.clone(),
+        SignalProtocol::PeerJs => format!("{}?key=peerjs&id={name}&token=t{name}", opts.url),
+    };
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("request: {e}"))?;
+    if opts.protocol == SignalProtocol::Iceway {
+        let claims = AppClaims::new(
+            name,
+            role,
+            cams,
+            SystemTime::now(),
+            Duration::from_secs(3600),
+        );
+        let bearer = format!(
+            "Bearer {}",
+            mint_hs256(&opts.jwt_kid, &opts.jwt_secret, &claims)
+        );
+        let value = HeaderValue::from_str(&bearer).map_err(|_| "token header".to_string())?;
+        req.headers_mut().insert("authorization", value);
+    }
+    let socket = match bind {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| format!("socket: {}", e.kind()))?;
+    socket
+        .bind(SocketAddr::new(bind, 0))
+        .map_err(|e| format!("bind: {}", e.kind()))?;
+    let stream = socket
+        .connect(server)
+        .await
+        .map_err(|e| format!("connect: {}", e.kind()))?;
+    // Small frames must not wait for delayed ACKs: that would measure Nagle, not the server.
+    let _ = stream.set_nodelay(true);
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(r) => format!("http {}", r.status()),
+            other => format!("handshake: {other}"),
+        })?;
+    let greeting = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .map_err(|_| "no greeting within 10 s".to_string())?;
+    match greeting {
+        Some(Ok(Message::Text(t))) => {
+            frames::on_greeting(opts.protocol, name, t.as_str()).map(|id| (ws, id))
+        }
+        Some(Ok(Message::Close(f))) => Err(format!(
+            "closed {}",
+            f.map(|f| u16::from(f.code)).unwrap_or(0)
+        )),
+        other => Err(format!("unexpected greeting {other:?}")),
+    }
+}
+
+/// A writer task (frames from the channel) and a reader task (frames through
+/// [`frames::on_frame`]) for one connection.
+fn spawn_conn(
+    ws: Ws,
+    id: String,
+    is_camera: bool,
+    pair: Arc<PairState>,
+    shared: Arc<Shared>,
+) -> Conn {
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let reply = tx.clone();
+    let reader = tokio::spawn(async move {
+        let mut latency = (!is_camera).then(new_histogram);
+        while let Some(msg) = stream.next().await {
+            let text = match msg {
+                Ok(Message::Text(t)) => t,
+                Ok(Message::Close(Some(f))) => {
+                    let code = u16::from(f.code);
+                    if code != 1000 && code != 1001 {
+                        shared.error(format!("close {code}"));
+                    }
+                    break;
+                }
+                Ok(Message::Close(None)) => break,
+                Ok(_) => continue,
+                Err(_) => {
+                    shared.error("connection reset");
+                    break;
+                }
+            };
+            let step = frames::on_frame(shared.protocol, is_camera, text.as_str());
+            if let Some(viewer) = step.viewer {
+                if let Ok(mut g) = pair.viewer_id.lock() {
+                    *g = Some(viewer);
+                }
+            }
+            if let Some(r) = step.reply {
+                let _ = reply.send(Message::text(r));
+            }
+            if step.negotiated {
+                pair.negotiated(&shared);
+            }
+            if let Some(code) = step.error {
+                shared.error(code);
+            }
+            if let (Some(sent_ns), Some(h)) = (step.stamp_ns, latency.as_mut()) {
+                let one_way = shared.now_ns().saturating_sub(sent_ns).max(1);
+                let _ = h.record(one_way.min(h.high()));
+                shared.received.fetch_add(1, Ordering::Relaxed);
+                let since = shared
+                    .traffic_start
+                    .lock()
+                    .ok()
+                    .and_then(|s| *s)
+                    .map(|s| s.elapsed())
+                    .unwrap_or_default();
+                if let Ok(mut t) = shared.traffic.lock() {
+                    t.record_received(since, one_way);
+                }
+            }
+        }
+        latency
+    });
+    Conn { tx, id, reader }
+}
+
+async fn run_async(opts: &SignalOptions, server: SocketAddr) -> Result<Report, SignalError> {
+    let bind = match (opts.bind.is_empty(), server) {
+        (false, _) => opts.bind.clone(),
+        (true, SocketAddr::V4(a)) if a.ip().is_loopback() => loopback_spread(),
+        (true, SocketAddr::V4(_)) => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+        (true, SocketAddr::V6(_)) => vec![IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)],
+    };
+    let shared = Arc::new(Shared {
+        epoch: Instant::now(),
+        protocol: opts.protocol,
+        errors: Mutex::new(BTreeMap::new()),
+        negotiated: AtomicU64::new(0),
+        negotiated_now: tokio::sync::Notify::new(),
+        received: AtomicU64::new(0),
+        traffic: Mutex::new(TrafficStats::new(opts.interval)),
+        traffic_start: Mutex::new(None),
+        closing: AtomicBool::new(false),
+    });
+    let n = opts.pairs;
+    let progress = Progress::new(opts.progress, (n * 2) as u64, opts.duration);
+    let rss_before = opts.server_pid.and_then(rss_kb);
+    let pairs: Vec<Arc<PairState>> = (0..n).map(|_| Arc::default()).collect();
+    // Distinct names (and so token subs) per run, so reruns against one server never collide.
+    let tag = format!(
+        "{:x}",
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() % 0xffff_ffff)
+            .unwrap_or(0)
+    );
+    let camera_name = |i: usize| format!("cam-{tag}-{i}");
+
+    // Connect: cameras first (they publish), then viewers, a bounded number at a time.
+    let connect_started = Instant::now();
+    let connect_deadline = tokio::time::Instant::now() + opts.setup_timeout;
+    let attempted = Arc::new(AtomicU64::new(0));
+    let mut setup_latency = new_histogram();
+    let mut cameras: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
+    let mut viewers: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
+    for is_camera in [true, false] {
+        let mut results = futures_util::stream::iter(0..n)
+            .map(|i| {
+                let (bind, attempted, progress) = (&bind, attempted.clone(), &progress);
+                let (name, role, cams) = if is_camera {
+                    (camera_name(i), Role::Camera, vec![])
+                } else {
+                    (
+                        format!("view-{tag}-{i}"),
+                        Role::Viewer,
+                        vec![camera_name(i)],
+                    )
+                };
+                let src = bind[(2 * i + usize::from(!is_camera)) % bind.len()];
+                async move {
+                    let t = Instant::now();
+                    let r = tokio::time::timeout_at(
+                        connect_deadline,
+                        connect(opts, src, server, &name, role, cams),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err("connect timeout".into()));
+                    progress.setup(attempted.fetch_add(1, Ordering::Relaxed) + 1);
+                    (i, t.elapsed(), r)
+                }
+            })
+            .buffer_unordered(opts.connect_concurrency.max(1));
+        while let Some((i, took, r)) = results.next().await {
+            match r {
+                Ok((ws, id)) => {
+                    let _ = setup_latency.record((took.as_nanos() as u64).max(1));
+                    let conn = spawn_conn(ws, id, is_camera, pairs[i].clone(), shared.clone());
+                    if is_camera {
+                        if let Some(p) = frames::publish(opts.protocol) {
+                            let _ = conn.tx.send(Message::text(p));
+                        }
+                        cameras[i] = Some(conn);
+                    } else {
+                        viewers[i] = Some(conn);
+                    }
+                }
+                Err(e) => shared.error(format!("connect: {e}")),
+            }
+        }
+    }
+    let setup_seconds = connect_started.elapsed().as_secs_f64();
+    let connected = cameras.iter().chain(viewers.iter()).flatten().count() as u64;
+    if connected == 0 {
+        let errors = shared
+            .errors
+            .lock()
+            .map(|e| format!("{e:?}"))
+            .unwrap_or_default();
+        return Err(SignalError::NothingConnected(errors));
+    }
+
+    // Negotiate: every viewer whose camera is connected starts at once.
+    let mut expected = 0_u64;
+    for i in 0..n {
+        let (Some(cam), Some(viewer)) = (&cameras[i], &viewers[i]) else {
+            continue;
+        };
+        expected += 1;
+        if let Ok(mut g) = pairs[i].watch_sent.lock() {
+            *g = Some(Instant::now());
+        }
+        let first = frames::start(opts.protocol, &camera_name(i), &cam.id);
+        let _ = viewer.tx.send(Message::text(first));
+    }
+    let negotiate_deadline = tokio::time::Instant::now() + opts.setup_timeout;
+    while shared.negotiated.load(Ordering::Relaxed) < expected {
+        let wake = shared.negotiated_now.notified();
+        if tokio::time::timeout_at(negotiate_deadline, wake)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut watch_to_answer = new_histogram();
+    let mut ready: Vec<(mpsc::UnboundedSender<Message>, String)> = Vec::new();
+    for (i, p) in pairs.iter().enumerate() {
+        let took = p.watch_to_answer.lock().ok().and_then(|g| *g);
+        let viewer = p.viewer_id.lock().ok().and_then(|g| g.clone());
+        if let (Some(d), Some(viewer), Some(cam)) = (took, viewer, &cameras[i]) {
+            let _ = watch_to_answer.record((d.as_nanos() as u64).max(1));
+            ready.push((cam.tx.clone(), viewer));
+        }
+    }
+
+    // Traffic (or an idle hold): stamped candidates at a fixed total rate, round-robin over
+    // the negotiated pairs.
+    let server_before = opts.server_pid.map(ProcessSample::take);
+    let load_before = crate::sysstat::cpu_seconds(std::process::id());
+    let start = Instant::now();
+    if let Ok(mut t) = shared.traffic_start.lock() {
+        *t = Some(start);
+    }
+    progress.start_traffic();
+    let sending = !ready.is_empty() && opts.rate > 0.0;
+    let mut sent: u64 = 0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(if sending { 1 } else { 50 }));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_progress = Instant::now();
+    while start.elapsed() < opts.duration {
+        ticker.tick().await;
+        if sending {
+            let due = (start.elapsed().min(opts.duration).as_secs_f64() * opts.rate) as u64;
+            while sent < due {
+                let (tx, viewer) = &ready[(sent % ready.len() as u64) as usize];
+                let frame = frames::candidate(
+                    opts.protocol,
+                    viewer,
+                    sent,
+                    shared.now_ns(),
+                    opts.message_size,
+                );
+                let _ = tx.send(Message::text(frame));
+                if let Ok(mut t) = shared.traffic.lock() {
+                    t.record_sent(start.elapsed(), 1);
+                }
+                sent += 1;
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_millis(100) {
+            progress.traffic(sent, shared.received.load(Ordering::Relaxed));
+            last_progress = Instant::now();
+        }
+    }
+    let drain_deadline = Instant::now() + opts.drain;
+    while shared.received.load(Ordering::Relaxed) < sent && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let window = start.elapsed().as_secs_f64().max(1e-9);
+    let server_after = opts.server_pid.map(ProcessSample::take);
+    let load_after = crate::sysstat::cpu_seconds(std::process::id());
+    progress.finish();
+
+    // Connections whose reader still runs are the ones the server held to the end.
+    let conns: Vec<Conn> = cameras.into_iter().chain(viewers).flatten().collect();
+    let held = conns.iter().filter(|c| !c.reader.is_finished()).count() as u64;
+    let errors = shared.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    shared.closing.store(true, Ordering::Relaxed);
+    for c in &conns {
+        let _ = c.tx.send(Message::Close(None));
+    }
+    let mut latency = new_histogram();
+    for c in conns {
+        if let Ok(Ok(Some(h))) = tokio::time::timeout(Duration::from_secs(5), c.reader).await {
+            let _ = latency.add(&h);
+        }
+    }
+    let traffic = shared
+        .traffic
+        .lock()
+        .map(|mut t| std::mem::replace(&mut *t, TrafficStats::new(opts.interval)))
+        .unwrap_or_else(|_| TrafficStats::new(opts.interval));
+    // A duplicate delivery would count twice; never report more received than sent.
+    let received = traffic.received.min(sent);
+    let lost = sent - received;
+    let cpu = server_before
+        .zip(server_after)
+        .and_then(|(b, a)| a.cpu_seconds.zip(b.cpu_seconds))
+        .map(|(a, b)| a - b);
+    let rss_after = server_after.and_then(|s| s.rss_kb);
+    let server = opts.server_pid.map(|pid| ServerReport {
+        pid,
+        cpu_seconds: cpu.unwrap_or(0.0),
+        cores_busy: cpu.unwrap_or(0.0) / window,
+        relayed_per_cpu_second: cpu
+            .filter(|c| *c > 0.0 && received > 0)
+            .map(|c| received as f64 / c),
+        responses_per_cpu_second: None,
+        rss_kb_before: rss_before,
+        rss_kb_after: rss_after,
+        // Growth from before the first connect to the end of the window, over the connections
+        // still held then (idle: the cost of an open, negotiated session).
+        rss_bytes_per_flow: rss_before
+            .zip(rss_after)
+            .filter(|_| held > 0)
+            .map(|(b, a)| (a as f64 - b as f64) * 1024.0 / held as f64),
+    });
+    Ok(Report {
+        mode: "signal".into(),
+        protocol: match opts.protocol {
+            SignalProtocol::Iceway => "iceway-ws".into(),
+            SignalProtocol::PeerJs => "peerjs".into(),
+        },
+        target: opts.url.clone(),
+        load: LoadShape {
+            flows: n as u64,
+            pps_per_flow: Some(opts.rate / n.max(1) as f64),
+            window: None,
+            payload_bytes: opts.message_size,
+            planned_seconds: opts.duration.as_secs_f64(),
+            packets_per_flow: None,
+            threads: opts.threads,
+        },
+        setup: Some(SetupReport {
+            requested: 2 * n as u64,
+            succeeded: connected,
+            failed: 2 * n as u64 - connected,
+            seconds: setup_seconds,
+            per_second: connected as f64 / setup_seconds.max(1e-9),
+            latency_us: Percentiles::from_ns(&setup_latency),
+            errors: errors
+                .iter()
+                .filter(|(k, _)| k.starts_with("connect: "))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        }),
+        traffic: TrafficReport {
+            sent,
+            received,
+            lost,
+            loss_ratio: if sent > 0 {
+                lost as f64 / sent as f64
+            } else {
+                0.0
+            },
+            send_errors: 0,
+            seconds: window,
+            sent_per_second: sent as f64 / window,
+            received_per_second: received as f64 / window,
+            relayed_to_peer: None,
+            relayed_to_client: None,
+            relayed_total: None,
+            relayed_per_second: None,
+            latency_us: Percentiles::from_ns(&latency),
+        },
+        server,
+        kernel_udp: None,
+        load_cpu_seconds: load_before.zip(load_after).map(|(b, a)| a - b),
+        series: traffic.series(),
+        latency_curve: latency_curve(&latency),
+        signal: Some(SignalReport {
+            pairs: n as u64,
+            negotiated: shared.negotiated.load(Ordering::Relaxed),
+            watch_to_answer_us: Percentiles::from_ns(&watch_to_answer),
+            connections_held: held,
+            errors,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_must_name_an_ip() {
+        assert!(target_addr("ws://127.0.0.1:8080/v1/ws").is_ok());
+        assert!(target_addr("ws://127.0.0.1:9000/peerjs").is_ok());
+        assert!(target_addr("wss://h/v1/ws").is_err());
+        assert!(target_addr("ws://localhost:1/v1/ws").is_err());
+    }
+
+    #[test]
+    fn an_oversized_plan_is_refused_before_connecting() {
+        let opts = SignalOptions {
+            url: "ws://127.0.0.1:9/v1/ws".into(),
+            protocol: SignalProtocol::Iceway,
+            pairs: 1_000_000,
+            jwt_secret: vec![0; 32],
+            jwt_kid: "default".into(),
+            rate: 0.0,
+            message_size: 100,
+            duration: Duration::from_secs(1),
+            drain: Duration::from_secs(1),
+            bind: vec![],
+            connect_concurrency: 1,
+            setup_timeout: Duration::from_secs(1),
+            server_pid: None,
+            threads: 1,
+            progress: false,
+            interval: Duration::from_millis(100),
+        };
+        assert!(matches!(run_signal(&opts), Err(SignalError::FdLimit(_))));
+    }
+}
