@@ -29,6 +29,9 @@ fi
 python3 -m openapi_spec_validator --help >/dev/null 2>&1 || \
   pip install --quiet openapi-spec-validator
 
+# peerjs-server, the signaling baseline the loadtest compares against.
+command -v peerjs >/dev/null 2>&1 || npm install -g --no-audit --no-fund peer@1.0.2
+
 # Helm, kubernetes-validate, yamllint (chart checks) and node modules (browser e2e tests).
 scripts/install-helm-tools.sh --live
 if [ -f e2e/package.json ] && [ ! -d e2e/node_modules ]; then

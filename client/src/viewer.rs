@@ -28,7 +28,7 @@ pub struct ViewerOptions {
     pub relay_only: bool,
     pub bind: Option<std::net::IpAddr>,
     /// ICE servers to use instead of the welcome frame's (your own TURN, or tests).
-    pub ice_servers: Option<Vec<crate::protocol::IceServer>>,
+    pub ice_servers: Option<Vec<IceServer>>,
     /// Success once this many video frames were reassembled.
     pub frames: u64,
     pub timeout: Duration,
@@ -107,7 +107,6 @@ pub async fn run(
         if let Some(servers) = &opts.ice_servers {
             welcome.ice_servers = servers.clone();
         }
-        state.ice_servers = welcome.ice_servers.clone();
         let expired = ice::expired_turn_credentials(&welcome.ice_servers, SystemTime::now());
         for why in &expired {
             tracing::error!("{why}");
@@ -304,7 +303,6 @@ pub async fn run(
 
 #[derive(Default)]
 struct RunState {
-    ice_servers: Vec<IceServer>,
     turn_problem: Option<String>,
     reason: Option<String>,
     connected_at: Option<Duration>,
@@ -432,7 +430,6 @@ fn report(
     } else {
         Some("connected, but no video frame arrived".to_owned())
     };
-    let _ = &state.ice_servers;
     ViewerReport {
         camera: opts.camera.clone(),
         ok,
