@@ -63,6 +63,11 @@ sys.exit("nothing listening on " + sys.argv[1])
 EOF
 }
 
+# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+cpu_ticks() {
+  sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+
 head -c 48 /dev/urandom | base64 >"$WORK/jwt"
 # Benchmark-only limits: each camera sends RATE/PAIRS frames/s (the default per-connection
 # limit, 20/s burst 60, is for real clients), and the idle phase holds 19,000 sessions (default
@@ -94,11 +99,15 @@ run_one() {
     perf record -g -F 999 -p "$SERVER_PID" -o "$OUT/perf-$server.data" >/dev/null 2>&1 &
     PERF_PID=$!
   fi
+  local cpu0; cpu0=$(cpu_ticks "$SERVER_PID")
   timeout 60 "$LT" signal --url "$url" --protocol "$proto" --jwt-secret-file "$WORK/jwt" \
     --pairs "$pairs" --rate "$rate" --message-size "$SIZE" --duration "$DURATION" \
     --server-pid "$SERVER_PID" --setup-timeout 20s --drain 2s --json --no-progress \
     >"$OUT/${phase}__${server}.json" 2>"$OUT/${phase}__${server}.err" \
     || echo "   failed: $(tail -1 "$OUT/${phase}__${server}.err")" >&2
+  # Server CPU over the whole run (connects, negotiation, hold, closes), for connects per
+  # server CPU-second: the connect rate alone measures the shared 2-core machine.
+  echo "$(( $(cpu_ticks "$SERVER_PID") - cpu0 )) $(getconf CLK_TCK)" >"$OUT/${phase}__${server}.cpu"
   if [ -n "$PERF_PID" ]; then
     kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true; PERF_PID=""
   fi

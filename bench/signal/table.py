@@ -14,6 +14,16 @@ def load(d, phase, server):
         return None
 
 
+def run_cpu_seconds(d, phase, server):
+    """Server CPU seconds over a whole run, from run.sh's PHASE__SERVER.cpu ("ticks hz")."""
+    try:
+        with open(os.path.join(d, f"{phase}__{server}.cpu")) as f:
+            ticks, hz = f.read().split()
+        return int(ticks) / int(hz)
+    except (OSError, ValueError):
+        return None
+
+
 def g(r, *path):
     for k in path:
         r = (r or {}).get(k)
@@ -37,6 +47,11 @@ def ratio(a, b):
 def main(d):
     t = {s: load(d, "traffic", s) for s in ("iceway", "peerjs")}
     i = {s: load(d, "idle", s) for s in ("iceway", "peerjs")}
+    def per_cpu(s):
+        c = run_cpu_seconds(d, "idle", s)
+        n = g(i[s], "setup", "succeeded")
+        return n / c if c and n else None
+
     kb = lambda r: (g(r, "server", "rss_bytes_per_flow") or 0) / 1024 or None
     rows = [
         # name, getter, better ("higher"/"lower"), target ratio, target absolute check
@@ -48,6 +63,7 @@ def main(d):
         ("watch→answer p50 µs", lambda s: g(t[s], "signal", "watch_to_answer_us", "p50"), "", None),
         ("connects/s (1,000 conns)", lambda s: g(t[s], "setup", "per_second"), "≥ 2× peerjs", lambda a, b, r: r is not None and r >= 2),
         ("connects/s (idle, 19,000 conns)", lambda s: g(i[s], "setup", "per_second"), "≥ 2× peerjs", lambda a, b, r: r is not None and r >= 2),
+        ("connects per server CPU-s (idle run, incl. negotiate + close)", lambda s: per_cpu(s), "", None),
         ("idle connections held", lambda s: g(i[s], "signal", "connections_held"), "", None),
         ("RSS per idle connection kB", lambda s: kb(i[s]) if i[s] else None, "≤ 4 kB", lambda a, b, r: a is not None and a <= 4),
     ]

@@ -3,13 +3,17 @@
 //! handlers and the pure `view_change`; the loop around them only moves frames and keeps time.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
 use iceway_auth::{AppClaims, IceServer, Role};
 
 use crate::limits::{LivenessAction, RateDecision, RateLimiter, UserSlot};
-use crate::protocol::{self, ClientFrame, ErrorCode, Parsed, Ref, RelayBody, ServerFrame, close};
+use crate::protocol::{
+    self, ClientFrame, ErrorCode, Parsed, Ref, RelayBody, RelayFrame, ServerFrame, close,
+};
 use crate::router::{Delivery, Mailbox, SendError, SessionId, new_session_id, now_us};
 use crate::server::Shared;
 
@@ -232,8 +236,50 @@ struct Session {
     last_heard: Instant,
     last_ping: Option<Instant>,
     next_peer_check: Instant,
+    /// Frames fed to the socket but not yet flushed: the loop flushes once per wake-up, not
+    /// once per frame.
+    unflushed: bool,
     _slot: UserSlot,
 }
+
+/// A refused client frame: the `error` to answer with.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+    /// `peer-gone`: the session that is gone.
+    peer: Option<String>,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            peer: None,
+        }
+    }
+
+    fn peer_gone(peer: &str) -> Self {
+        Self {
+            code: ErrorCode::PeerGone,
+            message: format!("{peer} is gone"),
+            peer: Some(peer.to_owned()),
+        }
+    }
+
+    fn into_frame(self, reference: Option<Ref>) -> ServerFrame {
+        ServerFrame::Error {
+            code: self.code,
+            message: self.message,
+            reference,
+            peer: self.peer,
+        }
+    }
+}
+
+/// Deliveries written between two flushes at most, so one busy peer cannot hold back the
+/// reads of this socket for long.
+const MAX_BATCH: usize = 32;
 
 /// Whether the loop goes on after a frame.
 type Step = Result<(), End>;
@@ -268,6 +314,7 @@ impl Session {
             watches: Vec::new(),
             last_heard: now,
             last_ping: None,
+            unflushed: false,
             _slot: slot,
         }
     }
@@ -277,13 +324,25 @@ impl Session {
             return end;
         }
         let drained = self.shared.close_all.clone();
+        let mut batched = 0;
         loop {
             // Deliveries first: they are already queued, and the socket's reads can wait.
-            let step = if let Some(d) = mailbox.pop() {
-                Box::pin(self.on_delivery(socket, &d)).await
+            // Each is only fed to the socket; one flush (one write) follows the batch.
+            let next = if batched < MAX_BATCH {
+                mailbox.pop()
+            } else {
+                None
+            };
+            let step = if let Some(d) = next {
+                batched += 1;
+                Box::pin(self.on_delivery(socket, d)).await
+            } else if self.unflushed {
+                batched = 0;
+                self.flush(socket).await
             } else if mailbox.is_closed() {
                 Err(End::Close(close::POLICY, "not reading frames fast enough"))
             } else {
+                batched = 0;
                 let wake = self.next_wake();
                 let event = tokio::select! {
                     () = drained.cancelled() => Event::Drain,
@@ -306,7 +365,7 @@ impl Session {
         }
     }
 
-    async fn send_welcome(&self, socket: &mut WebSocket) -> Step {
+    async fn send_welcome(&mut self, socket: &mut WebSocket) -> Step {
         let welcome = ServerFrame::Welcome {
             session: self.id.to_string(),
             role: self.role,
@@ -344,18 +403,41 @@ impl Session {
         }
     }
 
-    async fn send(&self, socket: &mut WebSocket, frame: &ServerFrame) -> Step {
-        let text = frame.to_json();
-        match tokio::time::timeout(self.shared.config.write_timeout, socket.send(text.into())).await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(End::Close(close::POLICY, "not reading frames fast enough")),
+    /// Sends a frame of our own at once. These are rare next to relayed frames, and writing
+    /// each alone keeps the socket's write buffer (never shrunk) at one frame's size on the
+    /// idle connections that only ever get them.
+    async fn send(&mut self, socket: &mut WebSocket, frame: &ServerFrame) -> Step {
+        self.feed(socket, frame.to_json()).await?;
+        self.flush(socket).await
+    }
+
+    /// Queues a text frame; the run loop flushes before it waits for the next event.
+    async fn feed(&mut self, socket: &mut WebSocket, text: String) -> Step {
+        self.unflushed = true;
+        write_result(
+            tokio::time::timeout(self.shared.config.write_timeout, socket.feed(text.into())).await,
+        )
+    }
+
+    async fn flush(&mut self, socket: &mut WebSocket) -> Step {
+        self.unflushed = false;
+        let mut flush = socket.flush();
+        // Nearly always done at once (the kernel takes the bytes). Only a client that stops
+        // reading needs the timer, boxed so every idle task does not carry one inline.
+        if let Poll::Ready(r) = futures_util::poll!(&mut flush) {
+            return r.map_err(|_| End::Gone);
         }
+        write_result(
+            Box::pin(tokio::time::timeout(
+                self.shared.config.write_timeout,
+                flush,
+            ))
+            .await,
+        )
     }
 
     async fn send_error(
-        &self,
+        &mut self,
         socket: &mut WebSocket,
         code: ErrorCode,
         message: impl Into<String>,
@@ -448,6 +530,9 @@ impl Session {
                     .await;
             }
         };
+        if let Some(frame) = protocol::parse_relay(&text) {
+            return Box::pin(self.on_relay_frame(socket, frame)).await;
+        }
         let parsed = match protocol::parse(&text) {
             Ok(p) => p,
             Err(rejection) => {
@@ -471,16 +556,44 @@ impl Session {
         let reference = parsed
             .reference
             .or_else(|| Some(Ref::Text(kind.to_owned())));
-        match self.on_frame(socket, parsed.frame).await? {
+        let outcome = self.on_frame(socket, parsed.frame).await?;
+        self.answer(socket, kind, outcome, reference).await
+    }
+
+    /// Counts a handled frame and sends its refusal, if any.
+    async fn answer(
+        &mut self,
+        socket: &mut WebSocket,
+        kind: &'static str,
+        outcome: Option<Refusal>,
+        reference: Option<Ref>,
+    ) -> Step {
+        match outcome {
             None => {
-                metrics.message(kind, "ok");
+                self.shared.metrics.message(kind, "ok");
                 Ok(())
             }
-            Some((code, message)) => {
-                metrics.message(kind, code.as_str());
-                self.send_error(socket, code, message, reference).await
+            Some(refusal) => {
+                self.shared.metrics.message(kind, refusal.code.as_str());
+                self.send(socket, &refusal.into_frame(reference)).await
             }
         }
+    }
+
+    /// An offer, answer or candidate read on the fast path (the same checks as `on_frame`).
+    async fn on_relay_frame(&mut self, socket: &mut WebSocket, frame: RelayFrame<'_>) -> Step {
+        let kind = frame.kind;
+        if !self
+            .rate_check(socket, kind, frame.reference.clone())
+            .await?
+        {
+            return Ok(());
+        }
+        let outcome = self
+            .relay(socket, frame.to, |from| frame.render(from))
+            .await?;
+        let reference = frame.reference.or_else(|| Some(Ref::Text(kind.to_owned())));
+        self.answer(socket, kind, outcome, reference).await
     }
 
     /// Applies the rate limit to one incoming frame. `Ok(false)`: refused and already
@@ -518,8 +631,8 @@ impl Session {
         &mut self,
         socket: &mut WebSocket,
         frame: ClientFrame,
-    ) -> Result<Option<(ErrorCode, String)>, End> {
-        let refused = |code, msg: &str| Ok(Some((code, msg.to_owned())));
+    ) -> Result<Option<Refusal>, End> {
+        let refused = |code, msg: &str| Ok(Some(Refusal::new(code, msg)));
         match frame {
             ClientFrame::Auth { .. } => refused(ErrorCode::BadMessage, "already authenticated"),
             ClientFrame::Ping => {
@@ -559,7 +672,11 @@ impl Session {
                 if !self.cams.contains(&camera) {
                     return refused(ErrorCode::Forbidden, "camera is not in this token's cams");
                 }
-                if self.watches.iter().any(|w| w.camera == camera) {
+                if let Some(watch) = self.watches.iter().find(|w| w.camera == camera) {
+                    // A repeated watch restarts the call: clients send it after an ICE failure
+                    // to have the camera make a fresh offer.
+                    let view = watch.view.clone();
+                    Box::pin(self.rewatch(socket, camera, view)).await?;
                     return Ok(None);
                 }
                 if self.watches.len() >= self.shared.config.max_watches_per_connection {
@@ -580,14 +697,25 @@ impl Session {
                 Ok(None)
             }
             ClientFrame::Offer { to, sdp } => {
-                self.relay(socket, to, RelayBody::Offer { sdp }).await
+                let body = RelayBody::Offer { sdp };
+                self.relay(socket, &to, |from| {
+                    ServerFrame::relayed(from, body).to_json()
+                })
+                .await
             }
             ClientFrame::Answer { to, sdp } => {
-                self.relay(socket, to, RelayBody::Answer { sdp }).await
+                let body = RelayBody::Answer { sdp };
+                self.relay(socket, &to, |from| {
+                    ServerFrame::relayed(from, body).to_json()
+                })
+                .await
             }
             ClientFrame::Candidate { to, candidate } => {
-                self.relay(socket, to, RelayBody::Candidate { candidate })
-                    .await
+                let body = RelayBody::Candidate { candidate };
+                self.relay(socket, &to, |from| {
+                    ServerFrame::relayed(from, body).to_json()
+                })
+                .await
             }
             ClientFrame::Leave { camera } => match self.role {
                 Role::Camera => {
@@ -612,12 +740,13 @@ impl Session {
     /// Relays an offer, answer or candidate to a peer of this session: a camera to the viewers
     /// that joined it, a viewer to the cameras it watches. Anything else is `peer-gone`, so a
     /// session id is no use to anyone it was not given to.
+    /// `render` makes the peer's frame from this session's id; it runs only for a peer.
     async fn relay(
         &mut self,
         socket: &mut WebSocket,
-        to: String,
-        body: RelayBody,
-    ) -> Result<Option<(ErrorCode, String)>, End> {
+        to: &str,
+        render: impl FnOnce(&str) -> String,
+    ) -> Result<Option<Refusal>, End> {
         let camera_of_peer = self.watches.iter().find_map(|w| match &w.view {
             View::Online(s) if **s == *to => Some((w.camera.clone(), s.clone())),
             _ => None,
@@ -625,11 +754,10 @@ impl Session {
         let peer = match (&camera_of_peer, self.viewers.iter().find(|v| ***v == *to)) {
             (Some((_, s)), _) => s.clone(),
             (None, Some(v)) => v.clone(),
-            (None, None) => return Ok(Some((ErrorCode::PeerGone, format!("{to} is gone")))),
+            (None, None) => return Ok(Some(Refusal::peer_gone(to))),
         };
         let delivery = Delivery::Relay {
-            from: self.id.clone(),
-            body,
+            text: render(&self.id),
             sent_at_us: now_us(),
         };
         match self.shared.router.send(&peer, delivery).await {
@@ -639,47 +767,44 @@ impl Session {
                     self.shared.router.camera_gone(&camera, &session).await;
                 } else {
                     self.viewers.retain(|v| *v != peer);
-                    let error =
-                        ServerFrame::error(ErrorCode::PeerGone, format!("{to} is gone"), None);
-                    self.send(socket, &error).await?;
-                    self.send(socket, &ServerFrame::PeerLeft { peer: to })
-                        .await?;
+                    self.send(socket, &ServerFrame::peer_gone(to, None)).await?;
+                    let left = ServerFrame::PeerLeft {
+                        peer: to.to_owned(),
+                    };
+                    self.send(socket, &left).await?;
                     self.shared
                         .metrics
                         .message("relay", ErrorCode::PeerGone.as_str());
                     return Ok(None);
                 }
-                Ok(Some((ErrorCode::PeerGone, format!("{to} is gone"))))
+                Ok(Some(Refusal::peer_gone(to)))
             }
-            Err(SendError::Full) => Ok(Some((
+            Err(SendError::Full) => Ok(Some(Refusal::new(
                 ErrorCode::RateLimited,
-                "the peer is not keeping up".to_owned(),
+                "the peer is not keeping up",
             ))),
             Err(SendError::Backplane(e)) => {
                 tracing::warn!(error = %e, "relay failed");
-                Ok(Some((
+                Ok(Some(Refusal::new(
                     ErrorCode::Internal,
-                    "relay backplane unavailable".to_owned(),
+                    "relay backplane unavailable",
                 )))
             }
         }
     }
 
-    async fn on_delivery(&mut self, socket: &mut WebSocket, delivery: &Delivery) -> Step {
-        match delivery {
-            Delivery::Relay {
-                from,
-                body,
-                sent_at_us,
-            } => {
-                // Observed at hand-off to the socket, before the write can wait on the client.
-                let latency = now_us().saturating_sub(*sent_at_us);
-                self.shared
-                    .metrics
-                    .relay_latency
-                    .observe(Duration::from_micros(latency).as_secs_f64());
-                self.send(socket, &ServerFrame::relayed(from, body.clone()))
-                    .await
+    async fn on_delivery(&mut self, socket: &mut WebSocket, delivery: Arc<Delivery>) -> Step {
+        // A relayed frame has one receiver, so its text moves to the socket without a copy.
+        let delivery = match Arc::try_unwrap(delivery) {
+            Ok(Delivery::Relay { text, sent_at_us }) => {
+                return self.write_relayed(socket, text, sent_at_us).await;
+            }
+            Ok(other) => Arc::new(other),
+            Err(shared) => shared,
+        };
+        match &*delivery {
+            Delivery::Relay { text, sent_at_us } => {
+                self.write_relayed(socket, text.clone(), *sent_at_us).await
             }
             Delivery::ViewerJoined {
                 camera,
@@ -779,6 +904,50 @@ impl Session {
         }
     }
 
+    async fn write_relayed(
+        &mut self,
+        socket: &mut WebSocket,
+        text: String,
+        sent_at_us: u64,
+    ) -> Step {
+        // Observed at hand-off to the socket, before the write can wait on the client.
+        let latency = now_us().saturating_sub(sent_at_us);
+        self.shared
+            .metrics
+            .relay_latency
+            .observe(Duration::from_micros(latency).as_secs_f64());
+        self.feed(socket, text).await
+    }
+
+    /// A `watch` of a camera already watched: answer as for a first watch, and if the camera
+    /// is online tell it again that this viewer joins (a fresh `viewer-joined`).
+    async fn rewatch(&mut self, socket: &mut WebSocket, camera: String, view: View) -> Step {
+        match view {
+            // The first watch's answer is still on its way.
+            View::Pending => Ok(()),
+            View::Offline => {
+                self.send(socket, &ServerFrame::CameraOffline { camera })
+                    .await
+            }
+            View::Online(session) => {
+                let online = ServerFrame::CameraOnline {
+                    camera: camera.clone(),
+                    session: session.to_string(),
+                };
+                self.send(socket, &online).await?;
+                let join = Delivery::ViewerJoined {
+                    camera: camera.clone(),
+                    viewer: self.id.clone(),
+                    user: self.user.to_string(),
+                };
+                if self.shared.router.send(&session, join).await == Err(SendError::Gone) {
+                    self.shared.router.camera_gone(&camera, &session).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
     async fn unpublish(&mut self) {
         if let Some(camera) = self.published.take() {
             self.shared.router.unpublish(&camera, &self.id).await;
@@ -813,6 +982,14 @@ impl Session {
     async fn leave_all(&mut self) {
         self.unpublish().await;
         self.unwatch_all().await;
+    }
+}
+
+fn write_result(r: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>) -> Step {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(End::Close(close::POLICY, "not reading frames fast enough")),
     }
 }
 

@@ -2,6 +2,8 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+const RELAY_KINDS: [&str; 3] = ["offer", "answer", "candidate"];
+
 #[derive(Clone, Debug)]
 pub struct Metrics {
     /// Open, authenticated WebSocket sessions.
@@ -20,11 +22,23 @@ pub struct Metrics {
     pub relay_latency: Histogram,
     pub auth_failures_total: IntCounterVec,
     pub backplane_errors_total: IntCounter,
+    /// `messages_total{type, result="ok"}` of offer, answer and candidate, resolved once: the
+    /// relay path counts every frame, and a label lookup hashes and locks each time.
+    relayed_ok: [IntCounter; 3],
 }
 
 impl Metrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let messages_total = IntCounterVec::new(
+            Opts::new(
+                "iceway_signal_messages_total",
+                "Client frames by type and result.",
+            ),
+            &["type", "result"],
+        )?;
+        let relayed_ok = RELAY_KINDS.map(|k| messages_total.with_label_values(&[k, "ok"]));
         let m = Self {
+            relayed_ok,
             connections: IntGauge::new(
                 "iceway_signal_connections",
                 "Open authenticated WebSocket sessions.",
@@ -41,13 +55,7 @@ impl Metrics {
                 "Cameras published on this process.",
             )?,
             viewers: IntGauge::new("iceway_signal_viewers", "Viewer sessions on this process.")?,
-            messages_total: IntCounterVec::new(
-                Opts::new(
-                    "iceway_signal_messages_total",
-                    "Client frames by type and result.",
-                ),
-                &["type", "result"],
-            )?,
+            messages_total,
             relay_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "iceway_signal_relay_latency_seconds",
@@ -82,6 +90,12 @@ impl Metrics {
     }
 
     pub fn message(&self, kind: &str, result: &str) {
+        if result == "ok"
+            && let Some(i) = RELAY_KINDS.iter().position(|k| *k == kind)
+        {
+            self.relayed_ok[i].inc();
+            return;
+        }
         self.messages_total.with_label_values(&[kind, result]).inc();
     }
 

@@ -3,6 +3,7 @@
 //! and live on.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use iceway_auth::{IceServer, Role};
 
@@ -205,6 +206,10 @@ pub enum ServerFrame {
         message: String,
         #[serde(rename = "ref")]
         reference: Option<Ref>,
+        /// `peer-gone` only: the session that is gone, so a client with several peers knows
+        /// which peer connection to drop.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peer: Option<String>,
     },
 }
 
@@ -223,6 +228,17 @@ impl ServerFrame {
             code,
             message: message.into(),
             reference,
+            peer: None,
+        }
+    }
+
+    /// `peer-gone` for a frame to session `peer`.
+    pub fn peer_gone(peer: &str, reference: Option<Ref>) -> Self {
+        ServerFrame::Error {
+            code: ErrorCode::PeerGone,
+            message: format!("{peer} is gone"),
+            reference,
+            peer: Some(peer.to_owned()),
         }
     }
 
@@ -291,6 +307,137 @@ const KNOWN_TYPES: [&str; 8] = [
     "leave",
     "ping",
 ];
+
+/// An `offer`, `answer` or `candidate` read on the relay fast path: only the envelope is
+/// decoded, and the peer gets the sender's own JSON text of the known fields, so the relay
+/// neither builds owned strings nor re-escapes an SDP of kilobytes.
+#[derive(Debug)]
+pub struct RelayFrame<'a> {
+    pub kind: &'static str,
+    pub to: &'a str,
+    pub reference: Option<Ref>,
+    fields: RelayFields<'a>,
+}
+
+/// The raw fields of a relayed frame, as borrowed from the client's text.
+#[derive(Debug, Default, Deserialize)]
+struct RelayFields<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    to: Option<&'a RawValue>,
+    #[serde(rename = "ref", borrow, default)]
+    reference: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    sdp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    candidate: Option<&'a RawValue>,
+    #[serde(rename = "sdpMid", borrow, default)]
+    sdp_mid: Option<&'a RawValue>,
+    #[serde(rename = "sdpMLineIndex", borrow, default)]
+    sdp_m_line_index: Option<&'a RawValue>,
+    #[serde(rename = "usernameFragment", borrow, default)]
+    username_fragment: Option<&'a RawValue>,
+}
+
+/// The content of a JSON string literal without escapes, borrowed; `None` for anything else
+/// (which then takes the full parse).
+fn plain_str(raw: &RawValue) -> Option<&str> {
+    let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
+fn is_str(raw: &RawValue) -> bool {
+    raw.get().starts_with('"')
+}
+
+/// Reads a relayed frame on the fast path. `None` means "not a well-formed relay frame, or
+/// not one this path is sure of": the caller then uses [`parse`], which accepts everything
+/// this accepts (with the same meaning) and explains every refusal.
+pub fn parse_relay(text: &str) -> Option<RelayFrame<'_>> {
+    let fields: RelayFields<'_> = serde_json::from_str(text).ok()?;
+    let kind = match fields.kind?.get() {
+        r#""offer""# => "offer",
+        r#""answer""# => "answer",
+        r#""candidate""# => "candidate",
+        _ => return None,
+    };
+    let to = plain_str(fields.to?)?;
+    if to.len() > MAX_ID_LEN {
+        return None;
+    }
+    let reference = match fields.reference {
+        None => None,
+        Some(raw) => Some(serde_json::from_str::<Ref>(raw.get()).ok()?),
+    }
+    .filter(ref_ok);
+    let optional_str = |f: Option<&RawValue>| f.is_none_or(is_str);
+    let valid = if kind == "candidate" {
+        fields.candidate.is_some_and(is_str)
+            && optional_str(fields.sdp_mid)
+            && optional_str(fields.username_fragment)
+            && fields
+                .sdp_m_line_index
+                .is_none_or(|raw| serde_json::from_str::<u16>(raw.get()).is_ok())
+    } else {
+        fields.sdp.is_some_and(is_str)
+    };
+    valid.then_some(RelayFrame {
+        kind,
+        to,
+        reference,
+        fields,
+    })
+}
+
+impl RelayFrame<'_> {
+    /// The frame the peer gets: the sender's fields, `from` instead of `to`, no `ref`. The
+    /// same JSON value as [`ServerFrame::relayed`] of the fully parsed frame.
+    pub fn render(&self, from: &str) -> String {
+        let f = &self.fields;
+        let raw = |r: Option<&RawValue>| r.map_or(0, |r| r.get().len());
+        let mut out = String::with_capacity(
+            64 + from.len()
+                + raw(f.sdp)
+                + raw(f.candidate)
+                + raw(f.sdp_mid)
+                + raw(f.sdp_m_line_index)
+                + raw(f.username_fragment),
+        );
+        out.push_str(r#"{"type":""#);
+        out.push_str(self.kind);
+        out.push_str(r#"","from":"#);
+        push_json_str(&mut out, from);
+        let mut field = |name: &str, value: Option<&RawValue>| {
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":");
+            out.push_str(value.map_or("null", RawValue::get));
+        };
+        if self.kind == "candidate" {
+            field("candidate", f.candidate);
+            field("sdpMid", f.sdp_mid);
+            field("sdpMLineIndex", f.sdp_m_line_index);
+            if f.username_fragment.is_some() {
+                field("usernameFragment", f.username_fragment);
+            }
+        } else {
+            field("sdp", f.sdp);
+        }
+        out.push('}');
+        out
+    }
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::Value::from(s).to_string());
+    }
+}
 
 /// Parses one text frame. Ids are length-checked here so every later layer can trust them.
 pub fn parse(text: &str) -> Result<Parsed, Rejection> {

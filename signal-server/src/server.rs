@@ -10,6 +10,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use iceway_auth::api::{ApiState, Problem};
 use iceway_service::Shutdown;
 use prometheus::Registry;
@@ -26,6 +27,10 @@ use crate::router::{MemoryRouter, RedisRouter, RedisRouterConfig, Router};
 /// everything else an idle connection holds; signaling frames are small, and a larger frame
 /// just takes a few more reads.
 const READ_BUFFER: usize = 512;
+/// Frames fed to a socket are written once this much is queued, or at the connection loop's
+/// flush after each wake-up: a burst of deliveries goes out in one write, not one per frame.
+/// The buffer only grows to what is actually queued.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +191,14 @@ impl SignalServer {
             })
         };
         let stop = shared.close_all.clone();
-        let served = axum::serve(self.listener, app)
+        // Signaling frames are small and latency-bound: with Nagle on, a frame written right
+        // after another waits for the peer's delayed ACK (~40 ms on Linux).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         deadline.abort();
@@ -255,8 +267,9 @@ async fn upgrade(
     let shared = shared.clone();
     let tracker = app.tracker.clone();
     ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max.saturating_mul(4))
+        .write_buffer_size(WRITE_BUFFER)
+        // tungstenite panics unless the cap exceeds the write buffer.
+        .max_write_buffer_size(max.saturating_mul(4).max(2 * WRITE_BUFFER))
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {

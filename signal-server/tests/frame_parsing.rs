@@ -2,7 +2,9 @@
 //! parses back to itself.
 #![allow(clippy::unwrap_used)]
 
-use iceway_signal::protocol::{Candidate, ClientFrame, MAX_ID_LEN, parse};
+use iceway_signal::protocol::{
+    Candidate, ClientFrame, MAX_ID_LEN, RelayBody, ServerFrame, parse, parse_relay,
+};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -93,8 +95,84 @@ fn frame_like() -> impl Strategy<Value = Value> {
     })
 }
 
+/// The relay fast path may only accept what the full parse accepts, with the same `to` and
+/// `ref`, and must render the same JSON value the full parse would relay.
+fn fast_path_agrees(text: &str) -> Result<(), TestCaseError> {
+    let Some(fast) = parse_relay(text) else {
+        return Ok(());
+    };
+    let full = parse(text);
+    prop_assert!(
+        full.is_ok(),
+        "fast path accepted what parse refuses: {text}"
+    );
+    let full = full.unwrap();
+    prop_assert_eq!(&full.reference, &fast.reference);
+    let (to, body) = match full.frame {
+        ClientFrame::Offer { to, sdp } => (to, RelayBody::Offer { sdp }),
+        ClientFrame::Answer { to, sdp } => (to, RelayBody::Answer { sdp }),
+        ClientFrame::Candidate { to, candidate } => (to, RelayBody::Candidate { candidate }),
+        other => return Err(TestCaseError::fail(format!("not a relay frame: {other:?}"))),
+    };
+    prop_assert_eq!(to.as_str(), fast.to);
+    prop_assert_eq!(body.kind(), fast.kind);
+    let want: Value = serde_json::from_str(&ServerFrame::relayed("S1", body).to_json()).unwrap();
+    let got: Value = serde_json::from_str(&fast.render("S1")).unwrap();
+    prop_assert_eq!(got, want);
+    Ok(())
+}
+
+#[test]
+fn relay_fast_path_handles_the_usual_and_leaves_the_odd_to_parse() {
+    let cases = [
+        (
+            r#"{"type":"offer","to":"s1","sdp":"v=0\r\n","ref":3}"#,
+            true,
+        ),
+        (
+            r#"{"to":"s1","candidate":"c","type":"candidate","x":[1,{"a":2}]}"#,
+            true,
+        ),
+        (
+            r#"{"type":"candidate","to":"s1","candidate":"","sdpMid":null,"sdpMLineIndex":null}"#,
+            true,
+        ),
+        (
+            r#"{"type":"candidate","to":"s1","candidate":"c","usernameFragment":"u"}"#,
+            true,
+        ),
+        (r#"{"type":"offer","to":"s\u0031","sdp":"v"}"#, false),
+        (r#"{"type":"offer","to":"s1","sdp":null}"#, false),
+        (r#"{"type":"offer","to":"s1","sdp":"a","sdp":"b"}"#, false),
+        (
+            r#"{"type":"candidate","to":"s1","candidate":"c","sdpMLineIndex":70000}"#,
+            false,
+        ),
+        (r#"{"type":"answer","to":"s1","sdp":"v","ref":1.5}"#, false),
+        (r#"{"type":"watch","camera":"c"}"#, false),
+    ];
+    for (text, fast) in cases {
+        assert_eq!(parse_relay(text).is_some(), fast, "{text}");
+        fast_path_agrees(text).unwrap();
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn relay_fast_path_agrees_with_parse_on_frame_like_json(v in frame_like()) {
+        fast_path_agrees(&v.to_string())?;
+    }
+
+    #[test]
+    fn relay_fast_path_agrees_with_parse_on_client_frames(frame in client_frame()) {
+        let text = serde_json::to_string(&frame).unwrap();
+        fast_path_agrees(&text)?;
+        if matches!(frame, ClientFrame::Offer { .. } | ClientFrame::Answer { .. } | ClientFrame::Candidate { .. }) {
+            prop_assert!(parse_relay(&text).is_some() || text.contains('\\'), "{text}");
+        }
+    }
 
     #[test]
     fn arbitrary_text_never_panics(s in any::<String>()) {

@@ -261,11 +261,42 @@ async fn frame_to_a_departed_peer_gets_peer_gone() {
         .await;
     let e = camera.expect_error("peer-gone").await;
     assert_eq!(e["ref"], 9);
+    assert_eq!(e["peer"], gone.as_str(), "peer-gone names the peer: {e}");
     camera
         .send(json!({"type":"candidate","to":"never-a-session","candidate":""}))
         .await;
-    camera.expect_error("peer-gone").await;
+    let e = camera.expect_error("peer-gone").await;
+    assert_eq!(e["peer"], "never-a-session");
     camera.ping_pong().await;
+}
+
+#[tokio::test]
+async fn a_repeated_watch_gives_the_camera_a_fresh_viewer_joined() {
+    let server = TestServer::start().await;
+    let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    camera.expect("camera-online").await;
+    let mut viewer = Client::connect(&server.url(), &viewer_token("alice", &["cam1"])).await;
+    viewer.send(json!({"type":"watch","camera":"cam1"})).await;
+    viewer.expect("camera-online").await;
+    let first = camera.expect("viewer-joined").await;
+    assert_eq!(first["viewer"], viewer.session.as_str());
+
+    // After an ICE failure the viewer watches again to get a new offer.
+    viewer.send(json!({"type":"watch","camera":"cam1"})).await;
+    let online = viewer.expect("camera-online").await;
+    assert_eq!(online["session"], camera.session.as_str());
+    let again = camera.expect("viewer-joined").await;
+    assert_eq!(again, first, "the same viewer session joins again");
+
+    // It is still one viewer: the camera's offer reaches it, nothing else changed.
+    let v = viewer.session.clone();
+    camera
+        .send(json!({"type":"offer","to":v,"sdp":"v=0 again"}))
+        .await;
+    let offer = viewer.expect("offer").await;
+    assert_eq!(offer["sdp"], "v=0 again");
+    assert!(server.metrics().contains("iceway_signal_viewers 1"));
 }
 
 #[tokio::test]

@@ -40,7 +40,8 @@ pub fn ensure(connections: u64) -> Result<(), FdLimitError> {
     check(connections, soft, hard)
 }
 
-fn raise_soft_limit() -> (u64, u64) {
+/// The (soft, hard) open-file limits after raising soft to hard; `u64::MAX` is unlimited.
+pub fn raise_soft_limit() -> (u64, u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

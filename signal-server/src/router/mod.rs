@@ -12,7 +12,6 @@ mod redis;
 
 use std::sync::Arc;
 
-use crate::protocol::RelayBody;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -28,13 +27,10 @@ pub type SessionId = Arc<str>;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum Delivery {
-    /// An offer, answer or candidate from a peer. `sent_at_us` (Unix µs) feeds the relay
-    /// latency histogram.
-    Relay {
-        from: SessionId,
-        body: RelayBody,
-        sent_at_us: u64,
-    },
+    /// An offer, answer or candidate from a peer, as the JSON text the receiver gets (with
+    /// `from`): rendered once by the sender, written as is. `sent_at_us` (Unix µs) feeds the
+    /// relay latency histogram.
+    Relay { text: String, sent_at_us: u64 },
     /// To a camera session: a viewer wants to watch.
     ViewerJoined {
         camera: String,

@@ -109,22 +109,24 @@ pub async fn run_until(cfg: TurnConfig, shutdown: Shutdown) -> anyhow::Result<()
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
-    // Resolve port 0 once so every shard, and TCP, share the same address.
+    // TCP binds first and exclusively: SO_REUSEPORT would let a second process on the same
+    // port silently take a share of the UDP clients, so a taken port must fail here. Its port
+    // (also when 0 was asked) is then shared by every UDP shard.
     let mut listen: Vec<SocketAddr> = Vec::new();
+    let mut tcp_listeners = Vec::new();
     let mut per_shard: Vec<Vec<std::net::UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
     for addr in &cfg.listen {
-        let first = socket::reuseport_udp(*addr, cfg.socket_buffer_bytes, true)
-            .with_context(|| format!("turn.listen {addr} (udp)"))?;
-        let bound = first.local_addr()?;
-        per_shard[0].push(first);
-        for sockets in per_shard.iter_mut().skip(1) {
-            sockets.push(socket::reuseport_udp(
-                bound,
-                cfg.socket_buffer_bytes,
-                false,
-            )?);
+        let tcp = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("turn.listen {addr} (tcp)"))?;
+        let bound = tcp.local_addr()?;
+        for (i, sockets) in per_shard.iter_mut().enumerate() {
+            let udp = socket::reuseport_udp(bound, cfg.socket_buffer_bytes, i == 0)
+                .with_context(|| format!("turn.listen {bound} (udp)"))?;
+            sockets.push(udp);
         }
         listen.push(bound);
+        tcp_listeners.push(tcp);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut shards = Vec::new();
@@ -137,11 +139,8 @@ pub async fn run_until(cfg: TurnConfig, shutdown: Shutdown) -> anyhow::Result<()
             stop: Arc::clone(&stop),
         })?);
     }
-    for addr in &listen {
+    for (addr, tcp) in listen.iter().zip(tcp_listeners) {
         tracing::info!(%addr, shards = threads, stun_only = cfg.stun_only, "listening udp");
-        let tcp = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("turn.listen {addr} (tcp)"))?;
         tracing::info!(%addr, "listening tcp");
         tokio::spawn(stream::accept_loop(
             tcp,
@@ -168,6 +167,7 @@ pub async fn run_until(cfg: TurnConfig, shutdown: Shutdown) -> anyhow::Result<()
         }
     }
     shutdown.set_ready();
+    tracing::info!("ready");
 
     shutdown.draining().await;
     shared.start_drain();

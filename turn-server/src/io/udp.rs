@@ -45,6 +45,7 @@ struct RelayTable {
     registry: mio::Registry,
     slots: Vec<Option<RelaySocket>>,
     free: Vec<usize>,
+    released: Vec<usize>,
     settings: RelaySettings,
 }
 
@@ -74,7 +75,9 @@ impl RelayPorts for RelayTable {
     fn release(&mut self, id: RelayId) {
         if let Some(mut r) = self.slots.get_mut(id).and_then(Option::take) {
             let _ = self.registry.deregister(&mut r.socket);
-            self.free.push(id);
+            // Reusable only after the outbox is flushed: datagrams queued for the old socket
+            // must not leave from a new allocation's.
+            self.released.push(id);
         }
     }
 }
@@ -262,6 +265,7 @@ pub fn spawn(spec: ShardSpec) -> io::Result<ShardHandle> {
         registry,
         slots: Vec::new(),
         free: Vec::new(),
+        released: Vec::new(),
         settings: spec.relays,
     };
     let server = Server::new(spec.shared);
@@ -360,6 +364,8 @@ impl Shard {
                 listeners: &self.listeners,
                 relays: &self.relays,
             });
+            let RelayTable { free, released, .. } = &mut self.relays;
+            free.append(released);
             // Relay counters go to Prometheus once per wake-up: live, at no per-packet cost.
             self.server.flush_stats();
             let now = Instant::now();
@@ -428,11 +434,6 @@ impl Shard {
             }
             return;
         }
-        // Control messages may release relay ids (and reuse them): send what was queued first.
-        self.outbox.flush(&Sockets {
-            listeners: &self.listeners,
-            relays: &self.relays,
-        });
         self.server.handle_client(data, *ft, now, &mut self.relays);
         let src_ip = self.listeners[index]
             .local

@@ -114,8 +114,16 @@ impl TurnServer {
         let mut child = cmd.spawn().expect("spawn iceway-turn");
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, rx) = mpsc::channel();
+        // Every server log line is also kept in the temp dir, for a failed test's post-mortem.
+        let mut keep = std::fs::File::create(
+            std::env::temp_dir().join(format!("iceway-turn-test-{port}.log")),
+        )
+        .ok();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = keep.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
                 match serde_json::from_str::<serde_json::Value>(&line) {
                     Ok(v) => {
                         if tx.send(v).is_err() {
@@ -136,9 +144,8 @@ impl TurnServer {
             log: rx,
         };
         let mut admin = None;
-        let tls_expected = opts.args.contains(&"--tls-cert");
-        let mut tcp_seen = false;
-        while !(tcp_seen && (!tls_expected || server.tls_addr.is_some())) {
+        let mut ready = false;
+        while !ready {
             let v = server
                 .next_log(STARTUP)
                 .expect("iceway-turn did not start in time");
@@ -147,7 +154,7 @@ impl TurnServer {
                 "listening tls" => {
                     server.tls_addr = v["addr"].as_str().and_then(|a| a.parse().ok())
                 }
-                "listening tcp" => tcp_seen = true,
+                "ready" => ready = true,
                 "iceway-turn failed" => panic!("iceway-turn failed to start: {v}"),
                 _ => {}
             }
