@@ -14,7 +14,7 @@ set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="${ICEWAY_TOOLS_DIR:-$repo/.tools}"
 export PATH="$tools/bin:$PATH"
-bin_dir="${ICEWAY_BIN_DIR:-$repo/target/debug}"
+bin_dir="${ICEWAY_BIN_DIR:-${CARGO_TARGET_DIR:-$repo/target}/debug}"
 build=1
 [ -n "${ICEWAY_BIN_DIR:-}" ] && build=0
 py_args=()
@@ -35,13 +35,14 @@ if ! [ -x "$py" ] || ! "$py" -c 'import yaml, websockets' 2>/dev/null; then
 fi
 
 if [ "$build" = 1 ]; then
-  # One crate at a time, so a service still being written does not keep the others from running.
   for pkg in iceway-turn iceway-signal iceway-auth iceway-loadtest; do
     log="$(mktemp "${TMPDIR:-/tmp}/iceway-live-build-$pkg.XXXXXX")"
     if (cd "$repo" && cargo build -q -p "$pkg" 2>"$log"); then
       rm -f "$log"
     else
-      echo "build of $pkg failed (see $log); using what target/debug holds" >&2
+      echo "test-dashboard-live: build of $pkg failed:" >&2; cat "$log" >&2
+      echo "0 passed, 1 failed"
+      exit 1
     fi
   done
 fi
