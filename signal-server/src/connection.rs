@@ -327,7 +327,13 @@ impl Session {
         let mut batched = 0;
         loop {
             // Deliveries first: they are already queued, and the socket's reads can wait.
-            // Each is only fed to the socket; one flush (one write) follows the batch.
+            // Relayed frames are only fed to the socket; one flush (one write) follows the
+            // batch. Frames of our own are flushed at once, so only a run of unflushed relays
+            // counts: a full batch always ends in the flush below, never in a wait that the
+            // queued deliveries would not wake.
+            if !self.unflushed {
+                batched = 0;
+            }
             let next = if batched < MAX_BATCH {
                 mailbox.pop()
             } else {
@@ -337,12 +343,10 @@ impl Session {
                 batched += 1;
                 Box::pin(self.on_delivery(socket, d)).await
             } else if self.unflushed {
-                batched = 0;
                 self.flush(socket).await
             } else if mailbox.is_closed() {
                 Err(End::Close(close::POLICY, "not reading frames fast enough"))
             } else {
-                batched = 0;
                 let wake = self.next_wake();
                 let event = tokio::select! {
                     () = drained.cancelled() => Event::Drain,
