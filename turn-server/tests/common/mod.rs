@@ -235,6 +235,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// coturn's UDP echo peer on a free loopback port, ready when it has echoed a probe.
+///
+/// `turnutils_peer -p P` listens on P and P+1 (uclient sends its RTCP sessions to P+1) and does
+/// not fail when P+1 is taken, so both ports are probed; a peer missing either is restarted on
+/// other ports. Without this, a port grabbed by a parallel test loses every RTCP session (50 %).
 pub struct EchoPeer {
     child: Child,
     pub port: u16,
@@ -247,33 +251,58 @@ impl Drop for EchoPeer {
     }
 }
 
+/// An even loopback UDP port P with P+1 also free right now.
+fn free_udp_port_pair() -> u16 {
+    for _ in 0..200 {
+        let port = free_port() & !1;
+        if port < 1024 {
+            continue;
+        }
+        let first = UdpSocket::bind(("127.0.0.1", port));
+        let second = UdpSocket::bind(("127.0.0.1", port + 1));
+        if first.is_ok() && second.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free pair of loopback UDP ports found");
+}
+
+fn echoes(probe: &UdpSocket, port: u16) -> bool {
+    let mut buf = [0u8; 64];
+    for _ in 0..40 {
+        let _ = probe.send_to(b"probe", ("127.0.0.1", port));
+        if let Ok((n, _)) = probe.recv_from(&mut buf) {
+            if &buf[..n] == b"probe" {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 impl EchoPeer {
     pub fn start() -> Self {
         require("turnutils_peer");
-        let port = free_port();
-        let child = Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn turnutils_peer");
-        // Owned from here on, so a failed probe still kills and reaps it.
-        let peer = EchoPeer { child, port };
         let probe = UdpSocket::bind("127.0.0.1:0").expect("bind");
         probe
             .set_read_timeout(Some(Duration::from_millis(250)))
             .expect("timeout");
-        let mut buf = [0u8; 64];
-        for _ in 0..80 {
-            let _ = probe.send_to(b"probe", ("127.0.0.1", port));
-            if let Ok((n, _)) = probe.recv_from(&mut buf) {
-                if &buf[..n] == b"probe" {
-                    return peer;
-                }
+        for _ in 0..5 {
+            let port = free_udp_port_pair();
+            let child = Command::new("turnutils_peer")
+                .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn turnutils_peer");
+            // Owned from here on, so a failed probe still kills and reaps it.
+            let peer = EchoPeer { child, port };
+            if echoes(&probe, port) && echoes(&probe, port + 1) {
+                return peer;
             }
         }
-        panic!("turnutils_peer did not echo within 20 s");
+        panic!("turnutils_peer did not echo on both of its ports in 5 attempts");
     }
 }
 
