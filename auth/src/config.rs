@@ -31,7 +31,7 @@ pub struct AuthConfig {
     pub admin: SocketAddr,
     pub log_format: LogFormat,
     /// How long in-flight requests may finish after SIGTERM.
-    #[serde(with = "duration")]
+    #[serde(with = "iceway_service::duration")]
     pub drain_timeout: Duration,
     pub jwt: JwtConfig,
     pub turn: TurnConfig,
@@ -64,7 +64,7 @@ pub struct JwtConfig {
     pub keys: Vec<String>,
     pub audience: String,
     pub issuer: Option<String>,
-    #[serde(with = "duration")]
+    #[serde(with = "iceway_service::duration")]
     pub leeway: Duration,
 }
 
@@ -120,7 +120,7 @@ pub struct TurnConfig {
     pub urls: Vec<String>,
     pub credential_format: CredentialFormat,
     /// Lifetime of minted TURN credentials.
-    #[serde(with = "duration")]
+    #[serde(with = "iceway_service::duration")]
     pub ttl: Duration,
     /// Written into JWT-format credentials: concurrent allocations per user.
     pub alloc: Option<u32>,
@@ -230,32 +230,6 @@ impl RateLimitConfig {
             burst,
             trust_forwarded_for: self.trust_forwarded_for,
         }))
-    }
-}
-
-/// Durations as humantime strings (`"30s"`, `"1h"`) or whole seconds.
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(Duration::from_secs(s)),
-            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
-                serde::de::Error::custom(format!("{t:?} is not a duration like 30s or 1h: {e}"))
-            }),
-        }
     }
 }
 

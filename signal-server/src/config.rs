@@ -32,7 +32,7 @@ pub struct SignalConfig {
     pub jwt_keys: Vec<String>,
     pub jwt_audience: String,
     pub jwt_issuer: Option<String>,
-    #[serde(with = "duration")]
+    #[serde(with = "iceway_service::duration")]
     pub jwt_leeway: Duration,
 
     /// TURN shared secrets, one per line (the first mints). Needed when `turn_urls` has
@@ -40,7 +40,7 @@ pub struct SignalConfig {
     pub turn_secret_file: Option<PathBuf>,
     /// `stun:`, `turn:` and `turns:` URLs handed to clients in `welcome.iceServers`.
     pub turn_urls: Vec<String>,
-    #[serde(with = "duration")]
+    #[serde(with = "iceway_service::duration")]
     pub turn_credential_ttl: Duration,
     /// `rest` (coturn use-auth-secret) or `jwt`.
     pub turn_credential_format: TurnFormat,
@@ -50,18 +50,18 @@ pub struct SignalConfig {
     pub redis_prefix: String,
     /// Lifetime of a camera's presence key; refreshed every third of it. A camera on a replica
     /// that dies is seen offline after at most this long.
-    #[serde(with = "duration")]
+    #[serde(with = "iceway_service::duration")]
     pub presence_ttl: Duration,
 
     /// Time to send the `auth` frame when the upgrade had no `Authorization` header.
-    #[serde(with = "duration")]
+    #[serde(with = "iceway_service::duration")]
     pub auth_timeout: Duration,
     /// Interval the client is asked to `ping` at (`welcome.heartbeat`); the server also sends a
     /// WebSocket ping after this much silence.
-    #[serde(with = "duration")]
+    #[serde(with = "iceway_service::duration")]
     pub heartbeat: Duration,
     /// Silence after which a connection is closed (4008).
-    #[serde(with = "duration")]
+    #[serde(with = "iceway_service::duration")]
     pub idle_timeout: Duration,
     /// Largest frame accepted; larger closes the connection with 4009.
     pub max_frame_bytes: usize,
@@ -77,10 +77,10 @@ pub struct SignalConfig {
     pub max_viewers_per_camera: usize,
     pub max_watches_per_connection: usize,
     /// A socket that cannot take a frame for this long is closed.
-    #[serde(with = "duration")]
+    #[serde(with = "iceway_service::duration")]
     pub write_timeout: Duration,
     /// After SIGTERM: time clients get before their sockets are closed with 1001.
-    #[serde(with = "duration")]
+    #[serde(with = "iceway_service::duration")]
     pub drain_grace: Duration,
 }
 
@@ -322,31 +322,6 @@ pub struct Credentials {
     pub verifier: Arc<AppTokenVerifier>,
     /// The `welcome.iceServers` and `/v1/ice-servers` lists.
     pub ice: Arc<IceServers>,
-}
-
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Seconds(u64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
-                serde::de::Error::custom(format!("{e} (write durations like 30s, 500ms, 2m)"))
-            }),
-            Raw::Seconds(s) => Ok(Duration::from_secs(s)),
-        }
-    }
 }
 
 #[cfg(test)]
