@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   pageParams, tokenClaims, tokenExpired, explain, iceServersOf, rtcConfig, candidateFrame,
-  explainIceError, formatKbps,
+  explainIceError, formatKbps, IceServerCache,
 } from '../../client/web/js/iceway.js';
 
 const b64url = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
@@ -50,4 +50,28 @@ test('candidate frames carry the DESIGN §3 fields', () => {
   assert.deepEqual(f, { type: 'candidate', to: 's1', candidate: 'candidate:1 1 udp 1 1.2.3.4 5 typ relay', sdpMid: '0', sdpMLineIndex: 0 });
   assert.equal(formatKbps(1500), '1.5 Mbit/s');
   assert.equal(formatKbps(300), '300 kbit/s');
+});
+
+test('the ICE-server cache serves the welcome list while fresh and refetches once stale', async () => {
+  const list = [{ urls: ['stun:127.0.0.1:3478'] }];
+  const fresh = [{ urls: ['turn:127.0.0.1:3478'], username: 'u', credential: 'p' }];
+  const calls = [];
+  const realFetch = globalThis.fetch;
+  globalThis.location = { origin: 'http://iceway.test' };
+  globalThis.fetch = async (url, init) => {
+    calls.push([url, init.headers.Authorization]);
+    return { ok: true, json: async () => ({ iceServers: fresh, ttl: 60 }) };
+  };
+  try {
+    const cache = new IceServerCache('tok', 60_000);
+    cache.set({ iceServers: list });
+    assert.deepEqual(await cache.current(), list);
+    assert.equal(calls.length, 0);
+    cache.fetchedAt -= 120_000;
+    assert.deepEqual(await cache.current(), fresh);
+    assert.deepEqual(calls, [['http://iceway.test/v1/ice-servers', 'Bearer tok']]);
+  } finally {
+    globalThis.fetch = realFetch;
+    delete globalThis.location;
+  }
 });

@@ -1,11 +1,12 @@
 // Camera page: publishes this device's camera and microphone, one RTCPeerConnection per viewer,
 // and plays what viewers say with push-to-talk.
 import {
-  Signal, pageParams, rtcConfig, iceServersOf, fetchIceServers, candidateFrame, summarize,
+  Signal, pageParams, rtcConfig, IceServerCache, candidateFrame, summarize,
   pathLabel, formatKbps, showMessage, explain, explainIceError, tokenClaims, tokenExpired,
 } from './iceway.js';
 
 const params = pageParams();
+const ice = new IceServerCache(params.token);
 const ui = {
   who: document.getElementById('who'),
   preview: document.getElementById('preview'),
@@ -21,10 +22,7 @@ const ui = {
 const peers = new Map();
 let stream = null;
 let signal = null;
-let iceServers = [];
-let iceFetchedAt = 0;
 let lastMessage = '';
-const ICE_MAX_AGE_MS = 10 * 60 * 1000;
 
 function say(text, tone) {
   lastMessage = text;
@@ -83,8 +81,7 @@ function onSignalState(state) {
 async function onFrame(f) {
   switch (f.type) {
     case 'welcome':
-      iceServers = iceServersOf(f.iceServers);
-      iceFetchedAt = Date.now();
+      ice.set(f.iceServers);
       signal.send({ type: 'publish' });
       say('Online. Waiting for viewers.', 'ok');
       break;
@@ -128,21 +125,10 @@ async function addCandidate(p, f) {
   }
 }
 
-async function currentIceServers() {
-  if (Date.now() - iceFetchedAt > ICE_MAX_AGE_MS) {
-    try {
-      iceServers = await fetchIceServers(params.token);
-      iceFetchedAt = Date.now();
-    } catch (e) {
-      console.warn('refreshing ICE servers failed; using the welcome ones', e);
-    }
-  }
-  return iceServers;
-}
 
 async function addViewer(viewer, user) {
   removeViewer(viewer);
-  const pc = new RTCPeerConnection(rtcConfig(await currentIceServers(), params.relayOnly));
+  const pc = new RTCPeerConnection(rtcConfig(await ice.current(), params.relayOnly));
   const p = { viewer, user, pc, pending: [], stats: null, restarted: false, audio: null, iceError: null };
   peers.set(viewer, p);
   for (const t of stream.getVideoTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });

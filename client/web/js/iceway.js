@@ -74,6 +74,37 @@ export async function fetchIceServers(token, base = location.origin) {
   return iceServersOf(await res.json());
 }
 
+/**
+ * The ICE servers a page uses for new peer connections: set from each `welcome`, refetched with
+ * the app token once older than `maxAgeMs` so a long-running page never offers expired TURN
+ * credentials; on a failed refetch the last ones are kept.
+ */
+export class IceServerCache {
+  constructor(token, maxAgeMs = 10 * 60 * 1000) {
+    this.token = token;
+    this.maxAgeMs = maxAgeMs;
+    this.servers = [];
+    this.fetchedAt = 0;
+  }
+
+  set(value) {
+    this.servers = iceServersOf(value);
+    this.fetchedAt = Date.now();
+  }
+
+  async current() {
+    if (Date.now() - this.fetchedAt > this.maxAgeMs) {
+      try {
+        this.servers = await fetchIceServers(this.token);
+        this.fetchedAt = Date.now();
+      } catch (e) {
+        console.warn('refreshing ICE servers failed; using the welcome ones', e);
+      }
+    }
+    return this.servers;
+  }
+}
+
 const FATAL_CLOSE = new Set([4001, 4003]);
 
 /**

@@ -1,11 +1,12 @@
 // Viewer page: watches one camera, shows the live video, the connection state, the path (relay or
 // direct) and the bitrate, and talks back with push-to-talk.
 import {
-  Signal, pageParams, rtcConfig, iceServersOf, fetchIceServers, candidateFrame, summarize,
+  Signal, pageParams, rtcConfig, IceServerCache, candidateFrame, summarize,
   pathLabel, formatKbps, showMessage, explain, explainIceError, tokenClaims, tokenExpired,
 } from './iceway.js';
 
 const params = pageParams();
+const ice = new IceServerCache(params.token);
 const ui = {
   who: document.getElementById('who'),
   video: document.getElementById('remote'),
@@ -25,8 +26,6 @@ let signal = null;
 let pc = null;
 let cameraSession = null;
 let pending = [];
-let iceServers = [];
-let iceFetchedAt = 0;
 let stats = null;
 let ttffMs = null;
 let lastMessage = '';
@@ -35,7 +34,6 @@ let iceError = null;
 let fatal = false;
 let mic = null;
 let talking = false;
-const ICE_MAX_AGE_MS = 10 * 60 * 1000;
 
 function say(text, tone) {
   lastMessage = text;
@@ -96,8 +94,7 @@ function onSignalState(state) {
 async function onFrame(f) {
   switch (f.type) {
     case 'welcome':
-      iceServers = iceServersOf(f.iceServers);
-      iceFetchedAt = Date.now();
+      ice.set(f.iceServers);
       signal.send({ type: 'watch', camera: params.camera });
       break;
     case 'camera-offline':
@@ -147,17 +144,6 @@ async function addCandidate(f) {
   }
 }
 
-async function currentIceServers() {
-  if (Date.now() - iceFetchedAt > ICE_MAX_AGE_MS) {
-    try {
-      iceServers = await fetchIceServers(params.token);
-      iceFetchedAt = Date.now();
-    } catch (e) {
-      console.warn('refreshing ICE servers failed; using the welcome ones', e);
-    }
-  }
-  return iceServers;
-}
 
 async function onOffer(f) {
   // The same camera session offering again is an ICE restart or renegotiation: keep the
@@ -166,7 +152,7 @@ async function onOffer(f) {
   if (!renegotiate) {
     closePeer();
     cameraSession = f.from;
-    pc = newPeer(await currentIceServers());
+    pc = newPeer(await ice.current());
   }
   try {
     await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
@@ -175,7 +161,7 @@ async function onOffer(f) {
     // The camera replaced its connection (new certificate): start over with a fresh one.
     closePeer();
     cameraSession = f.from;
-    pc = newPeer(await currentIceServers());
+    pc = newPeer(await ice.current());
     await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
   }
   const audio = audioTransceiver();
