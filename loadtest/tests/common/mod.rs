@@ -50,6 +50,22 @@ fn require(program: &str) {
     );
 }
 
+/// Starts a STUN/TURN server on loopback `port` and returns once it answers a Binding.
+fn spawn_stun_server(mut cmd: Command, name: &str, port: u16, dir: tempfile::TempDir) -> Server {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for_stun(addr, &mut child);
+    Server {
+        child,
+        addr,
+        _dir: Some(dir),
+    }
+}
+
 /// Waits until the server answers a STUN Binding request (it is listening), up to 15 s.
 pub fn wait_for_stun(addr: SocketAddr, child: &mut Child) {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -115,18 +131,7 @@ pub fn coturn(auth: Auth<'_>) -> Server {
             cmd.args(["--lt-cred-mech", "--user", &format!("{u}:{p}")]);
         }
     }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn turnserver");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_for_stun(addr, &mut child);
-    Server {
-        child,
-        addr,
-        _dir: Some(dir),
-    }
+    spawn_stun_server(cmd, "turnserver", port, dir)
 }
 
 /// The ceiling relay built with this crate; it prints "listening on ADDR".
@@ -267,16 +272,5 @@ pub fn iceway_turn(secret_lines: &str, users: &[&str]) -> Server {
     for u in users {
         cmd.args(["--user", u]);
     }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn iceway-turn");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_for_stun(addr, &mut child);
-    Server {
-        child,
-        addr,
-        _dir: Some(dir),
-    }
+    spawn_stun_server(cmd, "iceway-turn", port, dir)
 }
