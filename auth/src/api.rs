@@ -541,7 +541,8 @@ mod tests {
             None,
             Duration::from_secs(30),
         );
-        let creds = Arc::new(TurnCredentials::from_secret_lines("turn-secret").expect("secret"));
+        let creds =
+            Arc::new(TurnCredentials::from_secret_lines("turn-secret-0123456789").expect("secret"));
         let ice = IceServers::new(
             IceServersConfig {
                 urls: vec!["stun:h:3478".into(), "turn:h:3478?transport=udp".into()],

@@ -293,7 +293,8 @@ mod tests {
             urls: vec!["http://x".into()],
             ..TurnConfig::default()
         };
-        let creds = Arc::new(TurnCredentials::from_secret_lines("s").expect("secret"));
+        let creds =
+            Arc::new(TurnCredentials::from_secret_lines("some-secret-0123456789").expect("secret"));
         let err = turn.ice_servers(creds.clone()).expect_err("bad url");
         assert!(err.to_string().contains("turn.urls"), "{err}");
         turn.urls = vec!["turn:x".into()];

@@ -204,7 +204,10 @@ mod tests {
     use crate::turn_credential::password;
 
     fn ice(format: CredentialFormat, urls: &[&str]) -> IceServers {
-        let creds = Arc::new(TurnCredentials::from_secret_lines("main=secret").expect("secret"));
+        let creds = Arc::new(
+            TurnCredentials::from_secret_lines("kid:main X9kzKDyZH4xqbFVHXMie5A==")
+                .expect("secret"),
+        );
         IceServers::new(
             IceServersConfig {
                 urls: urls.iter().map(|s| s.to_string()).collect(),
@@ -237,8 +240,8 @@ mod tests {
                     {
                         "urls": ["turn:h:3478?transport=udp", "turn:h:3478?transport=tcp", "turns:h:5349?transport=tcp"],
                         "username": "1700000000:alice",
-                        // printf '%s' '1700000000:alice' | openssl dgst -sha1 -hmac 'secret' -binary | base64
-                        "credential": "d8soP47RbdIKLDUOpnJPVQyq5Ts="
+                        // printf '%s' '1700000000:alice' | openssl dgst -sha1 -hmac 'X9kzKDyZH4xqbFVHXMie5A==' -binary | base64
+                        "credential": "3641HOo3i0e8J+Spp7GLKNKE0z4="
                     }
                 ],
                 "ttl": 3600,
@@ -266,8 +269,12 @@ mod tests {
         let resp = ice.turn_rest("bob", now).expect("resp");
         assert_eq!(resp.ttl, 3600);
         assert_eq!(resp.uris, URLS[1..].to_vec());
-        assert_eq!(resp.password, password(b"secret", &resp.username));
-        let creds = TurnCredentials::from_secret_lines("main=secret").expect("secret");
+        assert_eq!(
+            resp.password,
+            password(b"X9kzKDyZH4xqbFVHXMie5A==", &resp.username)
+        );
+        let creds = TurnCredentials::from_secret_lines("kid:main X9kzKDyZH4xqbFVHXMie5A==")
+            .expect("secret");
         let grant = creds.check(&resp.username, "r", now).expect("grant");
         assert_eq!((grant.user.as_str(), grant.limits.alloc), ("bob", Some(2)));
     }

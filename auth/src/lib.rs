@@ -18,8 +18,8 @@ pub use ice_servers::{
     IceServer, IceServers, IceServersConfig, IceServersResponse, TurnRestResponse,
 };
 pub use turn_credential::{
-    CredentialError, CredentialFormat, MintedCredential, TurnCredentials, TurnGrant, TurnLimits,
-    TurnSecret, long_term_key,
+    CredentialError, CredentialFormat, MIN_SECRET_LEN, MintedCredential, SecretLineError,
+    TurnCredentials, TurnGrant, TurnLimits, TurnSecret, long_term_key,
 };
 
 /// Seconds since the Unix epoch; times before it count as 0 (a clock that far off fails checks

@@ -30,6 +30,9 @@ use crate::unix_seconds;
 pub const MAX_USERNAME_LEN: usize = 508;
 /// The STUN USERNAME attribute limit (RFC 8489 §14.3); longer usernames are refused unread.
 pub const STUN_MAX_USERNAME_LEN: usize = 513;
+/// Shortest TURN secret accepted: `openssl rand -base64 16` prints 24 bytes, and anything below 16
+/// bytes is a password someone typed, not a key.
+pub const MIN_SECRET_LEN: usize = 16;
 /// The `aud` of JWT-format TURN usernames.
 pub const TURN_AUDIENCE: &str = "turn";
 
@@ -176,6 +179,27 @@ pub enum CredentialError {
     DuplicateKey(String),
     #[error("invalid TURN secret id {0:?}")]
     InvalidKeyId(String),
+    #[error("TURN secret {0:?} is shorter than {MIN_SECRET_LEN} bytes")]
+    ShortSecret(String),
+    #[error("TURN secret file line {line}: {reason}")]
+    SecretLine {
+        line: usize,
+        reason: SecretLineError,
+    },
+}
+
+/// Why one line of a TURN secret file was refused. The line's text is never echoed: it holds a
+/// secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SecretLineError {
+    #[error("a secret cannot contain whitespace (to name a kid, write `kid:KID SECRET`)")]
+    Whitespace,
+    #[error("`=` inside a secret (the old `KID=SECRET` form): write `kid:KID SECRET`")]
+    EqualsInside,
+    #[error("the kid after `kid:` must be 1-32 of A-Z a-z 0-9 _ -")]
+    InvalidKeyId,
+    #[error("the secret is shorter than {MIN_SECRET_LEN} bytes")]
+    TooShort,
 }
 
 impl CredentialError {
@@ -195,6 +219,8 @@ impl CredentialError {
             CredentialError::EmptySecret(_) => "empty_secret",
             CredentialError::DuplicateKey(_) => "duplicate_key",
             CredentialError::InvalidKeyId(_) => "invalid_key_id",
+            CredentialError::ShortSecret(_) => "short_secret",
+            CredentialError::SecretLine { .. } => "secret_line",
         }
     }
 }
@@ -239,6 +265,9 @@ impl TurnCredentials {
             if s.secret.is_empty() {
                 return Err(CredentialError::EmptySecret(s.kid.clone()));
             }
+            if s.secret.len() < MIN_SECRET_LEN {
+                return Err(CredentialError::ShortSecret(s.kid.clone()));
+            }
             if !seen.insert(s.kid.as_str()) {
                 return Err(CredentialError::DuplicateKey(s.kid.clone()));
             }
@@ -248,26 +277,30 @@ impl TurnCredentials {
 
     /// Parses a secret file (`--secret-file`, `--turn-secret-file`): one secret per line, the
     /// first mints, all are accepted. Blank lines and lines starting with `#` are skipped;
-    /// surrounding whitespace is trimmed.
+    /// surrounding whitespace is trimmed. See `docs/auth.md` ("Secret files").
     ///
-    /// A line `KID=SECRET`, where KID is 1–32 of `[A-Za-z0-9_-]` and SECRET is not empty, names
-    /// its kid. Any other line is a bare secret whose kid is derived from the secret (`k` + 8 hex
-    /// digits of a SHA-1 over it), so it stays the same when lines are reordered during a
-    /// rotation and JWT usernames minted before the rotation keep verifying. (A base64 secret
-    /// ending in `=` is a bare secret, since nothing follows its `=`.)
+    /// A line is either a bare secret, used byte for byte as the HMAC key (what coturn's
+    /// `static-auth-secret` does with the same string), or `kid:KID SECRET` to name its kid. A
+    /// secret never contains whitespace, so the whitespace alone tells the two forms apart and no
+    /// secret, however it ends or begins, can be read as a kid. A bare secret gets a kid derived
+    /// from itself (`k` + 8 hex digits of a SHA-1 over it), so it stays the same when lines are
+    /// reordered during a rotation and JWT usernames minted before the rotation keep verifying.
+    ///
+    /// A bare line with `=` anywhere but in trailing base64 padding is refused: it is the
+    /// `KID=SECRET` form of earlier releases, which cut `abc...==` into kid `abc...` and secret
+    /// `=`; reading it as a bare secret now would change the key under a running deployment
+    /// without a word. Errors name the line number, never its text.
     pub fn from_secret_lines(text: &str) -> Result<Self, CredentialError> {
         let secrets = text
             .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|line| match line.split_once('=') {
-                Some((kid, secret)) if valid_kid(kid) && !secret.is_empty() => TurnSecret {
-                    kid: kid.to_owned(),
-                    secret: secret.as_bytes().to_vec(),
-                },
-                _ => TurnSecret::derived(line.as_bytes()),
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+            .map(|(line, text)| {
+                parse_secret_line(text)
+                    .map_err(|reason| CredentialError::SecretLine { line, reason })
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         Self::new(secrets)
     }
 
@@ -421,6 +454,43 @@ fn split_rest(username: &str) -> Option<(u64, &str)> {
     Some((ts.parse().ok()?, user))
 }
 
+/// One non-blank, non-comment, trimmed line of a secret file (see
+/// [`TurnCredentials::from_secret_lines`]).
+fn parse_secret_line(line: &str) -> Result<TurnSecret, SecretLineError> {
+    let secret = match line.split_once(char::is_whitespace) {
+        Some((head, rest)) => {
+            let kid = head
+                .strip_prefix("kid:")
+                .ok_or(SecretLineError::Whitespace)?;
+            if !valid_kid(kid) {
+                return Err(SecretLineError::InvalidKeyId);
+            }
+            let secret = rest.trim_start();
+            if secret.contains(char::is_whitespace) {
+                return Err(SecretLineError::Whitespace);
+            }
+            Some((kid, secret))
+        }
+        None => {
+            if line.trim_end_matches('=').contains('=') {
+                return Err(SecretLineError::EqualsInside);
+            }
+            None
+        }
+    };
+    let bytes = secret.map_or(line, |(_, s)| s).as_bytes();
+    if bytes.len() < MIN_SECRET_LEN {
+        return Err(SecretLineError::TooShort);
+    }
+    Ok(match secret {
+        Some((kid, _)) => TurnSecret {
+            kid: kid.to_owned(),
+            secret: bytes.to_vec(),
+        },
+        None => TurnSecret::derived(bytes),
+    })
+}
+
 fn valid_kid(kid: &str) -> bool {
     (1..=32).contains(&kid.len())
         && kid
@@ -488,7 +558,8 @@ mod tests {
 
     #[test]
     fn rest_mint_produces_the_openssl_vector() {
-        let c = creds("secret");
+        // `openssl rand -base64 16` printed this secret; its `==` is part of it.
+        let c = creds("X9kzKDyZH4xqbFVHXMie5A==");
         let m = c
             .mint(
                 CredentialFormat::Rest,
@@ -499,8 +570,8 @@ mod tests {
             )
             .expect("mint");
         assert_eq!(m.username, "1700000000:alice");
-        // Same command as above.
-        assert_eq!(m.password, "d8soP47RbdIKLDUOpnJPVQyq5Ts=");
+        // printf '%s' '1700000000:alice' | openssl dgst -sha1 -hmac 'X9kzKDyZH4xqbFVHXMie5A==' -binary | base64
+        assert_eq!(m.password, "3641HOo3i0e8J+Spp7GLKNKE0z4=");
         assert_eq!(m.expires_at, at(1_700_000_000));
     }
 
@@ -511,21 +582,21 @@ mod tests {
             hex(&long_term_key("user", "realm", "pass")),
             "8493fbc53ba582fb4c044c456bdc40eb"
         );
-        // P=$(printf '%s' '1700000000:alice' | openssl dgst -sha1 -hmac 'secret' -binary | base64)
+        // P=$(printf '%s' '1700000000:alice' | openssl dgst -sha1 -hmac 'X9kzKDyZH4xqbFVHXMie5A==' -binary | base64)
         // printf '%s' "1700000000:alice:iceway.example:$P" | md5sum
         assert_eq!(
             hex(&long_term_key(
                 "1700000000:alice",
                 "iceway.example",
-                "d8soP47RbdIKLDUOpnJPVQyq5Ts="
+                "3641HOo3i0e8J+Spp7GLKNKE0z4="
             )),
-            "42a27bad0732b175c432fcbff4b83e94"
+            "7e8326b29bcd4e61f336c8eca63dedff"
         );
     }
 
     #[test]
     fn rest_check_strips_the_timestamp_and_offers_a_key_per_secret() {
-        let c = creds("secret\nother-secret\n");
+        let c = creds("X9kzKDyZH4xqbFVHXMie5A==\nother-secret-0123456789\n");
         let g = c
             .check("1700000000:alice", "iceway.example", at(1_699_999_000))
             .expect("grant");
@@ -535,7 +606,7 @@ mod tests {
         assert_eq!(g.limits, TurnLimits::default());
         assert_eq!(g.keys.len(), 2);
         // Same vector as long_term_key_matches_md5sum_vectors.
-        assert_eq!(hex(&g.keys[0]), "42a27bad0732b175c432fcbff4b83e94");
+        assert_eq!(hex(&g.keys[0]), "7e8326b29bcd4e61f336c8eca63dedff");
         // Colons after the first belong to the user id.
         let g = c.check("1700000000:a:b", "r", at(0)).expect("grant");
         assert_eq!(g.user, "a:b");
@@ -543,7 +614,7 @@ mod tests {
 
     #[test]
     fn rest_check_refuses_expired() {
-        let c = creds("secret");
+        let c = creds("rest-secret-0123456789");
         assert!(c.check("1700000000:alice", "r", at(1_700_000_000)).is_ok());
         assert_eq!(
             c.check("1700000000:alice", "r", at(1_700_000_001)),
@@ -553,7 +624,7 @@ mod tests {
 
     #[test]
     fn jwt_mint_and_check_round_trip_with_limits() {
-        let c = creds("main=first-secret\nold=second-secret");
+        let c = creds("kid:main first-secret-0123\nkid:old second-secret-0123");
         let limits = TurnLimits {
             alloc: Some(3),
             kbps: Some(2000),
@@ -570,7 +641,7 @@ mod tests {
         let header = m.username.split('.').next().expect("header");
         let header = URL_SAFE_NO_PAD.decode(header).expect("b64");
         assert_eq!(header, br#"{"alg":"HS256","kid":"main"}"#);
-        assert_eq!(m.password, password(b"first-secret", &m.username));
+        assert_eq!(m.password, password(b"first-secret-0123", &m.username));
 
         let g = c
             .check(&m.username, "iceway.example", at(1_000))
@@ -587,7 +658,7 @@ mod tests {
 
     #[test]
     fn jwt_minted_with_an_older_secret_still_checks_after_rotation() {
-        let before = creds("old=second-secret");
+        let before = creds("kid:old second-secret-0123");
         let m = before
             .mint(
                 CredentialFormat::Jwt,
@@ -597,11 +668,11 @@ mod tests {
                 at(0),
             )
             .expect("mint");
-        let after = creds("new=first-secret\nold=second-secret");
+        let after = creds("kid:new first-secret-0123\nkid:old second-secret-0123");
         let g = after.check(&m.username, "r", at(10)).expect("grant");
         assert_eq!(g.keys, vec![long_term_key(&m.username, "r", &m.password)]);
         // And once the old secret is retired, the kid is unknown.
-        let retired = creds("new=first-secret");
+        let retired = creds("kid:new first-secret-0123");
         assert_eq!(
             retired.check(&m.username, "r", at(10)),
             Err(CredentialError::UnknownKey)
@@ -610,8 +681,8 @@ mod tests {
 
     #[test]
     fn derived_kids_survive_reordering() {
-        let a = creds("alpha-secret\nbeta-secret");
-        let b = creds("beta-secret\nalpha-secret");
+        let a = creds("alpha-secret-0123456\nbeta-secret-01234567");
+        let b = creds("beta-secret-01234567\nalpha-secret-0123456");
         let m = a
             .mint(
                 CredentialFormat::Jwt,
@@ -623,14 +694,127 @@ mod tests {
             .expect("mint");
         assert!(b.check(&m.username, "r", at(0)).is_ok());
         assert!(a.secrets()[0].kid.starts_with('k') && a.secrets()[0].kid.len() == 9);
-        // A base64 secret's trailing '=' does not make it a KID= line.
-        let c = creds("c2VjcmV0MTIz=");
-        assert_eq!(c.secrets()[0].secret, b"c2VjcmV0MTIz=");
+    }
+
+    /// Secrets as operators make them, each checked against a REST password computed outside
+    /// Rust: `printf '%s' '1700000000:alice' | openssl dgst -sha1 -hmac "$S" -binary | base64`.
+    #[test]
+    fn secrets_printed_by_openssl_round_trip_exactly() {
+        let vectors = [
+            // openssl rand -base64 16 (always ends in `==`)
+            ("X9kzKDyZH4xqbFVHXMie5A==", "3641HOo3i0e8J+Spp7GLKNKE0z4="),
+            // openssl rand -base64 32 (ends in `=`)
+            (
+                "JK5RND7AolH2N8oyZCYyUzmWqGAIQaVv41zhILqg9H8=",
+                "BSUTyuxikxvM/iyu0g+SiGP3eIQ=",
+            ),
+            // openssl rand -hex 32
+            (
+                "cfa9fccf6c73cf67686d3b0a8b5c7588de1cfa2867228cdb28c296671c4ff74e",
+                "fk3Mph60jpngpuZkRPjNto2OF24=",
+            ),
+            // The secret of the report that found the old `KID=SECRET` split.
+            ("abcdEFGHijklMNOPqrstuv==", "tYlqEenCE+HzlQQhxSN1VUGY/Pg="),
+        ];
+        for (secret, expected) in vectors {
+            for text in [
+                format!("{secret}\n"),
+                format!("  {secret}  \r\n"),
+                format!("kid:main {secret}"),
+                format!("kid:main\t {secret}"),
+            ] {
+                let c = creds(&text);
+                assert_eq!(c.secrets().len(), 1, "{text:?}");
+                assert_eq!(c.secrets()[0].secret, secret.as_bytes(), "{text:?}");
+                let m = c
+                    .mint(
+                        CredentialFormat::Rest,
+                        "alice",
+                        Duration::from_secs(3600),
+                        TurnLimits::default(),
+                        at(1_699_996_400),
+                    )
+                    .expect("mint");
+                assert_eq!(m.password, expected, "{text:?}");
+            }
+        }
+        // What the old parser made of `abcdEFGHijklMNOPqrstuv==`: HMAC key "=", whose password
+        // (`openssl dgst -sha1 -hmac '='`) must not verify any more.
+        let c = creds("abcdEFGHijklMNOPqrstuv==");
+        let keys = c.check("1700000000:alice", "r", at(0)).expect("grant").keys;
+        assert!(!keys.contains(&long_term_key(
+            "1700000000:alice",
+            "r",
+            "JLf9lsD3vYVQ0jgmGHChwCleF8Q="
+        )));
+        // A bare secret's kid is derived, never a prefix of the secret.
+        assert!(c.secrets()[0].kid.starts_with('k') && c.secrets()[0].kid.len() == 9);
+        assert_eq!(
+            creds("kid:main abcdEFGHijklMNOPqrstuv==").secrets()[0].kid,
+            "main"
+        );
+    }
+
+    #[test]
+    fn ambiguous_or_weak_secret_lines_are_refused_by_line_number() {
+        let refused = |text: &str| TurnCredentials::from_secret_lines(text).err();
+        let at_line = |line, reason| Some(CredentialError::SecretLine { line, reason });
+        // The old `KID=SECRET` form would now silently change the key: refused.
+        assert_eq!(
+            refused("# rotation\nmain=first-secret-0123"),
+            at_line(2, SecretLineError::EqualsInside)
+        );
+        assert_eq!(
+            refused("abc=def=ghijklmnopqrst=="),
+            at_line(1, SecretLineError::EqualsInside)
+        );
+        assert_eq!(
+            refused("two words-0123456789"),
+            at_line(1, SecretLineError::Whitespace)
+        );
+        assert_eq!(
+            refused("kid:main two words-0123456789"),
+            at_line(1, SecretLineError::Whitespace)
+        );
+        assert_eq!(
+            refused("kid:bad.kid secret-0123456789"),
+            at_line(1, SecretLineError::InvalidKeyId)
+        );
+        assert_eq!(
+            refused("kid: secret-0123456789"),
+            at_line(1, SecretLineError::InvalidKeyId)
+        );
+        // 15 bytes, and `openssl rand -base64 8` (12 bytes): too short, bare or named.
+        for short in [
+            "0123456789abcde",
+            "q8bXH9wGaNc=",
+            "kid:k 0123456789abcde",
+            "=",
+        ] {
+            assert_eq!(
+                refused(short),
+                at_line(1, SecretLineError::TooShort),
+                "{short}"
+            );
+        }
+        assert!(TurnCredentials::from_secret_lines("0123456789abcdef").is_ok());
+        // The message names the line and never the secret.
+        let err = refused("\n\nmain=hunter2-hunter2-hunter2").expect("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("line 3") && !text.contains("hunter2"),
+            "{text}"
+        );
+        // Secrets made in code obey the same floor.
+        assert_eq!(
+            TurnCredentials::new(vec![TurnSecret::derived(b"short")]).err(),
+            Some(CredentialError::ShortSecret(derived_kid(b"short")))
+        );
     }
 
     #[test]
     fn jwt_check_refusals() {
-        let c = creds("main=first-secret");
+        let c = creds("kid:main first-secret-0123");
         let m = c
             .mint(
                 CredentialFormat::Jwt,
@@ -669,26 +853,26 @@ mod tests {
         let ok = encode(
             serde_json::json!({"alg":"HS256","kid":"main"}),
             claims.clone(),
-            b"first-secret",
+            b"first-secret-0123",
         );
         assert!(c.check(&ok, "r", at(0)).is_ok());
         let wrong_aud = serde_json::json!({"sub":"u","exp":100,"iat":0,"aud":"iceway"});
         let t = encode(
             serde_json::json!({"alg":"HS256","kid":"main"}),
             wrong_aud,
-            b"first-secret",
+            b"first-secret-0123",
         );
         assert_eq!(c.check(&t, "r", at(0)), Err(CredentialError::WrongAudience));
         let t = encode(
             serde_json::json!({"alg":"HS256"}),
             claims.clone(),
-            b"first-secret",
+            b"first-secret-0123",
         );
         assert_eq!(c.check(&t, "r", at(0)), Err(CredentialError::MissingKeyId));
         let t = encode(
             serde_json::json!({"alg":"HS256","kid":"nope"}),
             claims.clone(),
-            b"first-secret",
+            b"first-secret-0123",
         );
         assert_eq!(c.check(&t, "r", at(0)), Err(CredentialError::UnknownKey));
         let t = encode(
@@ -704,7 +888,7 @@ mod tests {
         let t = encode(
             serde_json::json!({"alg":"HS256","kid":"main"}),
             no_aud,
-            b"first-secret",
+            b"first-secret-0123",
         );
         assert_eq!(c.check(&t, "r", at(0)), Err(CredentialError::Malformed));
 
@@ -723,7 +907,7 @@ mod tests {
 
     #[test]
     fn jwt_username_stays_under_509_bytes_and_long_user_ids_are_refused() {
-        let c = creds("main=first-secret");
+        let c = creds("kid:main first-secret-0123");
         let limits = TurnLimits {
             alloc: Some(u32::MAX),
             kbps: Some(u32::MAX),
@@ -774,7 +958,7 @@ mod tests {
 
     #[test]
     fn invalid_users_and_secret_sets_are_refused() {
-        let c = creds("s");
+        let c = creds("some-secret-0123456789");
         for user in ["", "a\nb", "tab\there"] {
             assert_eq!(
                 c.mint(
@@ -792,7 +976,10 @@ mod tests {
             Some(CredentialError::NoSecrets)
         );
         assert_eq!(
-            TurnCredentials::from_secret_lines("a=x\na=y").err(),
+            TurnCredentials::from_secret_lines(
+                "kid:a secret-x-0123456789\nkid:a secret-y-0123456789"
+            )
+            .err(),
             Some(CredentialError::DuplicateKey("a".into()))
         );
         assert_eq!(
@@ -815,7 +1002,7 @@ mod tests {
 
     #[test]
     fn debug_output_hides_secrets_and_passwords() {
-        let c = creds("main=hunter2-secret");
+        let c = creds("kid:main hunter2-secret-0123");
         let m = c
             .mint(
                 CredentialFormat::Rest,

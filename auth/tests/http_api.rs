@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 const JWT_SECRET: &str = "integration-test-app-secret-0123456789";
-const TURN_SECRETS: &str = "current=turn-secret-new\nprevious=turn-secret-old\n";
+const TURN_SECRETS: &str = "kid:current turn-secret-new-0123\nkid:previous turn-secret-old-0123\n";
 const RSA_PUBLIC: &[u8] = include_bytes!("keys/rsa_public.pem");
 const RSA_PRIVATE: &[u8] = include_bytes!("keys/rsa_private.pem");
 const WAIT: Duration = Duration::from_secs(30);
@@ -222,7 +222,7 @@ async fn app_with_a_valid_token_gets_rtc_ice_servers() {
         "{expiry} vs {now}"
     );
     // Minted with the first secret, and the TURN server's check accepts it.
-    assert_eq!(credential, password(b"turn-secret-new", &username));
+    assert_eq!(credential, password(b"turn-secret-new-0123", &username));
     let grant = TurnCredentials::from_secret_lines(TURN_SECRETS)
         .expect("secrets")
         .check(&username, "iceway", SystemTime::now())
@@ -256,7 +256,10 @@ async fn app_with_a_valid_token_gets_rtc_ice_servers() {
     assert!(rest.username.ends_with(":cam-9"));
     assert_eq!(rest.ttl, 600);
     assert_eq!(rest.uris.len(), 2);
-    assert_eq!(rest.password, password(b"turn-secret-new", &rest.username));
+    assert_eq!(
+        rest.password,
+        password(b"turn-secret-new-0123", &rest.username)
+    );
 }
 
 #[tokio::test]

@@ -81,13 +81,17 @@ mod tests {
     #[test]
     fn rest_credentials_match_coturn_format() {
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let src = CredentialSource::minted("S", CredentialFormat::Rest, Duration::from_secs(3600))
-            .expect("one secret");
+        let src = CredentialSource::minted(
+            "load-secret-0123456789",
+            CredentialFormat::Rest,
+            Duration::from_secs(3600),
+        )
+        .expect("one secret");
         let c = src.for_allocation(3, now).expect("mint").expect("some");
         assert_eq!(c.username, "1700003600:load3");
         assert_eq!(
             c.password,
-            iceway_auth::turn_credential::password(b"S", "1700003600:load3")
+            iceway_auth::turn_credential::password(b"load-secret-0123456789", "1700003600:load3")
         );
     }
 
@@ -95,14 +99,17 @@ mod tests {
     fn jwt_credentials_verify_with_the_same_secret_lines() {
         let now = SystemTime::now();
         let src = CredentialSource::minted(
-            "main=S1\nold=S0",
+            "kid:main secret-one-0123456789\nkid:old secret-zero-0123456789",
             CredentialFormat::Jwt,
             Duration::from_secs(600),
         )
         .expect("secrets");
         let c = src.for_allocation(1, now).expect("mint").expect("some");
         assert_eq!(c.username.split('.').count(), 3);
-        let checker = TurnCredentials::from_secret_lines("old=S0\nmain=S1").expect("secrets");
+        let checker = TurnCredentials::from_secret_lines(
+            "kid:old secret-zero-0123456789\nkid:main secret-one-0123456789",
+        )
+        .expect("secrets");
         let grant = checker.check(&c.username, "r", now).expect("verifies");
         assert_eq!(grant.user, "load1");
     }

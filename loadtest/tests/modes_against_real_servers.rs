@@ -87,8 +87,8 @@ fn assert_relay_adds_up(r: &Report, allocations: u64) {
 
 #[test]
 fn turn_channel_load_with_rest_credentials_against_coturn_adds_up() {
-    let server = common::coturn(common::Auth::Secret("s3cret"));
-    let creds = rest("s3cret");
+    let server = common::coturn(common::Auth::Secret("s3cret-0123456789ab"));
+    let creds = rest("s3cret-0123456789ab");
     let cfg = config(Pace::Paced { pps: 50.0 }, 120, server.pid());
     let r = run_turn(&turn_options(
         server.addr,
@@ -122,8 +122,8 @@ fn turn_indication_flood_with_static_user_against_coturn_adds_up() {
 
 #[test]
 fn turn_with_wrong_secret_fails_with_401() {
-    let server = common::coturn(common::Auth::Secret("right"));
-    let creds = rest("wrong");
+    let server = common::coturn(common::Auth::Secret("right-secret-0123456789"));
+    let creds = rest("wrong-secret-0123456789");
     let cfg = config(Pace::Paced { pps: 10.0 }, 120, server.pid());
     let err = run_turn(&turn_options(
         server.addr,
@@ -138,7 +138,7 @@ fn turn_with_wrong_secret_fails_with_401() {
 
 #[test]
 fn stun_binding_flood_against_coturn_adds_up() {
-    let server = common::coturn(common::Auth::Secret("s"));
+    let server = common::coturn(common::Auth::Secret("some-secret-0123456789"));
     let opts = StunOptions {
         server: server.addr,
         sockets: 8,
@@ -169,14 +169,14 @@ fn ceiling_relay_load_adds_up() {
 
 #[test]
 fn cli_prints_json_and_writes_a_self_contained_html_report() {
-    let server = common::coturn(common::Auth::Secret("clisecret"));
+    let server = common::coturn(common::Auth::Secret("cli-secret-0123456789"));
     let dir = tempfile::tempdir().expect("tempdir");
     let html = dir.path().join("report.html");
     let out = Command::new(env!("CARGO_BIN_EXE_iceway-loadtest"))
         .args(["turn", "--server", &server.addr.to_string(), "-n", "5"])
         .args([
             "--secret",
-            "clisecret",
+            "cli-secret-0123456789",
             "--rate",
             "50",
             "--duration",
@@ -208,9 +208,9 @@ fn cli_prints_json_and_writes_a_self_contained_html_report() {
 
 #[test]
 fn turn_channel_load_with_jwt_credentials_against_iceway_turn_adds_up() {
-    let server = common::iceway_turn("main=jwtsecret\n", &[]);
+    let server = common::iceway_turn("kid:main jwt-secret-0123456789\n", &[]);
     let creds = CredentialSource::minted(
-        "main=jwtsecret",
+        "kid:main jwt-secret-0123456789",
         CredentialFormat::Jwt,
         Duration::from_secs(600),
     )
@@ -229,7 +229,7 @@ fn turn_channel_load_with_jwt_credentials_against_iceway_turn_adds_up() {
 
 #[test]
 fn turn_indication_paced_with_static_user_against_iceway_turn_adds_up() {
-    let server = common::iceway_turn("unused\n", &["bob:pw"]);
+    let server = common::iceway_turn("unused-secret-0123456789\n", &["bob:pw"]);
     let creds = CredentialSource::Static {
         username: "bob".into(),
         password: "pw".into(),
@@ -248,13 +248,13 @@ fn turn_indication_paced_with_static_user_against_iceway_turn_adds_up() {
 
 #[test]
 fn turn_with_rest_credentials_against_iceway_turn_adds_up() {
-    let server = common::iceway_turn("restsecret\n", &[]);
+    let server = common::iceway_turn("rest-secret-0123456789\n", &[]);
     let cfg = config(Pace::Paced { pps: 50.0 }, 120, server.pid());
     let r = run_turn(&turn_options(
         server.addr,
         TurnProtocol::Channel,
         5,
-        rest("restsecret"),
+        rest("rest-secret-0123456789"),
         cfg,
     ))
     .expect("turn load runs");
@@ -263,7 +263,7 @@ fn turn_with_rest_credentials_against_iceway_turn_adds_up() {
 
 #[test]
 fn stun_binding_flood_against_iceway_turn_adds_up() {
-    let server = common::iceway_turn("s\n", &[]);
+    let server = common::iceway_turn("some-secret-0123456789\n", &[]);
     let opts = StunOptions {
         server: server.addr,
         sockets: 8,
@@ -277,12 +277,12 @@ fn stun_binding_flood_against_iceway_turn_adds_up() {
 
 #[test]
 fn turn_over_tcp_against_coturn_adds_up() {
-    let server = common::coturn(common::Auth::Secret("tcpsecret"));
+    let server = common::coturn(common::Auth::Secret("tcp-secret-0123456789"));
     let mut opts = turn_options(
         server.addr,
         TurnProtocol::Channel,
         5,
-        rest("tcpsecret"),
+        rest("tcp-secret-0123456789"),
         config(Pace::Flood { window: 4 }, 120, server.pid()),
     );
     opts.transport = TransportKind::Tcp;
@@ -293,12 +293,12 @@ fn turn_over_tcp_against_coturn_adds_up() {
 
 #[test]
 fn turn_indications_over_tcp_against_iceway_turn_add_up() {
-    let server = common::iceway_turn("tcpsecret\n", &[]);
+    let server = common::iceway_turn("tcp-secret-0123456789\n", &[]);
     let mut opts = turn_options(
         server.addr,
         TurnProtocol::Indication,
         5,
-        rest("tcpsecret"),
+        rest("tcp-secret-0123456789"),
         config(Pace::Paced { pps: 50.0 }, 1000, server.pid()),
     );
     opts.transport = TransportKind::Tcp;
@@ -308,7 +308,7 @@ fn turn_indications_over_tcp_against_iceway_turn_add_up() {
 
 #[test]
 fn stun_over_tcp_against_iceway_turn_adds_up() {
-    let server = common::iceway_turn("s\n", &[]);
+    let server = common::iceway_turn("some-secret-0123456789\n", &[]);
     let opts = StunOptions {
         server: server.addr,
         sockets: 4,

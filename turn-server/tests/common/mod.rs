@@ -13,7 +13,10 @@ use stun::integrity::MessageIntegrity;
 use stun::message::*;
 
 pub const REALM: &str = "iceway.test";
-pub const SECRET: &str = "interop-secret";
+/// As `openssl rand -base64 16` printed it. It is alphanumeric up to its `==`, so the `KID=SECRET`
+/// parser of earlier releases cut it into a kid and the secret `"="`; coturn's
+/// `turnutils_uclient -W` signs with all of it, and so must the server.
+pub const SECRET: &str = "S7Zrz29OvyUmMxSGCSuMVw==";
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "alice-pw";
 pub const STARTUP: Duration = Duration::from_secs(20);
