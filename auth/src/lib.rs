@@ -9,6 +9,7 @@ pub mod api;
 pub mod app_token;
 pub mod config;
 pub mod ice_servers;
+pub mod server;
 pub mod turn_credential;
 
 pub use app_token::{

@@ -537,7 +537,7 @@ async fn bad_configuration_fails_at_start_naming_the_key() {
             "--turn-url",
             "http://not-ice",
         ])
-        .env("ICEWAY_TURN__SECRET_FILE", "/nonexistent")
+        .env("ICEWAY_TURN_CREDENTIALS__SECRET_FILE", "/nonexistent")
         .output();
     let out = timeout(WAIT, out)
         .await
@@ -546,4 +546,90 @@ async fn bad_configuration_fails_at_start_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("jwt.secret_file"), "{stderr}");
+}
+
+#[tokio::test]
+async fn misspelt_keys_are_refused_with_their_path_and_check_config_prints_the_effective_config() {
+    let dir = tempfile::tempdir().expect("dir");
+    let jwt = write(dir.path(), "jwt.key", JWT_SECRET.as_bytes());
+    let turn = write(dir.path(), "turn.secrets", TURN_SECRETS.as_bytes());
+    let run = |args: Vec<String>, env: Vec<(&'static str, &'static str)>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_iceway-auth"));
+        cmd.args(&args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        async move {
+            timeout(WAIT, cmd.output())
+                .await
+                .expect("exits promptly")
+                .expect("run")
+        }
+    };
+    let base = vec![
+        "--jwt-secret-file".to_owned(),
+        jwt.clone(),
+        "--turn-secret-file".to_owned(),
+        turn.clone(),
+    ];
+    for (file, key) in [
+        (
+            "[auth]\nlisten = \"127.0.0.1:0\"\nlistne = 1\n",
+            "auth.listne",
+        ),
+        (
+            "[auth.rate_limit]\nper_minut = 5\n",
+            "auth.rate_limit.per_minut",
+        ),
+        ("[turn_credential]\nttl = \"1h\"\n", "turn_credential"),
+        ("drain_timeout = \"5s\"\n", "drain_timeout"),
+    ] {
+        let path = write(dir.path(), "bad.toml", file.as_bytes());
+        let mut args = base.clone();
+        args.extend(["--config".to_owned(), path]);
+        let out = run(args, vec![]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {stderr}");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+    }
+    let out = run(base.clone(), vec![("ICEWAY_JWT__AUDIENSE", "x")]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("jwt.audiense"), "{stderr}");
+
+    let mut args = base.clone();
+    args.extend([
+        "--check-config".to_owned(),
+        "--ttl".to_owned(),
+        "5m".to_owned(),
+    ]);
+    let out = run(args, vec![("ICEWAY_DRAIN__TIMEOUT", "7s")]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("[turn_credentials]") && stdout.contains("ttl = \"5m\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("timeout = \"7s\""), "{stdout}");
+    assert!(!stdout.contains("turn-secret-new"), "{stdout}");
+    // A secret file that does not parse fails the check, naming the key and the line.
+    let weak = write(dir.path(), "weak.secrets", b"# old syntax\nmain=short\n");
+    let out = run(
+        vec![
+            "--check-config".to_owned(),
+            "--jwt-secret-file".to_owned(),
+            jwt,
+            "--turn-secret-file".to_owned(),
+            weak,
+        ],
+        vec![],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("turn_credentials.secret_file") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("short"), "{stderr}");
 }

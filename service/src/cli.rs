@@ -17,4 +17,13 @@ pub struct CommonArgs {
     /// Log output format.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// After SIGTERM, how long work in flight may finish, e.g. 10s.
+    #[arg(long, value_name = "DURATION", alias = "drain-deadline")]
+    pub drain_timeout: Option<String>,
+
+    /// Load the configuration (file, environment, flags), print it with secrets redacted, and
+    /// exit: 0 if it is valid, 2 with the error if not.
+    #[arg(long)]
+    pub check_config: bool,
 }

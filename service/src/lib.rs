@@ -13,7 +13,10 @@ pub mod telemetry;
 
 pub use admin::{AdminServer, serve_admin};
 pub use cli::CommonArgs;
-pub use config::{ConfigError, ConfigLoader};
+pub use config::{
+    AdminConfig, ConfigError, ConfigLoader, DrainConfig, EXIT_BAD_CONFIG, LogConfig, REDACTED,
+    render_effective, settle,
+};
 pub use metrics::new_registry;
 pub use secret::{SecretError, read_secret, read_secret_lines};
 pub use shutdown::Shutdown;

@@ -9,6 +9,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The configuration spelling: `text` or `json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the default `info` filter.
 /// Calling it twice (tests starting several services in one process) keeps the first one.
 pub fn init_tracing(format: LogFormat) {

@@ -1,0 +1,97 @@
+//! The credential API as a server: `bind` opens its socket (port 0 works; `local_addr` reads it
+//! back), `run` serves until the drain ends. The same entry shape as every Iceway server
+//! (DESIGN §1), so `iceway dev` and tests embed it as `main.rs` does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use iceway_service::{ConfigError, Shutdown};
+use prometheus::Registry;
+use tokio::net::TcpListener;
+
+use crate::api::{ApiMetrics, ApiState, router};
+use crate::config::AuthConfig;
+
+/// Why the credential API could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("credential API listener failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Everything that can fail on configuration is checked here, before any socket opens.
+pub fn api_state(cfg: &AuthConfig) -> Result<ApiState, ConfigError> {
+    let verifier = cfg.jwt.verifier()?;
+    let creds = Arc::new(cfg.turn_credentials.credentials()?);
+    let ice = cfg.turn_credentials.ice_servers(creds)?;
+    cfg.auth.cors.validate()?;
+    let mut state = ApiState::new(Arc::new(verifier), Arc::new(ice))
+        .with_cors_origins(cfg.auth.cors.origins.clone());
+    if let Some(limit) = cfg.auth.rate_limit.rate_limit()? {
+        state = state.with_rate_limit(limit);
+    }
+    Ok(state)
+}
+
+/// A bound credential API, not yet serving.
+pub struct AuthServer {
+    listener: TcpListener,
+    state: ApiState,
+    drain: std::time::Duration,
+}
+
+impl std::fmt::Debug for AuthServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthServer")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthServer {
+    /// Validates `cfg`, registers the metrics in `registry` and binds `auth.listen`.
+    pub async fn bind(cfg: &AuthConfig, registry: &Registry) -> Result<Self, ServeError> {
+        let state = api_state(cfg)?.with_metrics(ApiMetrics::register(registry)?);
+        let addr = cfg.auth.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            state,
+            drain: cfg.drain.timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// Serves until `shutdown` drains; requests still in flight after `drain.timeout` are cut.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), ServeError> {
+        shutdown.set_ready();
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        let drain = shutdown.clone();
+        let server = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { drain.draining().await });
+        tokio::select! {
+            served = async { server.await } => served.map_err(ServeError::Serve)?,
+            () = shutdown.deadline(self.drain) => {
+                tracing::warn!(timeout = ?self.drain, "drain deadline passed with requests in flight");
+            }
+        }
+        Ok(())
+    }
+}
