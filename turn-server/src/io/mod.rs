@@ -14,6 +14,8 @@ use std::time::Duration;
 use anyhow::Context;
 use iceway_auth::turn_credential::TurnCredentials;
 use iceway_service::{Shutdown, read_secret_lines, serve_admin};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -44,16 +46,20 @@ fn credentials(cfg: &TurnConfig) -> anyhow::Result<Box<dyn CredentialStore>> {
 }
 
 fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("turn.tls_cert {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("turn.tls_cert {}", cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("turn.tls_key {}", key.display()))?,
-    ))
-    .with_context(|| format!("turn.tls_key {}", key.display()))?
-    .with_context(|| format!("turn.tls_key {}: no private key", key.display()))?;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("turn.tls_cert {}", cert.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "turn.tls_cert {}: no certificate",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        pem::Error::NoItemsFound => {
+            anyhow::anyhow!("turn.tls_key {}: no private key", key.display())
+        }
+        e => anyhow::Error::new(e).context(format!("turn.tls_key {}", key.display())),
+    })?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
