@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Iceway's tests need on a fresh Debian machine: real peers and servers (coturn's
-# clients, redis-server, prometheus/promtool, chromium), network-namespace tools, helm and the
-# schema validators. Idempotent: a second run only checks.
+# clients, redis-server, prometheus/promtool, chromium), network-namespace tools, helm, the
+# schema validators and cargo-deny. Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,12 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
   echo "cargo-nextest missing: installing"
   cargo install --locked cargo-nextest
+fi
+
+# cargo-deny (supply-chain checks in .ci/run); 0.20.2 needs rustc >= 1.88.
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "cargo-deny missing: installing"
+  cargo install --locked cargo-deny --version 0.20.2
 fi
 
 python3 -m openapi_spec_validator --help >/dev/null 2>&1 || \
