@@ -44,10 +44,7 @@ async fn run(cfg: AuthConfig) -> anyhow::Result<()> {
     shutdown.listen_for_signals();
     let server = AuthServer::bind(&cfg, &registry).await?;
     let admin = AdminServer::bind(cfg.admin.listen, registry, shutdown.clone()).await?;
-    // The admin listener outlives the drain so probes see /readyz turn false; it ends with the
-    // process.
-    let admin_addr = admin.local_addr()?;
-    tokio::spawn(admin.serve(std::future::pending()));
+    let admin_addr = admin.spawn()?;
     tracing::info!(
         addr = %server.local_addr(),
         admin = %admin_addr,

@@ -2,15 +2,16 @@
 //! process, on loopback or a given address, keyed with the dev secrets. Prints the URLs and a
 //! camera and a viewer token; `--json` prints the same as one JSON line for scripts and tests.
 
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use iceway_auth::Role;
-use iceway_service::{Shutdown, serve_admin};
-use iceway_signal::{SignalConfig, SignalServer};
-use iceway_turn::config::TurnConfig;
+use iceway_service::{AdminServer, Shutdown};
+use iceway_signal::{Config as SignalServerConfig, SignalConfig, SignalServer};
+use iceway_turn::config::{Config as TurnServerConfig, TurnConfig};
+use iceway_turn::server::TurnServer;
 use serde::Serialize;
 
 use crate::devstate::DevState;
@@ -75,15 +76,6 @@ const DRAIN: Duration = Duration::from_secs(1);
 pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     let state = DevState::load_or_create(&state_dir)?;
     let host = url_host(args.bind);
-    let turn_port = match args.turn_port {
-        0 => free_udp_tcp_port(args.bind).context("finding a free STUN/TURN port")?,
-        p => p,
-    };
-    let turn_urls = vec![
-        format!("stun:{host}:{turn_port}"),
-        format!("turn:{host}:{turn_port}?transport=udp"),
-        format!("turn:{host}:{turn_port}?transport=tcp"),
-    ];
 
     // TURN refuses relaying to private and loopback addresses unless allowed; here every peer
     // (a relayed address of this very server, or a host on the same machine) is on `bind`.
@@ -95,51 +87,73 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     } else {
         ipnet::IpNet::from(args.bind)
     };
-    let turn_cfg = TurnConfig {
-        listen: vec![SocketAddr::new(args.bind, turn_port)],
-        tls_listen: Vec::new(),
-        admin: SocketAddr::new(args.bind, 0),
-        realm: "iceway".into(),
-        secret_file: Some(state.turn_secret_path()),
-        relay_range: args.relay_range.clone(),
-        allow_peers: vec![peer_net],
-        drain_deadline_secs: DRAIN.as_secs(),
-        threads: 1,
-        ..TurnConfig::default()
+    let mut turn_cfg = TurnServerConfig {
+        turn: TurnConfig {
+            listen: vec![SocketAddr::new(args.bind, args.turn_port)],
+            tls_listen: Vec::new(),
+            realm: "iceway".into(),
+            relay_range: args.relay_range.clone(),
+            allow_peers: vec![peer_net],
+            threads: 1,
+            ..TurnConfig::default()
+        },
+        ..TurnServerConfig::default()
     };
-    turn_cfg.validate().context("TURN configuration")?;
+    turn_cfg.turn_credentials.secret_file = Some(state.turn_secret_path());
+    turn_cfg.drain.timeout = DRAIN;
+    // Every socket is bound before any URL is printed: port 0 means the kernel's pick, read back
+    // from the bound server, with no window for another process to take it.
+    let turn_registry = iceway_service::new_registry("turn", env!("CARGO_PKG_VERSION"));
+    let turn_server = TurnServer::bind(&turn_cfg, &turn_registry)
+        .await
+        .context("starting STUN/TURN")?;
+    let turn_port = turn_server.local_addrs()[0].port();
+    let turn_shutdown = Shutdown::new();
+    let turn_admin = AdminServer::bind(
+        SocketAddr::new(args.bind, 0),
+        turn_registry,
+        turn_shutdown.clone(),
+    )
+    .await
+    .context("TURN admin listener")?
+    .spawn()?;
+    let turn_urls = vec![
+        format!("stun:{host}:{turn_port}"),
+        format!("turn:{host}:{turn_port}?transport=udp"),
+        format!("turn:{host}:{turn_port}?transport=tcp"),
+    ];
 
     let web_root = args.web_root.clone().unwrap_or_else(default_web_root);
-    let signal_cfg = SignalConfig {
-        listen: SocketAddr::new(args.bind, args.http_port),
-        admin: SocketAddr::new(args.bind, 0),
-        web_root: web_root.clone(),
-        jwt_secret_file: Some(state.jwt_secret_path()),
-        turn_secret_file: Some(state.turn_secret_path()),
-        turn_urls: turn_urls.clone(),
-        turn_credential_ttl: args.turn_ttl,
-        drain_grace: DRAIN,
-        ..SignalConfig::default()
+    let mut signal_cfg = SignalServerConfig {
+        signal: SignalConfig {
+            listen: SocketAddr::new(args.bind, args.http_port),
+            web_root: web_root.clone(),
+            ..SignalConfig::default()
+        },
+        ..SignalServerConfig::default()
     };
+    signal_cfg.jwt.secret_file = Some(state.jwt_secret_path());
+    signal_cfg.turn_credentials.secret_file = Some(state.turn_secret_path());
+    signal_cfg.turn_credentials.urls = turn_urls.clone();
+    signal_cfg.turn_credentials.ttl = args.turn_ttl;
+    signal_cfg.drain.timeout = DRAIN;
 
-    let turn_shutdown = Shutdown::new();
-    let mut turn_task = tokio::spawn(iceway_turn::io::run_until(turn_cfg, turn_shutdown.clone()));
+    let mut turn_task = tokio::spawn(turn_server.run(turn_shutdown.clone()));
 
     let registry = iceway_service::new_registry("signal", env!("CARGO_PKG_VERSION"));
-    let server = SignalServer::bind(signal_cfg, &registry)
+    let server = SignalServer::bind(&signal_cfg, &registry)
         .await
         .context("starting signaling")?;
     let http_addr = server.local_addr();
     let signal_shutdown = Shutdown::new();
-    let admin_stop = signal_shutdown.token();
-    let signal_admin = serve_admin(
+    let signal_admin = AdminServer::bind(
         SocketAddr::new(args.bind, 0),
         registry,
         signal_shutdown.clone(),
-        async move { admin_stop.cancelled().await },
     )
     .await
-    .context("signal admin listener")?;
+    .context("signal admin listener")?
+    .spawn()?;
     let signal_task = tokio::spawn(server.run(signal_shutdown.clone()));
 
     wait_ready(&turn_shutdown, &turn_task).await?;
@@ -167,7 +181,7 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         camera_token,
         viewer_token,
         turn_urls,
-        turn_admin: None,
+        turn_admin: Some(format!("http://{}", url_host_port(turn_admin))),
         signal_admin: format!("http://{}", url_host_port(signal_admin)),
         state_dir: state.dir.display().to_string(),
     };
@@ -270,33 +284,9 @@ fn default_web_root() -> PathBuf {
     }
 }
 
-/// A port free for both UDP and TCP on `ip`. The TURN server binds it right after; the window
-/// in between is small and only matters when something else grabs ports at random.
-fn free_udp_tcp_port(ip: IpAddr) -> std::io::Result<u16> {
-    let mut last = None;
-    for _ in 0..20 {
-        let udp = UdpSocket::bind(SocketAddr::new(ip, 0))?;
-        let port = udp.local_addr()?.port();
-        match TcpListener::bind(SocketAddr::new(ip, port)) {
-            Ok(_tcp) => return Ok(port),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn free_port_is_bindable_for_udp_and_tcp() {
-        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
-        let port = free_udp_tcp_port(ip).expect("port");
-        assert_ne!(port, 0);
-        UdpSocket::bind(SocketAddr::new(ip, port)).expect("udp");
-        TcpListener::bind(SocketAddr::new(ip, port)).expect("tcp");
-    }
 
     #[test]
     fn ipv6_hosts_are_bracketed_in_urls() {

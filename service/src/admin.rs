@@ -63,6 +63,21 @@ impl AdminServer {
     }
 }
 
+impl AdminServer {
+    /// Serves in a background task for the rest of the process, which is how every service runs
+    /// it: the admin listener outlives the drain on purpose, so probes see `/readyz` turn false
+    /// and scrapes go on until exit. Returns the bound address.
+    pub fn spawn(self) -> std::io::Result<SocketAddr> {
+        let bound = self.local_addr()?;
+        tokio::spawn(async move {
+            if let Err(e) = self.serve(std::future::pending()).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+        Ok(bound)
+    }
+}
+
 /// Binds and serves in a background task; returns the bound address.
 pub async fn serve_admin(
     addr: SocketAddr,

@@ -1,49 +1,75 @@
-//! The typed configuration of `iceway-signal` (DESIGN §5). In a TOML file it is the `[signal]`
-//! table; in the environment `ICEWAY_SIGNAL__<KEY>` (e.g. `ICEWAY_SIGNAL__REDIS_URL`).
-//! Durations are written like `30s`, `500ms`, `2m`.
+//! The typed configuration of `iceway-signal` (DESIGN §5, `docs/configuration.md`): its own
+//! `[signal]` table (environment `ICEWAY_SIGNAL__<KEY>`, e.g. `ICEWAY_SIGNAL__REDIS_URL`), and the
+//! shared `[admin]`, `[log]`, `[drain]`, `[jwt]` and `[turn_credentials]`, built by the same code
+//! as in `iceway-auth`. Durations are written like `30s`, `500ms`, `2m`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iceway_auth::{
-    AppTokenVerifier, CredentialFormat, IceServers, IceServersConfig, TurnCredentials, TurnSecret,
-    VerificationKey,
+use iceway_auth::config::{JwtArgs, JwtConfig, TurnCredentialArgs, TurnCredentialsConfig};
+use iceway_auth::{AppTokenVerifier, IceServers, TurnCredentials, TurnSecret};
+use iceway_service::{
+    AdminConfig, CommonArgs, ConfigError, ConfigLoader, DrainConfig, LogConfig, REDACTED,
 };
-use iceway_service::{ConfigError, ConfigLoader, LogFormat};
 use serde::{Deserialize, Serialize};
 
-/// Every setting of the signal server, with safe defaults.
+/// The whole `iceway-signal` configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub signal: SignalConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub drain: DrainConfig,
+    pub jwt: JwtConfig,
+    pub turn_credentials: TurnCredentialsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            signal: SignalConfig::default(),
+            admin: AdminConfig::on_port(9480),
+            log: LogConfig::default(),
+            drain: DrainConfig::default(),
+            jwt: JwtConfig::default(),
+            turn_credentials: TurnCredentialsConfig::default(),
+        }
+    }
+}
+
+/// Flags of `iceway-signal`; every one can also be set in the file and the environment.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "iceway-signal",
+    version,
+    about = "Iceway signaling: WebSocket rendezvous for cameras and viewers"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// WebSocket and HTTP listener [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub turn_credentials: TurnCredentialArgs,
+    /// Redis for scale-out (redis://host:6379/0).
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+}
+
+/// `[signal]`: the signaling server's own settings, with safe defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SignalConfig {
     /// WebSocket and HTTP listener (`/v1/ws`, `/v1/ice-servers`, `/camera`, `/viewer`).
     pub listen: SocketAddr,
-    /// Admin listener: `/metrics`, `/healthz`, `/readyz`.
-    pub admin: SocketAddr,
-    pub log_format: LogFormat,
     /// Directory of the browser reference client (`camera.html`, `viewer.html`, assets).
     pub web_root: PathBuf,
-
-    /// HS256 app-token secret (kid `default`), at least 32 bytes.
-    pub jwt_secret_file: Option<PathBuf>,
-    /// More app-token keys, each `KID=ALG:PEMFILE` (ALG: HS256, RS256, ES256, EdDSA).
-    pub jwt_keys: Vec<String>,
-    pub jwt_audience: String,
-    pub jwt_issuer: Option<String>,
-    #[serde(with = "iceway_service::duration")]
-    pub jwt_leeway: Duration,
-
-    /// TURN shared secrets, one per line (the first mints). Needed when `turn_urls` has
-    /// `turn:`/`turns:` URLs.
-    pub turn_secret_file: Option<PathBuf>,
-    /// `stun:`, `turn:` and `turns:` URLs handed to clients in `welcome.iceServers`.
-    pub turn_urls: Vec<String>,
-    #[serde(with = "iceway_service::duration")]
-    pub turn_credential_ttl: Duration,
-    /// `rest` (coturn use-auth-secret) or `jwt`.
-    pub turn_credential_format: TurnFormat,
 
     /// Redis for scale-out; unset: one process holds all state in memory.
     pub redis_url: Option<String>,
@@ -79,35 +105,13 @@ pub struct SignalConfig {
     /// A socket that cannot take a frame for this long is closed.
     #[serde(with = "iceway_service::duration")]
     pub write_timeout: Duration,
-    /// After SIGTERM: time clients get before their sockets are closed with 1001.
-    #[serde(with = "iceway_service::duration")]
-    pub drain_grace: Duration,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TurnFormat {
-    #[default]
-    Rest,
-    Jwt,
 }
 
 impl Default for SignalConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            admin: SocketAddr::from(([0, 0, 0, 0], 9480)),
-            log_format: LogFormat::Text,
             web_root: PathBuf::from("client/web"),
-            jwt_secret_file: None,
-            jwt_keys: Vec::new(),
-            jwt_audience: iceway_auth::app_token::DEFAULT_AUDIENCE.to_owned(),
-            jwt_issuer: None,
-            jwt_leeway: iceway_auth::app_token::DEFAULT_LEEWAY,
-            turn_secret_file: None,
-            turn_urls: Vec::new(),
-            turn_credential_ttl: Duration::from_secs(12 * 3600),
-            turn_credential_format: TurnFormat::Rest,
             redis_url: None,
             redis_prefix: "iceway:".to_owned(),
             presence_ttl: Duration::from_secs(30),
@@ -123,68 +127,84 @@ impl Default for SignalConfig {
             max_viewers_per_camera: 8,
             max_watches_per_connection: 32,
             write_timeout: Duration::from_secs(10),
-            drain_grace: Duration::from_secs(10),
         }
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct File {
-    #[serde(default)]
-    signal: SignalConfig,
-}
+const LIST_KEYS: [&str; 2] = ["jwt.keys", "turn_credentials.urls"];
 
-/// The flags of DESIGN §5 that override the file and environment.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub listen: Option<SocketAddr>,
-    pub admin: Option<SocketAddr>,
-    pub log_format: Option<LogFormat>,
-    pub jwt_secret_file: Option<PathBuf>,
-    pub jwt_keys: Vec<String>,
-    pub turn_secret_file: Option<PathBuf>,
-    pub turn_urls: Vec<String>,
-    pub redis_url: Option<String>,
-}
-
-const LIST_KEYS: [&str; 2] = ["signal.jwt_keys", "signal.turn_urls"];
-
-impl SignalConfig {
-    /// Defaults → `file` → environment → `flags`, then validated.
+impl Config {
+    /// Defaults → `--config` → environment (`None`: the process's) → `cli`, then validated.
     pub fn load(
-        file: Option<&std::path::Path>,
-        flags: Overrides,
+        cli: &Cli,
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
-        let list = |v: Vec<String>| (!v.is_empty()).then_some(v);
-        let loader = ConfigLoader::new(&File {
-            signal: Self::default(),
-        })?
-        .list_keys(&LIST_KEYS)
-        .file(file)
-        .set("signal.listen", flags.listen.map(|a| a.to_string()))?
-        .set("signal.admin", flags.admin.map(|a| a.to_string()))?
-        .set(
-            "signal.log_format",
-            flags.log_format.map(|f| match f {
-                LogFormat::Text => "text",
-                LogFormat::Json => "json",
-            }),
-        )?
-        .set("signal.jwt_secret_file", path(flags.jwt_secret_file))?
-        .set("signal.jwt_keys", list(flags.jwt_keys))?
-        .set("signal.turn_secret_file", path(flags.turn_secret_file))?
-        .set("signal.turn_urls", list(flags.turn_urls))?
-        .set("signal.redis_url", flags.redis_url)?;
-        let file: File = match env {
-            Some(env) => loader.build_with_env(Some(env))?,
-            None => loader.build()?,
-        };
-        file.signal.validate()?;
-        Ok(file.signal)
+        let loader = ConfigLoader::new(&Self::default())?
+            .list_keys(&LIST_KEYS)
+            .file(cli.common.config.as_deref())
+            .common_flags(&cli.common)?
+            .set("signal.listen", cli.listen.map(|a| a.to_string()))?
+            .set("signal.redis_url", cli.redis_url.clone())?;
+        let cfg: Self = cli
+            .turn_credentials
+            .apply(cli.jwt.apply(loader)?)?
+            .build_with_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
+    /// Refuses settings that cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.signal.validate()?;
+        if self.jwt.secret_file.is_none() && self.jwt.keys.is_empty() {
+            return Err(ConfigError::invalid(
+                "jwt.secret_file",
+                "no app-token key: set jwt.secret_file (--jwt-secret-file) or jwt.keys (--jwt-key)",
+            ));
+        }
+        let has_turn = self.turn_credentials.urls.iter().any(|u| {
+            let u = u.to_ascii_lowercase();
+            u.starts_with("turn:") || u.starts_with("turns:")
+        });
+        if has_turn && self.turn_credentials.secret_file.is_none() {
+            return Err(ConfigError::invalid(
+                "turn_credentials.secret_file",
+                "turn: URLs need a TURN secret to mint credentials",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the key files named by the configuration; `--check-config` runs this too.
+    pub fn load_credentials(&self) -> Result<Credentials, ConfigError> {
+        let verifier = self.jwt.verifier()?;
+        let turn = match &self.turn_credentials.secret_file {
+            Some(path) => iceway_auth::config::read_secret_file(path)?,
+            // validate() allows this only without turn: URLs, so nothing is ever minted with
+            // this secret; it exists because IceServers always carries credentials.
+            None => TurnCredentials::new(vec![TurnSecret::derived(&rand::random::<[u8; 32]>())])
+                .map_err(|e| ConfigError::invalid("turn_credentials.secret_file", e))?,
+        };
+        Ok(Credentials {
+            verifier: Arc::new(verifier),
+            ice: Arc::new(self.turn_credentials.ice_servers(Arc::new(turn))?),
+        })
+    }
+
+    /// What `--check-config` prints: a Redis URL's password hidden.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        if let Some(url) = &mut shown.signal.redis_url
+            && let Some((scheme, rest)) = url.split_once("://")
+            && let Some((_, host)) = rest.rsplit_once('@')
+        {
+            *url = format!("{scheme}://{REDACTED}@{host}");
+        }
+        shown
+    }
+}
+
+impl SignalConfig {
     /// Refuses settings that cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let key = |k: &str| format!("signal.{k}");
@@ -227,12 +247,6 @@ impl SignalConfig {
                 return Err(ConfigError::invalid(key(k), "must be at least 1"));
             }
         }
-        if self.jwt_secret_file.is_none() && self.jwt_keys.is_empty() {
-            return Err(ConfigError::invalid(
-                key("jwt_secret_file"),
-                "no app-token key: set signal.jwt_secret_file (--jwt-secret-file) or signal.jwt_keys (--jwt-key)",
-            ));
-        }
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
@@ -244,75 +258,7 @@ impl SignalConfig {
                 "must be a redis://, rediss:// or unix:// URL",
             ));
         }
-        self.ice_servers_config()
-            .validate()
-            .map_err(|e| ConfigError::invalid(key("turn_urls"), e))?;
-        let has_turn = self.turn_urls.iter().any(|u| {
-            let u = u.to_ascii_lowercase();
-            u.starts_with("turn:") || u.starts_with("turns:")
-        });
-        if has_turn && self.turn_secret_file.is_none() {
-            return Err(ConfigError::invalid(
-                key("turn_secret_file"),
-                "turn: URLs need a TURN secret to mint credentials",
-            ));
-        }
         Ok(())
-    }
-
-    fn ice_servers_config(&self) -> IceServersConfig {
-        IceServersConfig {
-            urls: self.turn_urls.clone(),
-            ttl: self.turn_credential_ttl,
-            format: match self.turn_credential_format {
-                TurnFormat::Rest => CredentialFormat::Rest,
-                TurnFormat::Jwt => CredentialFormat::Jwt,
-            },
-        }
-    }
-
-    /// Reads the key files named by the configuration.
-    pub fn load_credentials(&self) -> Result<Credentials, ConfigError> {
-        let mut keys = Vec::new();
-        if let Some(path) = &self.jwt_secret_file {
-            keys.push(
-                VerificationKey::hs256_from_file("default", path)
-                    .map_err(|e| ConfigError::invalid("signal.jwt_secret_file", e))?,
-            );
-        }
-        for spec in &self.jwt_keys {
-            keys.push(
-                VerificationKey::parse_spec(spec)
-                    .map_err(|e| ConfigError::invalid("signal.jwt_keys", e))?,
-            );
-        }
-        let verifier = AppTokenVerifier::try_new(
-            keys,
-            &self.jwt_audience,
-            self.jwt_issuer.as_deref(),
-            self.jwt_leeway,
-        )
-        .map_err(|e| ConfigError::invalid("signal.jwt_keys", e))?;
-        let turn = match &self.turn_secret_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::invalid(
-                        "signal.turn_secret_file",
-                        format!("{}: {e}", path.display()),
-                    )
-                })?;
-                TurnCredentials::from_secret_lines(&text)
-                    .map_err(|e| ConfigError::invalid("signal.turn_secret_file", e))?
-            }
-            // validate() allows this only without turn: URLs, so nothing is ever minted with
-            // this secret; it exists because IceServers always carries credentials.
-            None => TurnCredentials::new(vec![TurnSecret::derived(&rand::random::<[u8; 32]>())])
-                .map_err(|e| ConfigError::invalid("signal.turn_secret_file", e))?,
-        };
-        Ok(Credentials {
-            verifier: Arc::new(verifier),
-            ice: Arc::new(IceServers::new(self.ice_servers_config(), Arc::new(turn))),
-        })
     }
 }
 
@@ -337,6 +283,12 @@ mod tests {
         f
     }
 
+    fn cli(args: &[&str]) -> Cli {
+        <Cli as clap::Parser>::parse_from(
+            std::iter::once("iceway-signal").chain(args.iter().copied()),
+        )
+    }
+
     #[test]
     fn file_env_and_flags_layer_in_order() {
         let secret = secret_file();
@@ -346,7 +298,7 @@ mod tests {
             .expect("temp");
         writeln!(
             toml,
-            "[signal]\npresence_ttl = \"3s\"\nmax_viewers_per_camera = 2\nlisten = \"127.0.0.1:1\""
+            "[signal]\npresence_ttl = \"3s\"\nmax_viewers_per_camera = 2\nlisten = \"127.0.0.1:1\"\n[drain]\ntimeout = \"4s\""
         )
         .expect("write");
         let env = HashMap::from([
@@ -355,24 +307,32 @@ mod tests {
                 "3".to_owned(),
             ),
             (
-                "ICEWAY_SIGNAL__TURN_URLS".to_owned(),
+                "ICEWAY_TURN_CREDENTIALS__URLS".to_owned(),
                 "stun:a:3478,stun:b:3478".to_owned(),
             ),
         ]);
-        let cfg = SignalConfig::load(
-            Some(toml.path()),
-            Overrides {
-                listen: Some("127.0.0.1:2".parse().expect("addr")),
-                jwt_secret_file: Some(secret.path().to_owned()),
-                ..Overrides::default()
-            },
+        let path = toml.path().display().to_string();
+        let secret_path = secret.path().display().to_string();
+        let cfg = Config::load(
+            &cli(&[
+                "--config",
+                &path,
+                "--listen",
+                "127.0.0.1:2",
+                "--jwt-secret-file",
+                &secret_path,
+            ]),
             Some(env),
         )
         .expect("valid");
-        assert_eq!(cfg.presence_ttl, Duration::from_secs(3));
-        assert_eq!(cfg.max_viewers_per_camera, 3);
-        assert_eq!(cfg.listen.port(), 2);
-        assert_eq!(cfg.turn_urls, vec!["stun:a:3478", "stun:b:3478"]);
+        assert_eq!(cfg.signal.presence_ttl, Duration::from_secs(3));
+        assert_eq!(cfg.signal.max_viewers_per_camera, 3);
+        assert_eq!(cfg.signal.listen.port(), 2);
+        assert_eq!(cfg.drain.timeout, Duration::from_secs(4));
+        assert_eq!(
+            cfg.turn_credentials.urls,
+            vec!["stun:a:3478", "stun:b:3478"]
+        );
         let creds = cfg.load_credentials().expect("keys");
         let list = creds
             .ice
@@ -384,22 +344,50 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = SignalConfig::load(None, Overrides::default(), Some(HashMap::new()))
-            .expect_err("no key");
-        assert!(err.to_string().contains("signal.jwt_secret_file"), "{err}");
+        let err = Config::load(&cli(&[]), Some(HashMap::new())).expect_err("no key");
+        assert!(err.to_string().contains("jwt.secret_file"), "{err}");
         let secret = secret_file();
-        let flags = Overrides {
-            jwt_secret_file: Some(secret.path().to_owned()),
-            ..Overrides::default()
-        };
+        let secret_path = secret.path().display().to_string();
+        let flags = cli(&["--jwt-secret-file", &secret_path]);
         let env = HashMap::from([("ICEWAY_SIGNAL__HEARTBEAT".to_owned(), "soon".to_owned())]);
-        let err = SignalConfig::load(None, flags.clone(), Some(env)).expect_err("bad duration");
-        assert!(err.to_string().contains("heartbeat"), "{err}");
+        let err = Config::load(&flags, Some(env)).expect_err("bad duration");
+        assert!(err.to_string().contains("signal.heartbeat"), "{err}");
         let env = HashMap::from([(
-            "ICEWAY_SIGNAL__TURN_URLS".to_owned(),
+            "ICEWAY_TURN_CREDENTIALS__URLS".to_owned(),
             "turn:t:3478".to_owned(),
         )]);
-        let err = SignalConfig::load(None, flags, Some(env)).expect_err("turn without secret");
-        assert!(err.to_string().contains("signal.turn_secret_file"), "{err}");
+        let err = Config::load(&flags, Some(env)).expect_err("turn without secret");
+        assert!(
+            err.to_string().contains("turn_credentials.secret_file"),
+            "{err}"
+        );
+        // Misspelt keys at any level, and the flat keys of earlier releases, are refused with
+        // their path.
+        for (var, key) in [
+            (
+                "ICEWAY_SIGNAL__MAX_VIEWRES_PER_CAMERA",
+                "signal.max_viewres_per_camera",
+            ),
+            ("ICEWAY_SIGNAL__JWT_SECRET_FILE", "signal.jwt_secret_file"),
+            ("ICEWAY_SIGNAL__DRAIN_GRACE", "signal.drain_grace"),
+            ("ICEWAY_JWT__LEWAY", "jwt.leway"),
+            ("ICEWAY_DRAIN__GRACE", "drain.grace"),
+            ("ICEWAY_TURN__REALM", "turn"),
+        ] {
+            let env = HashMap::from([(var.to_owned(), "1".to_owned())]);
+            let err = Config::load(&flags, Some(env)).expect_err(var);
+            assert!(err.to_string().contains(key), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn redacted_hides_the_redis_password() {
+        let mut cfg = Config::default();
+        cfg.signal.redis_url = Some("redis://user:hunter2@redis:6379/0".into());
+        let shown = iceway_service::render_effective(&cfg.redacted());
+        assert!(
+            !shown.contains("hunter2") && shown.contains("@redis:6379/0"),
+            "{shown}"
+        );
     }
 }

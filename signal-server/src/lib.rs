@@ -22,5 +22,5 @@ pub mod router;
 mod server;
 mod web;
 
-pub use config::{Credentials, Overrides, SignalConfig};
-pub use server::{SignalError, SignalServer, run};
+pub use config::{Cli, Config, Credentials, SignalConfig};
+pub use server::{SignalError, SignalServer};

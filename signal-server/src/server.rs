@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Credentials, SignalConfig};
+use crate::config::{Config, Credentials, SignalConfig};
 use crate::limits::{Liveness, UserConnections};
 use crate::metrics::Metrics;
 use crate::router::{MemoryRouter, RedisRouter, RedisRouterConfig, Router};
@@ -90,6 +90,8 @@ impl Shared {
 pub struct SignalServer {
     listener: TcpListener,
     shared: Arc<Shared>,
+    /// After SIGTERM, how long clients get before their sockets are closed with 1001.
+    drain: std::time::Duration,
 }
 
 impl std::fmt::Debug for SignalServer {
@@ -103,15 +105,17 @@ impl std::fmt::Debug for SignalServer {
 impl SignalServer {
     /// Reads the key files named by `config`, connects to Redis if configured, registers the
     /// metrics and binds the listener.
-    pub async fn bind(config: SignalConfig, registry: &Registry) -> Result<Self, SignalError> {
+    pub async fn bind(config: &Config, registry: &Registry) -> Result<Self, SignalError> {
         config.validate()?;
         let creds = config.load_credentials()?;
-        Self::bind_with_credentials(config, creds, registry).await
+        Self::bind_with_credentials(config.signal.clone(), config.drain.timeout, creds, registry)
+            .await
     }
 
     /// As [`bind`](Self::bind), with keys already in memory (`iceway dev`).
     pub async fn bind_with_credentials(
         config: SignalConfig,
+        drain: std::time::Duration,
         creds: Credentials,
         registry: &Registry,
     ) -> Result<Self, SignalError> {
@@ -149,7 +153,11 @@ impl SignalServer {
             creds,
             config,
         });
-        Ok(Self { listener, shared })
+        Ok(Self {
+            listener,
+            shared,
+            drain,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -159,7 +167,7 @@ impl SignalServer {
     }
 
     /// Serves until the drain: when `shutdown` starts draining, new upgrades get 503; after
-    /// `drain_grace` every socket is closed with 1001 and this returns once they are gone.
+    /// `drain.timeout` every socket is closed with 1001 and this returns once they are gone.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), SignalError> {
         let shared = self.shared;
         let tracker = TaskTracker::new();
@@ -179,7 +187,7 @@ impl SignalServer {
         tracing::info!(%addr, redis = shared.config.redis_url.is_some(), "signal listening");
         shutdown.set_ready();
 
-        let grace = shared.config.drain_grace;
+        let grace = self.drain;
         let close_all = shared.close_all.clone();
         let deadline = {
             let shutdown = shutdown.clone();
@@ -209,19 +217,6 @@ impl SignalServer {
         }
         served.map_err(SignalError::Serve)
     }
-}
-
-/// Binds and serves `config` until the drain completes (the entry point of `iceway dev`).
-/// Use [`SignalServer`] to learn the bound address first.
-pub async fn run(
-    config: SignalConfig,
-    shutdown: Shutdown,
-    registry: &Registry,
-) -> Result<(), SignalError> {
-    SignalServer::bind(config, registry)
-        .await?
-        .run(shutdown)
-        .await
 }
 
 #[derive(Clone)]

@@ -140,7 +140,7 @@ async fn watching_a_camera_outside_cams_is_forbidden() {
 
 #[tokio::test]
 async fn expired_or_missing_token_is_closed_with_4001() {
-    let server = TestServer::start_with(|c| c.auth_timeout = Duration::from_secs(1)).await;
+    let server = TestServer::start_with(|c| c.signal.auth_timeout = Duration::from_secs(1)).await;
     let url = server.url();
 
     let ws = connect_raw(&url, Some(&expired_token(Role::Viewer, "alice")))
@@ -301,7 +301,7 @@ async fn a_repeated_watch_gives_the_camera_a_fresh_viewer_joined() {
 
 #[tokio::test]
 async fn oversized_frame_is_closed_with_4009() {
-    let server = TestServer::start_with(|c| c.max_frame_bytes = 4096).await;
+    let server = TestServer::start_with(|c| c.signal.max_frame_bytes = 4096).await;
     let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
     camera.ping_pong().await;
     let big = json!({"type":"offer","to":"x","sdp":"a".repeat(10_000)}).to_string();
@@ -313,9 +313,9 @@ async fn oversized_frame_is_closed_with_4009() {
 #[tokio::test]
 async fn flood_gets_rate_limited_then_closed_with_4008() {
     let server = TestServer::start_with(|c| {
-        c.rate_per_second = 5;
-        c.rate_burst = 10;
-        c.rate_strikes = 20;
+        c.signal.rate_per_second = 5;
+        c.signal.rate_burst = 10;
+        c.signal.rate_strikes = 20;
     })
     .await;
     let mut client = Client::connect(&server.url(), &viewer_token("alice", &[])).await;
@@ -390,7 +390,7 @@ async fn malformed_frames_get_bad_message_and_the_connection_lives_on() {
 
 #[tokio::test]
 async fn viewers_beyond_the_camera_limit_are_refused() {
-    let server = TestServer::start_with(|c| c.max_viewers_per_camera = 1).await;
+    let server = TestServer::start_with(|c| c.signal.max_viewers_per_camera = 1).await;
     let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
     camera.send(json!({"type":"publish"})).await;
     camera.expect("camera-online").await;
@@ -408,7 +408,7 @@ async fn viewers_beyond_the_camera_limit_are_refused() {
 
 #[tokio::test]
 async fn connections_beyond_the_per_user_limit_are_closed_with_4008() {
-    let server = TestServer::start_with(|c| c.max_connections_per_user = 2).await;
+    let server = TestServer::start_with(|c| c.signal.max_connections_per_user = 2).await;
     let token = viewer_token("alice", &[]);
     let _a = Client::connect(&server.url(), &token).await;
     let _b = Client::connect(&server.url(), &token).await;
@@ -419,7 +419,7 @@ async fn connections_beyond_the_per_user_limit_are_closed_with_4008() {
 
 #[tokio::test]
 async fn connections_beyond_the_process_limit_are_refused_with_503() {
-    let server = TestServer::start_with(|c| c.max_connections = 1).await;
+    let server = TestServer::start_with(|c| c.signal.max_connections = 1).await;
     let _a = Client::connect(&server.url(), &viewer_token("alice", &[])).await;
     let err = connect_raw(&server.url(), Some(&viewer_token("bob", &[])))
         .await
@@ -433,8 +433,8 @@ async fn connections_beyond_the_process_limit_are_refused_with_503() {
 #[tokio::test]
 async fn silent_client_is_pinged_then_closed_with_4008() {
     let server = TestServer::start_with(|c| {
-        c.heartbeat = Duration::from_secs(1);
-        c.idle_timeout = Duration::from_secs(2);
+        c.signal.heartbeat = Duration::from_secs(1);
+        c.signal.idle_timeout = Duration::from_secs(2);
     })
     .await;
     // A raw socket that never answers pings (a real WebSocket client would).
@@ -471,7 +471,7 @@ async fn silent_client_is_pinged_then_closed_with_4008() {
 
 #[tokio::test]
 async fn drain_refuses_new_upgrades_and_closes_sockets_with_1001_after_grace() {
-    let server = TestServer::start_with(|c| c.drain_grace = Duration::from_secs(1)).await;
+    let server = TestServer::start_with(|c| c.drain.timeout = Duration::from_secs(1)).await;
     let mut viewer = Client::connect(&server.url(), &viewer_token("alice", &[])).await;
     viewer.ping_pong().await;
     server.shutdown.begin_drain();
@@ -498,7 +498,7 @@ async fn ice_servers_endpoint_and_browser_pages_are_served() {
     std::fs::write(web.path().join("camera.html"), "<h1>camera</h1>").unwrap();
     std::fs::write(web.path().join("app.js"), "// js").unwrap();
     let root = web.path().to_owned();
-    let server = TestServer::start_with(move |c| c.web_root = root).await;
+    let server = TestServer::start_with(move |c| c.signal.web_root = root).await;
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
 

@@ -1,12 +1,15 @@
-//! The typed configuration of `iceway-turn` (section `[turn]`, env `ICEWAY_TURN__<KEY>`) and its
-//! validation. Loading order: defaults -> TOML (`--config`) -> environment -> flags.
+//! The typed configuration of `iceway-turn` and its validation (`docs/configuration.md`): its own
+//! `[turn]` section (env `ICEWAY_TURN__<KEY>`), the shared `[admin]`, `[log]`, `[drain]` and
+//! `[turn_credentials]` (of which the relay reads `secret_file`). Loading order: defaults → TOML
+//! (`--config`) → environment → flags.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use iceway_service::{CommonArgs, ConfigError, ConfigLoader, LogFormat};
+use iceway_auth::config::TurnCredentialsConfig;
+use iceway_service::{AdminConfig, CommonArgs, ConfigError, ConfigLoader, DrainConfig, LogConfig};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -27,9 +30,9 @@ pub struct Cli {
     pub listen: Vec<SocketAddr>,
     #[arg(long, value_name = "REALM")]
     pub realm: Option<String>,
-    /// TURN shared secrets, one per line, all accepted.
-    #[arg(long, value_name = "FILE")]
-    pub secret_file: Option<PathBuf>,
+    /// TURN shared secrets, one per line, all accepted (SECRET or `kid:KID SECRET`).
+    #[arg(long, value_name = "FILE", alias = "secret-file")]
+    pub turn_secret_file: Option<PathBuf>,
     /// Advertised relay address (behind NAT / in Kubernetes); one per family.
     #[arg(long, value_name = "IP", value_delimiter = ',')]
     pub external_ip: Vec<IpAddr>,
@@ -50,23 +53,42 @@ pub struct Cli {
     pub stun_only: bool,
 }
 
+/// The whole `iceway-turn` configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct File {
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
     pub turn: TurnConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub drain: DrainConfig,
+    pub turn_credentials: TurnCredentialsConfig,
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            turn: TurnConfig::default(),
+            admin: AdminConfig::on_port(9478),
+            log: LogConfig::default(),
+            // Allocations are relayed until clients move to another server (ALTERNATE-SERVER or
+            // their own retry); a longer drain than the HTTP services' lets calls finish.
+            drain: DrainConfig {
+                timeout: Duration::from_secs(30),
+            },
+            turn_credentials: TurnCredentialsConfig::default(),
+        }
+    }
+}
+
+/// `[turn]`: the relay's own settings.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TurnConfig {
     pub listen: Vec<SocketAddr>,
     /// TLS listeners, used when `tls_cert` and `tls_key` are set.
     pub tls_listen: Vec<SocketAddr>,
-    pub admin: SocketAddr,
-    pub log_format: LogFormat,
     pub realm: String,
-    pub secret_file: Option<PathBuf>,
-    /// Inline secrets (prefer `secret_file`).
-    pub secrets: Vec<String>,
+    /// Static `NAME:PASSWORD` users, for development.
     pub users: Vec<String>,
     pub external_ip: Vec<IpAddr>,
     /// Address relay sockets bind to; default: the first listen address's IP.
@@ -77,15 +99,17 @@ pub struct TurnConfig {
     pub user_quota: Option<u32>,
     pub total_quota: Option<u32>,
     pub max_kbps: Option<u32>,
-    pub default_lifetime_secs: u64,
-    pub max_lifetime_secs: u64,
-    pub nonce_lifetime_secs: u64,
+    #[serde(with = "iceway_service::duration")]
+    pub default_lifetime: Duration,
+    #[serde(with = "iceway_service::duration")]
+    pub max_lifetime: Duration,
+    #[serde(with = "iceway_service::duration")]
+    pub nonce_lifetime: Duration,
     pub strict_expiry: bool,
     /// Only RFC 8656 channel numbers (0x4000-0x4FFF); by default RFC 5766's 0x4000-0x7FFE are
     /// also accepted, as coturn does, because coturn's clients pick numbers up there.
     pub strict_channel_numbers: bool,
     pub alternate_server: Option<SocketAddr>,
-    pub drain_deadline_secs: u64,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub stun_only: bool,
@@ -103,10 +127,7 @@ impl std::fmt::Debug for TurnConfig {
         f.debug_struct("TurnConfig")
             .field("listen", &self.listen)
             .field("tls_listen", &self.tls_listen)
-            .field("admin", &self.admin)
             .field("realm", &self.realm)
-            .field("secret_file", &self.secret_file)
-            .field("secrets", &self.secrets.len())
             .field("users", &self.users.len())
             .field("external_ip", &self.external_ip)
             .field("relay_range", &self.relay_range)
@@ -122,11 +143,7 @@ impl Default for TurnConfig {
         Self {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 3478))],
             tls_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5349))],
-            admin: SocketAddr::from(([0, 0, 0, 0], 9478)),
-            log_format: LogFormat::Text,
             realm: "iceway".into(),
-            secret_file: None,
-            secrets: Vec::new(),
             users: Vec::new(),
             external_ip: Vec::new(),
             relay_ip: None,
@@ -139,13 +156,12 @@ impl Default for TurnConfig {
             user_quota: None,
             total_quota: None,
             max_kbps: None,
-            default_lifetime_secs: 600,
-            max_lifetime_secs: 3600,
-            nonce_lifetime_secs: 600,
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            nonce_lifetime: Duration::from_secs(600),
             strict_expiry: false,
             strict_channel_numbers: false,
             alternate_server: None,
-            drain_deadline_secs: 30,
             tls_cert: None,
             tls_key: None,
             stun_only: false,
@@ -163,7 +179,7 @@ pub struct RelayRange {
     pub hi: u16,
 }
 
-impl TurnConfig {
+impl Config {
     pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
         Self::load_with_env(cli, None)
     }
@@ -174,61 +190,80 @@ impl TurnConfig {
     ) -> Result<Self, ConfigError> {
         let strings = |v: &[String]| (!v.is_empty()).then(|| v.to_vec());
         let display = |v: Vec<String>| (!v.is_empty()).then_some(v);
-        let file: File = ConfigLoader::new(&File {
-            turn: TurnConfig::default(),
-        })?
-        .list_keys(&[
-            "turn.listen",
-            "turn.tls_listen",
-            "turn.secrets",
-            "turn.users",
-            "turn.external_ip",
-            "turn.allow_peers",
-            "turn.deny_peers",
-        ])
-        .file(cli.common.config.as_deref())
-        .set(
-            "turn.listen",
-            display(cli.listen.iter().map(ToString::to_string).collect()),
-        )?
-        .set("turn.admin", cli.common.admin.map(|a| a.to_string()))?
-        .set(
-            "turn.log_format",
-            cli.common.log_format.map(|f| match f {
-                LogFormat::Text => "text",
-                LogFormat::Json => "json",
-            }),
-        )?
-        .set("turn.realm", cli.realm.clone())?
-        .set(
-            "turn.secret_file",
-            cli.secret_file.as_ref().map(|p| p.display().to_string()),
-        )?
-        .set(
-            "turn.external_ip",
-            display(cli.external_ip.iter().map(ToString::to_string).collect()),
-        )?
-        .set("turn.relay_range", cli.relay_range.clone())?
-        .set(
-            "turn.allow_peers",
-            display(cli.allow_peers.iter().map(ToString::to_string).collect()),
-        )?
-        .set(
-            "turn.tls_cert",
-            cli.tls_cert.as_ref().map(|p| p.display().to_string()),
-        )?
-        .set(
-            "turn.tls_key",
-            cli.tls_key.as_ref().map(|p| p.display().to_string()),
-        )?
-        .set("turn.users", strings(&cli.user))?
-        .set("turn.stun_only", cli.stun_only.then_some(true))?
-        .build_with_env(env)?;
-        let cfg = file.turn;
+        let cfg: Config = ConfigLoader::new(&Config::default())?
+            .list_keys(&[
+                "turn.listen",
+                "turn.tls_listen",
+                "turn.users",
+                "turn.external_ip",
+                "turn.allow_peers",
+                "turn.deny_peers",
+            ])
+            .file(cli.common.config.as_deref())
+            .set(
+                "turn.listen",
+                display(cli.listen.iter().map(ToString::to_string).collect()),
+            )?
+            .common_flags(&cli.common)?
+            .set("turn.realm", cli.realm.clone())?
+            .set(
+                "turn_credentials.secret_file",
+                cli.turn_secret_file
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+            )?
+            .set(
+                "turn.external_ip",
+                display(cli.external_ip.iter().map(ToString::to_string).collect()),
+            )?
+            .set("turn.relay_range", cli.relay_range.clone())?
+            .set(
+                "turn.allow_peers",
+                display(cli.allow_peers.iter().map(ToString::to_string).collect()),
+            )?
+            .set(
+                "turn.tls_cert",
+                cli.tls_cert.as_ref().map(|p| p.display().to_string()),
+            )?
+            .set(
+                "turn.tls_key",
+                cli.tls_key.as_ref().map(|p| p.display().to_string()),
+            )?
+            .set("turn.users", strings(&cli.user))?
+            .set("turn.stun_only", cli.stun_only.then_some(true))?
+            .build_with_env(env)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.turn.validate()?;
+        let t = &self.turn;
+        if !t.stun_only && self.turn_credentials.secret_file.is_none() && t.users.is_empty() {
+            return Err(ConfigError::invalid(
+                "turn_credentials.secret_file",
+                "no credentials: set turn_credentials.secret_file (--turn-secret-file) or turn.users (or turn.stun_only)",
+            ));
+        }
+        if let Some(path) = &self.turn_credentials.secret_file {
+            iceway_auth::config::read_secret_file(path)?;
+        }
+        Ok(())
+    }
+
+    /// What `--check-config` prints: static users' passwords hidden.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        for user in &mut shown.turn.users {
+            if let Some((name, _)) = user.split_once(':') {
+                *user = format!("{name}:{}", iceway_service::REDACTED);
+            }
+        }
+        shown
+    }
+}
+
+impl TurnConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
             return Err(ConfigError::invalid(
@@ -241,26 +276,16 @@ impl TurnConfig {
         if self.realm.is_empty() {
             return Err(ConfigError::invalid("turn.realm", "must not be empty"));
         }
-        if self.default_lifetime_secs == 0 || self.max_lifetime_secs < self.default_lifetime_secs {
+        if self.default_lifetime.as_secs() == 0 || self.max_lifetime < self.default_lifetime {
             return Err(ConfigError::invalid(
-                "turn.max_lifetime_secs",
-                "must be >= default_lifetime_secs > 0",
+                "turn.max_lifetime",
+                "must be >= default_lifetime >= 1s",
             ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::invalid(
                 "turn.tls_key",
                 "tls_cert and tls_key go together",
-            ));
-        }
-        if !self.stun_only
-            && self.secret_file.is_none()
-            && self.secrets.is_empty()
-            && self.users.is_empty()
-        {
-            return Err(ConfigError::invalid(
-                "turn.secret_file",
-                "no credentials: set secret_file, secrets or users (or stun_only)",
             ));
         }
         Ok(())
@@ -301,9 +326,9 @@ impl TurnConfig {
     pub fn core(&self) -> CoreConfig {
         CoreConfig {
             realm: self.realm.clone(),
-            default_lifetime: Duration::from_secs(self.default_lifetime_secs),
-            max_lifetime: Duration::from_secs(self.max_lifetime_secs),
-            nonce_lifetime: Duration::from_secs(self.nonce_lifetime_secs.max(1)),
+            default_lifetime: self.default_lifetime,
+            max_lifetime: self.max_lifetime,
+            nonce_lifetime: self.nonce_lifetime.max(Duration::from_secs(1)),
             strict_expiry: self.strict_expiry,
             external_ips: self.external_ip.clone(),
             user_quota: self.user_quota,
@@ -345,18 +370,18 @@ mod tests {
             "127.0.0.0/8,::1/128",
         ]);
         let env = HashMap::from([
-            (
-                "ICEWAY_TURN__MAX_LIFETIME_SECS".to_owned(),
-                "7200".to_owned(),
-            ),
+            ("ICEWAY_TURN__MAX_LIFETIME".to_owned(), "2h".to_owned()),
             ("ICEWAY_TURN__REALM".to_owned(), "env.realm".to_owned()),
         ]);
-        let cfg = TurnConfig::load_with_env(&c, Some(env)).expect("config");
+        let all = Config::load_with_env(&c, Some(env)).expect("config");
+        assert_eq!(all.admin.listen, "0.0.0.0:9478".parse().expect("addr"));
+        assert_eq!(all.drain.timeout, Duration::from_secs(30));
+        assert!(!iceway_service::render_effective(&all.redacted()).contains("a:b"));
+        let cfg = all.turn;
         assert_eq!(cfg.listen.len(), 2);
-        assert_eq!(cfg.max_lifetime_secs, 7200);
+        assert_eq!(cfg.max_lifetime, Duration::from_secs(7200));
         assert_eq!(cfg.realm, "env.realm");
         assert_eq!(cfg.allow_peers.len(), 2);
-        assert_eq!(cfg.admin, "0.0.0.0:9478".parse().expect("addr"));
         assert_eq!(
             cfg.relay_range().expect("range"),
             RelayRange {
@@ -373,18 +398,35 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let err = TurnConfig::load_with_env(
+        let err = Config::load_with_env(
             &cli(&["--user", "a:b", "--relay-range", "9-1"]),
             Some(HashMap::new()),
         )
         .expect_err("bad range");
         assert!(err.to_string().contains("turn.relay_range"), "{err}");
         let err =
-            TurnConfig::load_with_env(&cli(&[]), Some(HashMap::new())).expect_err("no credentials");
-        assert!(err.to_string().contains("turn.secret_file"), "{err}");
+            Config::load_with_env(&cli(&[]), Some(HashMap::new())).expect_err("no credentials");
+        assert!(
+            err.to_string().contains("turn_credentials.secret_file"),
+            "{err}"
+        );
         let env = HashMap::from([("ICEWAY_TURN__TOTAL_QUOTA".to_owned(), "lots".to_owned())]);
-        let err =
-            TurnConfig::load_with_env(&cli(&["--stun-only"]), Some(env)).expect_err("bad quota");
+        let err = Config::load_with_env(&cli(&["--stun-only"]), Some(env)).expect_err("bad quota");
         assert!(err.to_string().contains("turn.total_quota"), "{err}");
+        // Misspelt keys at any level, and keys of another section, are refused with their path.
+        for (var, key) in [
+            ("ICEWAY_TURN__RELAY_RNAGE", "turn.relay_rnage"),
+            ("ICEWAY_TURN__MAX_LIFETIME_SECS", "turn.max_lifetime_secs"),
+            ("ICEWAY_ADMIN__LISTNE", "admin.listne"),
+            (
+                "ICEWAY_TURN_CREDENTIALS__SECRETFILE",
+                "turn_credentials.secretfile",
+            ),
+            ("ICEWAY_SIGNAL__REDIS_URL", "signal"),
+        ] {
+            let env = HashMap::from([(var.to_owned(), "1".to_owned())]);
+            let err = Config::load_with_env(&cli(&["--stun-only"]), Some(env)).expect_err(var);
+            assert!(err.to_string().contains(key), "{var}: {err}");
+        }
     }
 }

@@ -9,3 +9,4 @@ pub mod io;
 pub mod metrics;
 pub mod policy;
 pub mod proto;
+pub mod server;

@@ -1,24 +1,41 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use iceway_turn::config::{Cli, TurnConfig};
+use iceway_service::{AdminServer, Shutdown, settle};
+use iceway_turn::config::{Cli, Config};
+use iceway_turn::server::TurnServer;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match TurnConfig::load(&cli) {
+    let cfg = match settle(
+        "iceway-turn",
+        cli.common.check_config,
+        Config::load(&cli),
+        Config::redacted,
+    ) {
         Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("iceway-turn: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    iceway_service::init_tracing(cfg.log_format);
-    match iceway_turn::io::run(cfg).await {
+    iceway_service::init_tracing(cfg.log.format);
+    match run(cfg).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "iceway-turn failed");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let registry = iceway_service::new_registry("turn", env!("CARGO_PKG_VERSION"));
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals();
+    let server = TurnServer::bind(&cfg, &registry).await?;
+    let admin = AdminServer::bind(cfg.admin.listen, registry, shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.listen {}: {e}", cfg.admin.listen))?;
+    let addr = admin.spawn()?;
+    tracing::info!(%addr, "admin endpoints /metrics /healthz /readyz");
+    server.run(shutdown).await
 }

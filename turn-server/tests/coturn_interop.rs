@@ -240,7 +240,7 @@ fn tls_clients_relay_without_loss() {
 #[test]
 fn sigterm_drains_refuses_new_allocations_and_exits_zero() {
     let mut server = TurnServer::start(ServerOptions {
-        env: vec![("ICEWAY_TURN__DRAIN_DEADLINE_SECS", "60".into())],
+        env: vec![("ICEWAY_DRAIN__TIMEOUT", "60s".into())],
         ..Default::default()
     });
     assert_eq!(server.http_get("/readyz").0, 200);

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::{SinkExt, StreamExt};
 use iceway_auth::{AppClaims, Role, mint_hs256};
 use iceway_service::Shutdown;
-use iceway_signal::{SignalConfig, SignalServer};
+use iceway_signal::{Config, SignalServer};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -67,14 +67,13 @@ pub struct TestServer {
     _secret: tempfile::NamedTempFile,
 }
 
-pub fn test_config(secret: &tempfile::NamedTempFile) -> SignalConfig {
-    SignalConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        jwt_secret_file: Some(secret.path().to_owned()),
-        turn_urls: vec!["stun:stun.test:3478".into()],
-        ..SignalConfig::default()
-    }
+pub fn test_config(secret: &tempfile::NamedTempFile) -> Config {
+    let mut config = Config::default();
+    config.signal.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.jwt.secret_file = Some(secret.path().to_owned());
+    config.turn_credentials.urls = vec!["stun:stun.test:3478".into()];
+    config
 }
 
 impl TestServer {
@@ -82,12 +81,12 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    pub async fn start_with(tweak: impl FnOnce(&mut SignalConfig)) -> Self {
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let secret = secret_file();
         let mut config = test_config(&secret);
         tweak(&mut config);
         let registry = prometheus::Registry::new();
-        let server = SignalServer::bind(config, &registry).await.unwrap();
+        let server = SignalServer::bind(&config, &registry).await.unwrap();
         let addr = server.local_addr();
         let shutdown = Shutdown::new();
         let task = tokio::spawn(server.run(shutdown.clone()));

@@ -1,0 +1,177 @@
+//! The relay as a server, in the entry shape of every Iceway server (DESIGN §1): `bind` opens
+//! every socket (port 0 works; `local_addr*` read them back), `run` serves until the drain ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use iceway_service::Shutdown;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::io::socket::{self, RelaySettings};
+use crate::io::{credentials, relay_settings, stream, tls_acceptor, udp};
+use crate::metrics::Metrics;
+use crate::policy::PeerPolicy;
+use crate::proto::Shared;
+
+/// A bound relay: sockets open, UDP shards not yet started.
+pub struct TurnServer {
+    shared: Arc<Shared>,
+    settings: RelaySettings,
+    threads: usize,
+    stun_only: bool,
+    drain: Duration,
+    listen: Vec<SocketAddr>,
+    tcp: Vec<TcpListener>,
+    udp: Vec<Vec<std::net::UdpSocket>>,
+    tls: Vec<(TcpListener, tokio_rustls::TlsAcceptor)>,
+}
+
+impl std::fmt::Debug for TurnServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnServer")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TurnServer {
+    /// Validates `cfg`, registers the metrics in `registry` and opens every listener.
+    pub async fn bind(cfg: &Config, registry: &Registry) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let t = &cfg.turn;
+        tracing::info!(config = ?t, "starting iceway-turn");
+        let metrics = Metrics::new()?;
+        metrics.register(registry)?;
+        let policy = PeerPolicy::new(t.allow_peers.clone(), t.deny_peers.clone());
+        let shared = Arc::new(Shared::new(t.core(), credentials(cfg)?, policy, metrics));
+        let settings = relay_settings(t)?;
+        let threads = match t.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        // TCP binds first and exclusively: SO_REUSEPORT would let a second process on the same
+        // port silently take a share of the UDP clients, so a taken port must fail here. Its
+        // port (also when 0 was asked) is then shared by every UDP shard.
+        let mut listen = Vec::new();
+        let mut tcp = Vec::new();
+        let mut udp: Vec<Vec<std::net::UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
+        for addr in &t.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("turn.listen {addr} (tcp)"))?;
+            let bound = listener.local_addr()?;
+            for (i, sockets) in udp.iter_mut().enumerate() {
+                let sock = socket::reuseport_udp(bound, t.socket_buffer_bytes, i == 0)
+                    .with_context(|| format!("turn.listen {bound} (udp)"))?;
+                sockets.push(sock);
+            }
+            listen.push(bound);
+            tcp.push(listener);
+        }
+        let mut tls = Vec::new();
+        if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
+            let acceptor = tls_acceptor(cert, key)?;
+            for addr in &t.tls_listen {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("turn.tls_listen {addr}"))?;
+                tls.push((listener, acceptor.clone()));
+            }
+        }
+        Ok(Self {
+            shared,
+            settings,
+            threads,
+            stun_only: t.stun_only,
+            drain: cfg.drain.timeout,
+            listen,
+            tcp,
+            udp,
+            tls,
+        })
+    }
+
+    /// The client listeners (UDP and TCP share each address).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.listen
+    }
+
+    /// The TLS listeners, empty without a certificate.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Relays until `shutdown` drains: new allocations are then refused, and the process waits
+    /// for the live ones to end or for `drain.timeout`.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let stop_token = CancellationToken::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut shards = Vec::new();
+        for (index, listeners) in self.udp.into_iter().enumerate() {
+            shards.push(udp::spawn(udp::ShardSpec {
+                index,
+                listeners,
+                relays: self.settings.clone(),
+                shared: Arc::clone(&self.shared),
+                stop: Arc::clone(&stop),
+            })?);
+        }
+        for (addr, tcp) in self.listen.iter().zip(self.tcp) {
+            tracing::info!(%addr, shards = self.threads, stun_only = self.stun_only, "listening udp");
+            tracing::info!(%addr, "listening tcp");
+            tokio::spawn(stream::accept_loop(
+                tcp,
+                None,
+                Arc::clone(&self.shared),
+                self.settings.clone(),
+                stop_token.clone(),
+            ));
+        }
+        for (tls, acceptor) in self.tls {
+            tracing::info!(addr = %tls.local_addr()?, "listening tls");
+            tokio::spawn(stream::accept_loop(
+                tls,
+                Some(acceptor),
+                Arc::clone(&self.shared),
+                self.settings.clone(),
+                stop_token.clone(),
+            ));
+        }
+        shutdown.set_ready();
+        tracing::info!("ready");
+
+        shutdown.draining().await;
+        let shared = self.shared;
+        shared.start_drain();
+        let deadline = tokio::time::Instant::now() + self.drain;
+        tracing::info!(
+            allocations = shared.quotas.total(),
+            deadline = ?self.drain,
+            "draining"
+        );
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        while shared.quotas.total() > 0 && tokio::time::Instant::now() < deadline {
+            tick.tick().await;
+        }
+        tracing::info!(
+            allocations = shared.quotas.total(),
+            "drain finished; stopping"
+        );
+        stop.store(true, Ordering::Relaxed);
+        stop_token.cancel();
+        for shard in shards {
+            let _ = shard.waker.wake();
+            let _ = tokio::task::spawn_blocking(move || shard.thread.join()).await;
+        }
+        Ok(())
+    }
+}
