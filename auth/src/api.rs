@@ -31,6 +31,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use iceway_service::Problem;
+
 use crate::app_token::{AppClaims, AppTokenError, AppTokenVerifier};
 use crate::ice_servers::IceServers;
 use crate::turn_credential::CredentialError;
@@ -234,52 +236,21 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// An RFC 9457 problem; `reason` is a low-cardinality code apps can branch on.
-#[derive(Debug)]
-pub struct Problem {
-    status: StatusCode,
-    detail: String,
-    reason: &'static str,
-    retry_after: Option<u64>,
-    www_authenticate: Option<&'static str>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ProblemBody<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    reason: &'a str,
-}
-
-impl Problem {
-    pub fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            detail: detail.into(),
-            reason,
-            retry_after: None,
-            www_authenticate: None,
-        }
-    }
-
-    fn unauthorized(reason: &'static str, detail: impl Into<String>) -> Self {
-        let mut p = Self::new(StatusCode::UNAUTHORIZED, reason, detail);
-        // RFC 6750 §3: a missing token gets a bare challenge, a refused one says it was invalid.
-        p.www_authenticate = Some(if reason == "missing_token" {
+/// A 401 with a Bearer challenge.
+fn unauthorized(reason: &'static str, detail: impl Into<String>) -> Problem {
+    // RFC 6750 §3: a missing token gets a bare challenge, a refused one says it was invalid.
+    Problem::new(StatusCode::UNAUTHORIZED, reason, detail).with_www_authenticate(
+        if reason == "missing_token" {
             r#"Bearer realm="iceway""#
         } else {
             r#"Bearer realm="iceway", error="invalid_token""#
-        });
-        p
-    }
+        },
+    )
 }
 
 impl From<AppTokenError> for Problem {
     fn from(e: AppTokenError) -> Self {
-        Problem::unauthorized(e.reason(), format!("app token refused: {e}"))
+        unauthorized(e.reason(), format!("app token refused: {e}"))
     }
 }
 
@@ -303,36 +274,6 @@ impl From<CredentialError> for Problem {
     }
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = ProblemBody {
-            kind: "about:blank",
-            title: self.status.canonical_reason().unwrap_or("Error"),
-            status: self.status.as_u16(),
-            detail: &self.detail,
-            reason: self.reason,
-        };
-        let json = serde_json::to_vec(&body).unwrap_or_default();
-        let mut resp = (self.status, json).into_response();
-        let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(secs) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if let Some(challenge) = self.www_authenticate {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
-        }
-        resp
-    }
-}
-
 /// The verified caller of a request.
 #[derive(Clone, Debug)]
 pub struct Caller(pub AppClaims);
@@ -347,8 +288,7 @@ impl FromRequestParts<ApiState> for Caller {
 }
 
 fn bearer_token(headers: &HeaderMap) -> Result<&str, Problem> {
-    let missing =
-        || Problem::unauthorized("missing_token", "Authorization: Bearer <token> required");
+    let missing = || unauthorized("missing_token", "Authorization: Bearer <token> required");
     let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
     let value = value.to_str().map_err(|_| missing())?;
     let (scheme, token) = value.trim().split_once(' ').ok_or_else(missing)?;
@@ -490,13 +430,13 @@ async fn rate_limit(State(state): State<ApiState>, req: Request, next: Next) -> 
         Err(not_until) => {
             let wait = not_until.wait_time_from(l.limiter.clock().now());
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let mut p = Problem::new(
+            Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 format!("too many requests; retry in {} s", secs.max(1)),
-            );
-            p.retry_after = Some(secs.max(1));
-            p.into_response()
+            )
+            .with_retry_after(secs.max(1))
+            .into_response()
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Plumbing shared by every Iceway service: configuration loading, logging, the Prometheus
-//! registry, the admin listener and graceful shutdown. Each deployable builds on these so that
+//! registry, the admin listener, graceful shutdown and the RFC 9457 problem body of every HTTP error. Each deployable builds on these so that
 //! ops see the same flags, endpoints and behaviour everywhere.
 
 pub mod admin;
@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod metrics;
+pub mod problem;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
@@ -18,6 +19,7 @@ pub use config::{
     render_effective, settle,
 };
 pub use metrics::new_registry;
+pub use problem::Problem;
 pub use secret::{SecretError, read_secret, read_secret_lines};
 pub use shutdown::Shutdown;
 pub use telemetry::{LogFormat, init_tracing};

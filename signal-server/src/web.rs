@@ -8,7 +8,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use iceway_auth::api::Problem;
+use iceway_service::Problem;
 use tower::ServiceExt;
 use tower_http::services::{ServeDir, ServeFile};
 
