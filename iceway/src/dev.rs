@@ -204,7 +204,7 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(DRAIN * 5, signal_task).await;
         return match r {
             Ok(Ok(())) => Err(anyhow::anyhow!("the TURN server stopped")),
-            Ok(Err(e)) => Err(e.context("the TURN server stopped")),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the TURN server stopped")),
             Err(e) => Err(anyhow::anyhow!("the TURN server task failed: {e}")),
         };
     }
@@ -219,7 +219,7 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
 /// TURN's readiness flag is set once its sockets are bound; a start-up error ends its task.
 async fn wait_ready(
     turn: &Shutdown,
-    task: &tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: &tokio::task::JoinHandle<Result<(), iceway_turn::server::ServeError>>,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let mut tick = tokio::time::interval(Duration::from_millis(20));

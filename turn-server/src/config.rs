@@ -248,6 +248,9 @@ impl Config {
         if let Some(path) = &self.turn_credentials.secret_file {
             iceway_auth::config::read_secret_file(path)?;
         }
+        if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
+            crate::io::tls_acceptor(cert, key)?;
+        }
         Ok(())
     }
 
@@ -413,6 +416,15 @@ mod tests {
         let env = HashMap::from([("ICEWAY_TURN__TOTAL_QUOTA".to_owned(), "lots".to_owned())]);
         let err = Config::load_with_env(&cli(&["--stun-only"]), Some(env)).expect_err("bad quota");
         assert!(err.to_string().contains("turn.total_quota"), "{err}");
+        // A certificate that cannot be used is a configuration error, found by --check-config.
+        let empty = tempfile::NamedTempFile::new().expect("temp");
+        let p = empty.path().display().to_string();
+        let err = Config::load_with_env(
+            &cli(&["--stun-only", "--tls-cert", &p, "--tls-key", &p]),
+            Some(HashMap::new()),
+        )
+        .expect_err("empty certificate");
+        assert!(err.to_string().contains("turn.tls_cert"), "{err}");
         // Misspelt keys at any level, and keys of another section, are refused with their path.
         for (var, key) in [
             ("ICEWAY_TURN__RELAY_RNAGE", "turn.relay_rnage"),

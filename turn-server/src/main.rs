@@ -37,5 +37,5 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("admin.listen {}: {e}", cfg.admin.listen))?;
     let addr = admin.spawn()?;
     tracing::info!(%addr, "admin endpoints /metrics /healthz /readyz");
-    server.run(shutdown).await
+    Ok(server.run(shutdown).await?)
 }

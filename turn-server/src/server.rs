@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
-use iceway_service::Shutdown;
+use iceway_service::{ConfigError, Shutdown};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +17,24 @@ use crate::io::{credentials, relay_settings, stream, tls_acceptor, udp};
 use crate::metrics::Metrics;
 use crate::policy::PeerPolicy;
 use crate::proto::Shared;
+
+/// Why the relay could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{key} {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// A bound relay: sockets open, UDP shards not yet started.
 pub struct TurnServer {
@@ -42,7 +59,7 @@ impl std::fmt::Debug for TurnServer {
 
 impl TurnServer {
     /// Validates `cfg`, registers the metrics in `registry` and opens every listener.
-    pub async fn bind(cfg: &Config, registry: &Registry) -> anyhow::Result<Self> {
+    pub async fn bind(cfg: &Config, registry: &Registry) -> Result<Self, ServeError> {
         cfg.validate()?;
         let t = &cfg.turn;
         tracing::info!(config = ?t, "starting iceway-turn");
@@ -64,11 +81,20 @@ impl TurnServer {
         for addr in &t.listen {
             let listener = TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("turn.listen {addr} (tcp)"))?;
+                .map_err(|source| ServeError::Bind {
+                    key: "turn.listen (tcp)",
+                    addr: *addr,
+                    source,
+                })?;
             let bound = listener.local_addr()?;
             for (i, sockets) in udp.iter_mut().enumerate() {
-                let sock = socket::reuseport_udp(bound, t.socket_buffer_bytes, i == 0)
-                    .with_context(|| format!("turn.listen {bound} (udp)"))?;
+                let sock = socket::reuseport_udp(bound, t.socket_buffer_bytes, i == 0).map_err(
+                    |source| ServeError::Bind {
+                        key: "turn.listen (udp)",
+                        addr: bound,
+                        source,
+                    },
+                )?;
                 sockets.push(sock);
             }
             listen.push(bound);
@@ -78,9 +104,14 @@ impl TurnServer {
         if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
             let acceptor = tls_acceptor(cert, key)?;
             for addr in &t.tls_listen {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("turn.tls_listen {addr}"))?;
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServeError::Bind {
+                            key: "turn.tls_listen",
+                            addr: *addr,
+                            source,
+                        })?;
                 tls.push((listener, acceptor.clone()));
             }
         }
@@ -112,7 +143,7 @@ impl TurnServer {
 
     /// Relays until `shutdown` drains: new allocations are then refused, and the process waits
     /// for the live ones to end or for `drain.timeout`.
-    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), ServeError> {
         let stop_token = CancellationToken::new();
         let stop = Arc::new(AtomicBool::new(false));
         let mut shards = Vec::new();

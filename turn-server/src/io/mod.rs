@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
+use iceway_service::ConfigError;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
@@ -20,7 +20,7 @@ use socket::RelaySettings;
 
 /// The credential stores of `cfg`: static users, then the TURN secrets (read by the one reader
 /// every service uses).
-pub(crate) fn credentials(cfg: &Config) -> anyhow::Result<Box<dyn CredentialStore>> {
+pub(crate) fn credentials(cfg: &Config) -> Result<Box<dyn CredentialStore>, ConfigError> {
     let mut stores: Vec<Box<dyn CredentialStore>> = Vec::new();
     let users = StaticUsers::new(&cfg.turn.static_users()?, &cfg.turn.realm);
     if !users.is_empty() {
@@ -32,32 +32,34 @@ pub(crate) fn credentials(cfg: &Config) -> anyhow::Result<Box<dyn CredentialStor
     Ok(Box::new(Chain(stores)))
 }
 
-pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+/// A certificate or key that cannot be used is a configuration error: it names the key.
+pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ConfigError> {
+    let cert_err = |e: &dyn std::fmt::Display| {
+        ConfigError::invalid("turn.tls_cert", format!("{}: {e}", cert.display()))
+    };
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("turn.tls_cert {}", cert.display()))?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "turn.tls_cert {}: no certificate",
-        cert.display()
-    );
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
-        pem::Error::NoItemsFound => {
-            anyhow::anyhow!("turn.tls_key {}: no private key", key.display())
-        }
-        e => anyhow::Error::new(e).context(format!("turn.tls_key {}", key.display())),
+        .map_err(|e| cert_err(&e))?;
+    if certs.is_empty() {
+        return Err(cert_err(&"no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        let why = match e {
+            pem::Error::NoItemsFound => "no private key".to_owned(),
+            e => e.to_string(),
+        };
+        ConfigError::invalid("turn.tls_key", format!("{}: {why}", key.display()))
     })?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("turn.tls_cert / turn.tls_key")?;
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+    .map_err(|e| ConfigError::invalid("turn.tls_cert", format!("with turn.tls_key: {e}")))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-pub(crate) fn relay_settings(cfg: &TurnConfig) -> anyhow::Result<RelaySettings> {
+pub(crate) fn relay_settings(cfg: &TurnConfig) -> Result<RelaySettings, ConfigError> {
     let pick = |v4: bool| -> Option<IpAddr> {
         cfg.relay_ip
             .into_iter()
