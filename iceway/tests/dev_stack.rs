@@ -2,8 +2,7 @@
 //! real WebRTC) calling through its TURN relay on loopback. The namespace/NAT and browser
 //! variants are in e2e/ (scripts/test-e2e.sh).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +10,11 @@ use iceway_client::camera::{self, CameraOptions};
 use iceway_client::media::Clip;
 use iceway_client::signaling::SignalError;
 use iceway_client::viewer::{self, ViewerError, ViewerOptions};
+use iceway_testkit::{Proc, read_first_line};
 use tokio_util::sync::CancellationToken;
 
 struct Dev {
-    child: Child,
+    _proc: Proc,
     info: serde_json::Value,
     _state: tempfile::TempDir,
 }
@@ -26,41 +26,32 @@ impl Dev {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let lo = 20_000 + ((std::process::id() * 7 + n * 401) % 30_000) as u16;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_iceway"))
-            .args(["--state-dir"])
-            .arg(state.path())
-            .args([
-                "dev",
-                "--json",
-                "--http-port",
-                "0",
-                "--turn-port",
-                "0",
-                "--relay-range",
-            ])
-            .arg(format!("{lo}-{}", lo + 300))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn iceway dev");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) if !line.is_empty() => line,
-            other => {
-                let _ = child.kill();
-                panic!("iceway dev did not print its URLs: {other:?}");
-            }
-        };
+        // Killed by its pid when dropped, also when a wait below fails the test.
+        let mut proc = Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_iceway"))
+                .args(["--state-dir"])
+                .arg(state.path())
+                .args([
+                    "dev",
+                    "--json",
+                    "--http-port",
+                    "0",
+                    "--turn-port",
+                    "0",
+                    "--relay-range",
+                ])
+                .arg(format!("{lo}-{}", lo + 300))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+            "iceway dev",
+        );
+        let stdout = proc.child_mut().stdout.take().expect("stdout");
+        let line = read_first_line(stdout, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("iceway dev did not print its URLs within 30 s"));
         let info: serde_json::Value = serde_json::from_str(&line).expect("dev json");
         Self {
-            child,
+            _proc: proc,
             info,
             _state: state,
         }
@@ -83,13 +74,6 @@ impl Dev {
             .expect("utf8")
             .trim()
             .to_owned()
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -93,44 +93,29 @@ fn peerjs_bin() -> PathBuf {
     if local.is_file() {
         return local;
     }
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("peerjs"))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "peerjs-server is not installed: npm install --prefix bench/signal peer@1.0.2 \
+    iceway_testkit::which("peerjs").unwrap_or_else(|| {
+        panic!(
+            "peerjs-server is not installed: npm install --prefix bench/signal peer@1.0.2 \
                  (or npm install -g peer@1.0.2)"
-            )
-        })
-}
-
-/// Kills the child by its own PID when the test ends, passing or not.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+        )
+    })
 }
 
 #[test]
 fn peerjs_server_pairs_negotiate_relay_and_add_up() {
     let port = common::free_port();
-    let mut child = Command::new(peerjs_bin())
-        .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn peerjs");
+    // Killed by its own PID when the test ends, passing or not.
+    let mut server = common::Proc::spawn(
+        Command::new(peerjs_bin())
+            .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "peerjs",
+    );
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    common::wait_for_tcp(addr, &mut child);
-    let server = KillOnDrop(child);
+    common::wait_for_tcp(addr, &mut server);
     let url = format!("ws://{addr}/peerjs");
-    let r = run_signal(&options(url, SignalProtocol::PeerJs, server.0.id(), 50.0))
+    let r = run_signal(&options(url, SignalProtocol::PeerJs, server.pid(), 50.0))
         .expect("the signal load runs");
     assert_adds_up(&r);
     assert!(r.traffic.sent > 0, "{:?}", r.traffic);

@@ -7,30 +7,11 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use common::*;
+use iceway_testkit::{Proc, free_port, wait_until};
 use serde_json::json;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed (SIGKILL) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Redis {
     url: String,
@@ -39,22 +20,21 @@ struct Redis {
 
 impl Redis {
     async fn start() -> Self {
+        iceway_testkit::require(
+            "redis-server",
+            "apt-get install -y --no-install-recommends redis-server",
+        );
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}); install it: \
-                     apt-get install -y --no-install-recommends redis-server"
-                )
-            });
-        let proc = Proc(child);
+        let proc = Proc::spawn(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+                .stdout(Stdio::null()),
+            "redis-server",
+        );
         let url = format!("redis://127.0.0.1:{port}/");
         let client = redis::Client::open(url.as_str()).unwrap();
-        wait_until("redis-server answers PING", || async {
+        wait_until("redis-server answers PING", WAIT, || async {
             match client.get_multiplexed_async_connection().await {
                 Ok(mut c) => redis::cmd("PING")
                     .query_async::<String>(&mut c)
@@ -68,25 +48,6 @@ impl Redis {
     }
 }
 
-/// Polls a readiness condition (a process coming up), bounded in time and count.
-async fn wait_until<F, Fut>(what: &str, mut ready: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    for _ in 0..600 {
-        if ready().await {
-            return;
-        }
-        if start.elapsed() > WAIT {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not ready after {WAIT:?}");
-}
-
 struct Replica {
     ws_url: String,
     proc: Option<Proc>,
@@ -95,23 +56,23 @@ struct Replica {
 impl Replica {
     async fn start(redis: &Redis, secret: &tempfile::NamedTempFile) -> Self {
         let (port, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_iceway-signal"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .args(["--jwt-secret-file", secret.path().to_str().unwrap()])
-            .args(["--redis-url", &redis.url])
-            .args(["--turn-url", "stun:stun.test:3478"])
-            // A short presence TTL so a dead replica's cameras expire within the test.
-            .env("ICEWAY_SIGNAL__PRESENCE_TTL", "3s")
-            .env("ICEWAY_SIGNAL__HEARTBEAT", "2s")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let proc = Proc(child);
+        let proc = Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_iceway-signal"))
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--admin", &format!("127.0.0.1:{admin}")])
+                .args(["--jwt-secret-file", secret.path().to_str().unwrap()])
+                .args(["--redis-url", &redis.url])
+                .args(["--turn-url", "stun:stun.test:3478"])
+                // A short presence TTL so a dead replica's cameras expire within the test.
+                .env("ICEWAY_SIGNAL__PRESENCE_TTL", "3s")
+                .env("ICEWAY_SIGNAL__HEARTBEAT", "2s")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null()),
+            "iceway-signal",
+        );
         let http = reqwest::Client::new();
         let readyz = format!("http://127.0.0.1:{admin}/readyz");
-        wait_until("replica /readyz", || {
+        wait_until("replica /readyz", WAIT, || {
             let req = http.get(&readyz).send();
             async move { req.await.is_ok_and(|r| r.status() == 200) }
         })

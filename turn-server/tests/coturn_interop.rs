@@ -248,10 +248,7 @@ fn sigterm_drains_refuses_new_allocations_and_exits_zero() {
     let r = existing.allocate(USER, PASSWORD);
     assert_eq!(r.typ.class, stun::message::CLASS_SUCCESS_RESPONSE);
 
-    // SAFETY: kill(2) with SIGTERM on the pid of the child this test spawned.
-    unsafe {
-        libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM);
-    }
+    server.proc.terminate();
     server.wait_log("draining", Duration::from_secs(20));
     assert_eq!(server.http_get("/readyz").0, 503);
 

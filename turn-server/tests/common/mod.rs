@@ -1,12 +1,15 @@
 //! Shared helpers for the process-level tests: start `iceway-turn` on free loopback ports, run
 //! coturn's tools with a time bound, and craft STUN messages.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use iceway_testkit::coturn::{EchoPeer, require};
+pub use iceway_testkit::{Proc, free_port};
 
 use stun::attributes::*;
 use stun::integrity::MessageIntegrity;
@@ -21,47 +24,14 @@ pub const USER: &str = "alice";
 pub const PASSWORD: &str = "alice-pw";
 pub const STARTUP: Duration = Duration::from_secs(20);
 
-/// Fails the test with a clear message when a program the test needs is not installed.
-pub fn require(program: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{program}` is not installed; these tests need Debian's coturn package: \
-         apt-get install -y --no-install-recommends coturn"
-    );
-}
-
-/// A loopback port free for both UDP and TCP right now.
-pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let Ok(tcp) = TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(addr) = tcp.local_addr() else { continue };
-        if UdpSocket::bind(addr).is_ok() {
-            return addr.port();
-        }
-    }
-    panic!("no free loopback port found");
-}
-
 pub struct TurnServer {
-    pub child: Child,
+    pub proc: Proc,
     pub port: u16,
     pub admin: SocketAddr,
     pub addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
     pub secret_file: tempfile::NamedTempFile,
-    log: mpsc::Receiver<serde_json::Value>,
-}
-
-impl Drop for TurnServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    log: mpsc::Receiver<String>,
 }
 
 pub struct ServerOptions<'a> {
@@ -102,8 +72,7 @@ impl TurnServer {
         .env("RUST_LOG", "info")
         .env("ICEWAY_TURN__THREADS", "2")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::null());
         if opts.secret {
             cmd.arg("--secret-file").arg(secret_file.path());
         }
@@ -114,37 +83,17 @@ impl TurnServer {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn iceway-turn");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, rx) = mpsc::channel();
         // Every server log line is also kept in the temp dir, for a failed test's post-mortem.
-        let mut keep = std::fs::File::create(
-            std::env::temp_dir().join(format!("iceway-turn-test-{port}.log")),
-        )
-        .ok();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(f) = keep.as_mut() {
-                    let _ = writeln!(f, "{line}");
-                }
-                match serde_json::from_str::<serde_json::Value>(&line) {
-                    Ok(v) => {
-                        if tx.send(v).is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => eprintln!("iceway-turn: {line}"),
-                }
-            }
-        });
+        let keep = std::env::temp_dir().join(format!("iceway-turn-test-{port}.log"));
+        let (proc, log) = Proc::spawn_with_stderr_lines(&mut cmd, "iceway-turn", Some(&keep));
         let mut server = TurnServer {
-            child,
+            proc,
             port,
             admin: addr,
             addr,
             tls_addr: None,
             secret_file,
-            log: rx,
+            log,
         };
         let mut admin = None;
         let mut ready = false;
@@ -168,9 +117,9 @@ impl TurnServer {
 
     /// Waits for the process to exit: its stderr closes, then it is reaped.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             match self.log.recv_timeout(left) {
                 Ok(_) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -179,18 +128,27 @@ impl TurnServer {
                 }
             }
         }
-        self.child.wait().expect("reap iceway-turn")
+        self.proc.wait()
     }
 
+    /// The next JSON log line within `timeout`; other lines are echoed to the test's stderr.
     pub fn next_log(&self, timeout: Duration) -> Option<serde_json::Value> {
-        self.log.recv_timeout(timeout).ok()
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.log.recv_timeout(left).ok()?;
+            match serde_json::from_str(&line) {
+                Ok(v) => return Some(v),
+                Err(_) => eprintln!("iceway-turn: {line}"),
+            }
+        }
     }
 
     /// Waits (bounded) for a log line with this message.
     pub fn wait_log(&self, message: &str, timeout: Duration) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             let v = self
                 .next_log(left)
                 .unwrap_or_else(|| panic!("no log line {message:?} within {timeout:?}"));
@@ -235,78 +193,6 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
-}
-
-/// coturn's UDP echo peer on a free loopback port, ready when it has echoed a probe.
-///
-/// `turnutils_peer -p P` listens on P and P+1 (uclient sends its RTCP sessions to P+1) and does
-/// not fail when P+1 is taken, so both ports are probed; a peer missing either is restarted on
-/// other ports. Without this, a port grabbed by a parallel test loses every RTCP session (50 %).
-pub struct EchoPeer {
-    child: Child,
-    pub port: u16,
-}
-
-impl Drop for EchoPeer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An even loopback UDP port P with P+1 also free right now.
-fn free_udp_port_pair() -> u16 {
-    for _ in 0..200 {
-        let port = free_port() & !1;
-        if port < 1024 {
-            continue;
-        }
-        let first = UdpSocket::bind(("127.0.0.1", port));
-        let second = UdpSocket::bind(("127.0.0.1", port + 1));
-        if first.is_ok() && second.is_ok() {
-            return port;
-        }
-    }
-    panic!("no free pair of loopback UDP ports found");
-}
-
-fn echoes(probe: &UdpSocket, port: u16) -> bool {
-    let mut buf = [0u8; 64];
-    for _ in 0..40 {
-        let _ = probe.send_to(b"probe", ("127.0.0.1", port));
-        if let Ok((n, _)) = probe.recv_from(&mut buf) {
-            if &buf[..n] == b"probe" {
-                return true;
-            }
-        }
-    }
-    false
-}
-
-impl EchoPeer {
-    pub fn start() -> Self {
-        require("turnutils_peer");
-        let probe = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        probe
-            .set_read_timeout(Some(Duration::from_millis(250)))
-            .expect("timeout");
-        for _ in 0..5 {
-            let port = free_udp_port_pair();
-            let child = Command::new("turnutils_peer")
-                .args(["-L", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn turnutils_peer");
-            // Owned from here on, so a failed probe still kills and reaps it.
-            let peer = EchoPeer { child, port };
-            if echoes(&probe, port) && echoes(&probe, port + 1) {
-                return peer;
-            }
-        }
-        panic!("turnutils_peer did not echo on both of its ports in 5 attempts");
-    }
 }
 
 pub struct Run {
