@@ -107,67 +107,11 @@ pub fn send_batch(
     packets: &[&[u8]],
     dests: &[SocketAddr],
 ) -> io::Result<usize> {
-    let fd = socket.as_raw_fd();
-    let mut sent = 0;
-    for (chunk_idx, chunk) in packets.chunks(BATCH).enumerate() {
-        let base = chunk_idx * BATCH;
-        // SAFETY: plain old data, filled in below.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        let mut names: [libc::sockaddr_storage; BATCH] =
-            unsafe { MaybeUninit::zeroed().assume_init() };
-        for (i, p) in chunk.iter().enumerate() {
-            iovs[i].iov_base = p.as_ptr() as *mut libc::c_void;
-            iovs[i].iov_len = p.len();
-            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-            hdrs[i].msg_hdr.msg_iovlen = 1;
-            if let Some(dest) = dests.get(base + i) {
-                let len = to_storage(*dest, &mut names[i]);
-                hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
-                hdrs[i].msg_hdr.msg_namelen = len;
-            }
-        }
-        // SAFETY: headers point at `chunk`'s slices and local arrays, all alive for the call;
-        // the kernel only reads the iovec buffers on send.
-        let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), chunk.len() as _, 0) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if sent > 0 {
-                return Ok(sent);
-            }
-            return Err(err);
-        }
-        sent += n as usize;
-        if (n as usize) < chunk.len() {
-            break;
-        }
-    }
-    Ok(sent)
-}
-
-fn to_storage(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
-    match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
-            let sin =
-                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            sin.sin_family = libc::AF_INET as _;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-            std::mem::size_of::<libc::sockaddr_in>() as _
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 =
-                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            sin6.sin6_family = libc::AF_INET6 as _;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>() as _
-        }
-    }
+    let datagrams = packets
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (*p, dests.get(i).copied()));
+    iceway_service::net::send_mmsg::<BATCH>(socket.as_raw_fd(), datagrams, 0)
 }
 
 fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {

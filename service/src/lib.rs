@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod metrics;
+pub mod net;
 pub mod problem;
 pub mod secret;
 pub mod shutdown;

@@ -173,64 +173,6 @@ pub fn bind_relay(
     Err(last)
 }
 
-/// Sends each `(offset, len, destination)` datagram of `buf` with one sendmmsg(2) per 32;
-/// returns how many left. A full socket buffer ends the batch early (the rest is dropped, as
-/// the network would).
-pub fn send_mmsg(fd: std::os::fd::RawFd, buf: &[u8], msgs: &[(usize, usize, SocketAddr)]) -> usize {
-    const CHUNK: usize = 32;
-    let mut sent = 0;
-    for chunk in msgs.chunks(CHUNK) {
-        // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
-        let mut names: [libc::sockaddr_storage; CHUNK] = unsafe { std::mem::zeroed() };
-        let mut iovs: [libc::iovec; CHUNK] = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; CHUNK];
-        // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
-        let mut hdrs: [libc::mmsghdr; CHUNK] = unsafe { std::mem::zeroed() };
-        for (i, &(start, len, to)) in chunk.iter().enumerate() {
-            let Some(data) = buf.get(start..start + len) else {
-                return sent;
-            };
-            let addr = socket2::SockAddr::from(to);
-            // SAFETY: `addr` holds `addr.len()` valid bytes and sockaddr_storage is large enough
-            // for any socket address.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    addr.as_ptr().cast::<u8>(),
-                    (&mut names[i] as *mut libc::sockaddr_storage).cast::<u8>(),
-                    addr.len() as usize,
-                );
-            }
-            iovs[i].iov_base = data.as_ptr() as *mut libc::c_void;
-            iovs[i].iov_len = data.len();
-            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-            hdrs[i].msg_hdr.msg_iovlen = 1;
-            hdrs[i].msg_hdr.msg_name =
-                (&mut names[i] as *mut libc::sockaddr_storage).cast::<libc::c_void>();
-            hdrs[i].msg_hdr.msg_namelen = addr.len();
-        }
-        // SAFETY: every header points at buffers (`chunk`, `iovs`, `names`) that outlive the call;
-        // the kernel only reads them.
-        let n = unsafe {
-            libc::sendmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                chunk.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n <= 0 {
-            break;
-        }
-        sent += n as usize;
-        if (n as usize) < chunk.len() {
-            break;
-        }
-    }
-    sent
-}
-
 /// Turns off the per-datagram control messages quinn-udp asks for and the relay does not use:
 /// the TOS/traffic class always, the destination address unless the socket is bound to a
 /// wildcard address. Less work per datagram in the kernel.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use iceway_service::net::send_mmsg;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
@@ -113,6 +114,8 @@ struct Outbox {
 
 const OUTBOX_BYTES: usize = 512 * 1024;
 const OUTBOX_TRAINS: usize = 256;
+/// Datagrams per sendmmsg(2) call.
+const MMSG_CHUNK: usize = 32;
 
 struct Sockets<'a> {
     listeners: &'a [Listener],
@@ -222,7 +225,13 @@ impl Outbox {
                 self.mmsg.push((t.start, t.len, t.to));
                 i += 1;
             }
-            socket::send_mmsg(socket.as_raw_fd(), &self.buf, &self.mmsg);
+            let buf = &self.buf;
+            let datagrams = self
+                .mmsg
+                .iter()
+                .map(|&(start, len, to)| (&buf[start..start + len], Some(to)));
+            // A full socket buffer ends the batch early and drops the rest, as the network would.
+            let _ = send_mmsg::<MMSG_CHUNK>(socket.as_raw_fd(), datagrams, libc::MSG_DONTWAIT);
         }
         self.buf.clear();
         self.trains.clear();
