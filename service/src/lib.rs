@@ -3,6 +3,7 @@
 //! ops see the same flags, endpoints and behaviour everywhere.
 
 pub mod admin;
+pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod duration;
@@ -14,6 +15,7 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use admin::{AdminServer, serve_admin};
+pub use bucket::TokenBucket;
 pub use cli::CommonArgs;
 pub use config::{
     AdminConfig, ConfigError, ConfigLoader, DrainConfig, EXIT_BAD_CONFIG, LogConfig, REDACTED,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use iceway_service::TokenBucket;
 use parking_lot::Mutex;
 
 /// What the rate limiter says about one incoming message.
@@ -22,33 +23,22 @@ pub enum RateDecision {
 /// one that keeps flooding reaches `max_strikes` and is closed.
 #[derive(Clone, Debug)]
 pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+    bucket: TokenBucket,
     strikes: u32,
     max_strikes: u32,
 }
 
 impl RateLimiter {
     pub fn new(per_second: u32, burst: u32, max_strikes: u32, now: Instant) -> Self {
-        let burst = f64::from(burst.max(1));
         Self {
-            rate: f64::from(per_second.max(1)),
-            burst,
-            tokens: burst,
-            last: now,
+            bucket: TokenBucket::new(f64::from(per_second.max(1)), f64::from(burst), now),
             strikes: 0,
             max_strikes: max_strikes.max(1),
         }
     }
 
     pub fn check(&mut self, now: Instant) -> RateDecision {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.bucket.take(1.0, now) {
             self.strikes = 0;
             return RateDecision::Allow;
         }

@@ -15,6 +15,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::DEFAULT_DENY_PEERS;
 use crate::proto::CoreConfig;
+use crate::proto::server as defaults;
+
+/// Reservations are held 30 s each; 1,000 covers a burst of EVEN-PORT(R) clients without
+/// letting one credential park a sizeable share of the relay range.
+pub const DEFAULT_MAX_RESERVATIONS: usize = 1_000;
+
+fn default_software() -> String {
+    concat!("iceway-turn/", env!("CARGO_PKG_VERSION")).into()
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,9 +105,22 @@ pub struct TurnConfig {
     pub relay_range: String,
     pub allow_peers: Vec<IpNet>,
     pub deny_peers: Vec<IpNet>,
+    /// Allocations per user (the REST username's user part, or the JWT subject); a grant's own
+    /// limit wins.
     pub user_quota: Option<u32>,
+    /// Allocations per client address (IPv6: per /64), across all shards.
+    pub client_ip_quota: Option<u32>,
     pub total_quota: Option<u32>,
     pub max_kbps: Option<u32>,
+    /// Permissions one allocation holds (and peers one CreatePermission carries).
+    pub max_permissions: usize,
+    pub max_channels: usize,
+    /// Ports held for EVEN-PORT(R) reservations at once, server-wide.
+    pub max_reservations: usize,
+    /// Sources the 401 limiter tracks per shard; past it newcomers share one bucket.
+    pub unauthorized_max_sources: usize,
+    /// SOFTWARE attribute of every response; empty = none.
+    pub software: String,
     #[serde(with = "iceway_service::duration")]
     pub default_lifetime: Duration,
     #[serde(with = "iceway_service::duration")]
@@ -106,9 +128,10 @@ pub struct TurnConfig {
     #[serde(with = "iceway_service::duration")]
     pub nonce_lifetime: Duration,
     pub strict_expiry: bool,
-    /// Only RFC 8656 channel numbers (0x4000-0x4FFF); by default RFC 5766's 0x4000-0x7FFE are
-    /// also accepted, as coturn does, because coturn's clients pick numbers up there.
-    pub strict_channel_numbers: bool,
+    /// Also accept RFC 5766's channel numbers 0x5000-0x7FFE. Off by default (RFC 8656 §12 allows
+    /// 0x4000-0x4FFF only, as newer coturn does); coturn's older turnutils_uclient picks
+    /// numbers up to 0x7FFF and needs it.
+    pub rfc5766_channel_numbers: bool,
     pub alternate_server: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -153,22 +176,28 @@ impl Default for TurnConfig {
                 .iter()
                 .filter_map(|s| s.parse().ok())
                 .collect(),
-            user_quota: None,
-            total_quota: None,
+            user_quota: Some(defaults::DEFAULT_USER_QUOTA),
+            client_ip_quota: Some(defaults::DEFAULT_SOURCE_QUOTA),
+            total_quota: Some(defaults::DEFAULT_TOTAL_QUOTA),
             max_kbps: None,
+            max_permissions: defaults::DEFAULT_MAX_PERMISSIONS,
+            max_channels: defaults::DEFAULT_MAX_CHANNELS,
+            max_reservations: DEFAULT_MAX_RESERVATIONS,
+            unauthorized_max_sources: defaults::DEFAULT_UNAUTHORIZED_MAX_SOURCES,
+            software: default_software(),
             default_lifetime: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             nonce_lifetime: Duration::from_secs(600),
             strict_expiry: false,
-            strict_channel_numbers: false,
+            rfc5766_channel_numbers: false,
             alternate_server: None,
             tls_cert: None,
             tls_key: None,
             stun_only: false,
             threads: 0,
             socket_buffer_bytes: 4 << 20,
-            unauthorized_per_sec: 20,
-            unauthorized_burst: 50,
+            unauthorized_per_sec: defaults::DEFAULT_UNAUTHORIZED_PER_SEC,
+            unauthorized_burst: defaults::DEFAULT_UNAUTHORIZED_BURST,
         }
     }
 }
@@ -285,6 +314,18 @@ impl TurnConfig {
                 "must be >= default_lifetime >= 1s",
             ));
         }
+        for (key, v) in [
+            ("turn.max_permissions", self.max_permissions),
+            ("turn.max_channels", self.max_channels),
+            (
+                "turn.unauthorized_max_sources",
+                self.unauthorized_max_sources,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::invalid(
                 "turn.tls_key",
@@ -334,17 +375,22 @@ impl TurnConfig {
             nonce_lifetime: self.nonce_lifetime.max(Duration::from_secs(1)),
             strict_expiry: self.strict_expiry,
             external_ips: self.external_ip.clone(),
+            software: (!self.software.is_empty()).then(|| self.software.clone()),
             user_quota: self.user_quota,
+            source_quota: self.client_ip_quota,
             total_quota: self.total_quota,
             max_kbps: self.max_kbps,
+            max_permissions: self.max_permissions,
+            max_channels: self.max_channels,
+            unauthorized_max_sources: self.unauthorized_max_sources,
             alternate_server: self.alternate_server,
             unauthorized_per_sec: self.unauthorized_per_sec,
             unauthorized_burst: self.unauthorized_burst,
             stun_only: self.stun_only,
-            channel_max: if self.strict_channel_numbers {
-                crate::proto::channel_data::CHANNEL_MAX
-            } else {
+            channel_max: if self.rfc5766_channel_numbers {
                 crate::proto::channel_data::CHANNEL_MAX_RFC5766
+            } else {
+                crate::proto::channel_data::CHANNEL_MAX
             },
             ..CoreConfig::default()
         }

@@ -57,6 +57,23 @@ impl std::fmt::Debug for TurnServer {
     }
 }
 
+/// The addresses a peer must not be: where the server listens, relays and is advertised (all
+/// interface addresses when it listens on a wildcard).
+fn own_addresses(t: &crate::config::TurnConfig) -> Vec<std::net::IpAddr> {
+    let mut own: Vec<_> = t
+        .listen
+        .iter()
+        .chain(t.tls_listen.iter().filter(|_| t.tls_cert.is_some()))
+        .map(SocketAddr::ip)
+        .chain(t.relay_ip)
+        .chain(t.external_ip.iter().copied())
+        .collect();
+    if own.iter().any(|ip| ip.is_unspecified()) {
+        own.extend(crate::io::socket::interface_addresses());
+    }
+    own
+}
+
 impl TurnServer {
     /// Validates `cfg`, registers the metrics in `registry` and opens every listener.
     pub async fn bind(cfg: &Config, registry: &Registry) -> Result<Self, ServeError> {
@@ -65,7 +82,8 @@ impl TurnServer {
         tracing::info!(config = ?t, "starting iceway-turn");
         let metrics = Metrics::new()?;
         metrics.register(registry)?;
-        let policy = PeerPolicy::new(t.allow_peers.clone(), t.deny_peers.clone());
+        let policy = PeerPolicy::new(t.allow_peers.clone(), t.deny_peers.clone())
+            .with_own_addresses(own_addresses(t));
         let shared = Arc::new(Shared::new(t.core(), credentials(cfg)?, policy, metrics));
         let settings = relay_settings(t)?;
         let threads = match t.threads {

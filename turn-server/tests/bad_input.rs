@@ -71,11 +71,23 @@ fn bad_input_matrix_gets_exact_codes_and_the_server_keeps_serving() {
     let mut bad_cookie = request(METHOD_BINDING).raw;
     bad_cookie[4..8].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
     expect_silence(&c, &bad_cookie, "wrong magic cookie");
+    // RFC 8489 §6.3 header checks: length not a multiple of 4, past the datagram, trailing
+    // bytes. No answer: it may not be STUN at all, and an answer would make us a reflector.
+    for method in [METHOD_BINDING, METHOD_ALLOCATE] {
+        let mut m = request(method);
+        m.add(ATTR_SOFTWARE, b"abcd");
+        let mut odd = m.raw.clone();
+        odd[2..4].copy_from_slice(&6u16.to_be_bytes());
+        expect_silence(&c, &odd, "length not a multiple of 4");
+        let mut past = m.raw.clone();
+        past[2..4].copy_from_slice(&12u16.to_be_bytes());
+        expect_silence(&c, &past, "length past the datagram");
+        let mut trailing = m.raw.clone();
+        trailing.extend_from_slice(&[0, 0, 0, 0]);
+        expect_silence(&c, &trailing, "datagram longer than its length field");
+    }
 
     // A sound header with a broken body gets 400.
-    let mut trailing = request(METHOD_BINDING).raw;
-    trailing.push(0);
-    expect_code(&c, &trailing, 400, "datagram longer than its length field");
     let mut m = request(METHOD_BINDING);
     m.add(ATTR_SOFTWARE, b"abcd");
     let mut past_end = m.raw.clone();
@@ -88,6 +100,19 @@ fn bad_input_matrix_gets_exact_codes_and_the_server_keeps_serving() {
     assert_eq!(
         r.get(ATTR_UNKNOWN_ATTRIBUTES).expect("UNKNOWN-ATTRIBUTES"),
         vec![0x7f, 0xf0]
+    );
+    // An Allocate learns of unknown attributes only once authenticated (RFC 8489 §6.3.1).
+    let mut m = allocate_request();
+    m.add(AttrType(0x7ff0), &[1, 2, 3, 4]);
+    expect_code(&c, &m.raw, 401, "unknown attribute, unauthenticated");
+    let nonce = c.nonce();
+    let mut m = allocate_request();
+    m.add(AttrType(0x7ff0), &[1, 2, 3, 4]);
+    expect_code(
+        &c,
+        &sign(m, USER, PASSWORD, &nonce),
+        420,
+        "unknown attribute, authenticated",
     );
 
     // Credentials.

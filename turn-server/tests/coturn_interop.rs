@@ -16,9 +16,11 @@ static UCLIENT: Mutex<()> = Mutex::new(());
 const RUN_LIMIT: Duration = Duration::from_secs(90);
 
 fn interop_server() -> TurnServer {
-    // Loopback peers are allowed only here, for turnutils_peer.
+    // Loopback peers are allowed only here, for turnutils_peer. Debian's turnutils_uclient
+    // picks channel numbers up to 0x7FFF (RFC 5766), past the RFC 8656 default.
     TurnServer::start(ServerOptions {
         args: vec!["--allow-peers", "127.0.0.0/8"],
+        env: vec![("ICEWAY_TURN__RFC5766_CHANNEL_NUMBERS", "true".into())],
         ..Default::default()
     })
 }
@@ -227,7 +229,10 @@ fn tls_clients_relay_without_loss() {
             "--tls-key",
             key_path.to_str().expect("utf8 path"),
         ],
-        env: vec![("ICEWAY_TURN__TLS_LISTEN", format!("127.0.0.1:{tls_port}"))],
+        env: vec![
+            ("ICEWAY_TURN__TLS_LISTEN", format!("127.0.0.1:{tls_port}")),
+            ("ICEWAY_TURN__RFC5766_CHANNEL_NUMBERS", "true".into()),
+        ],
         ..Default::default()
     });
     assert_eq!(server.tls_addr.map(|a| a.port()), Some(tls_port));
@@ -281,6 +286,43 @@ fn sigterm_drains_refuses_new_allocations_and_exits_zero() {
     server.wait_log("drain finished; stopping", Duration::from_secs(30));
     let status = server.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
+}
+
+/// 200 clients starting at once from one address with one credential, as behind a carrier NAT:
+/// the default 401 limiter and quotas let every one allocate and relay.
+#[test]
+fn two_hundred_clients_from_one_address_all_allocate_with_the_defaults() {
+    let server = interop_server();
+    let peer = EchoPeer::start();
+    let base = peer_flags(&peer);
+    let _one_at_a_time = UCLIENT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut args: Vec<String> = flags(&base, &["-c", "-W", SECRET])
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for a in [
+        "-p",
+        &server.port.to_string(),
+        "-n",
+        "5",
+        "-m",
+        "200",
+        "-l",
+        "120",
+    ] {
+        args.push(a.to_string());
+    }
+    args.push("127.0.0.1".into());
+    let run = run_bounded("turnutils_uclient", &args, RUN_LIMIT);
+    let report = parse_uclient(&run.output)
+        .unwrap_or_else(|| panic!("turnutils_uclient -m 200 did not finish:\n{}", run.output));
+    // uclient retries an Allocate whose answer it did not see in time and then gets 437 for
+    // its own allocation; that is the RFC's answer. Quota and capacity refusals are not.
+    for refused in ["error 486", "error 508", "error 403"] {
+        assert!(!run.output.contains(refused), "{refused}:\n{}", run.output);
+    }
+    assert_no_loss(report, &run.output);
+    assert!(server.metric(r#"iceway_turn_allocations_total{result="ok"}"#) >= 200.0);
 }
 
 #[test]

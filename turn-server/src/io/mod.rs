@@ -71,6 +71,6 @@ pub(crate) fn relay_settings(cfg: &TurnConfig) -> Result<RelaySettings, ConfigEr
         v6: pick(false),
         range: cfg.relay_range()?,
         buffer: cfg.socket_buffer_bytes,
-        reservations: Default::default(),
+        reservations: Arc::new(socket::Reservations::new(cfg.max_reservations)),
     })
 }

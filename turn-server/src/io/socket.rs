@@ -17,23 +17,58 @@ use crate::proto::{Family, PortRequest, RelayError};
 const RESERVATION_HOLD: Duration = Duration::from_secs(30);
 
 /// Relay ports held under RESERVATION-TOKENs. Shared by all shards and stream tasks because the
-/// Allocate that claims a port comes from another 5-tuple, which may land anywhere.
-#[derive(Debug, Default)]
+/// Allocate that claims a port comes from another 5-tuple, which may land anywhere. Bounded:
+/// past `max` held ports, EVEN-PORT(R) is refused (508) rather than parking more of the range.
+#[derive(Debug)]
 pub struct Reservations {
+    max: usize,
     held: Mutex<HashMap<[u8; 8], (std::net::UdpSocket, Instant)>>,
 }
 
+impl Default for Reservations {
+    fn default() -> Self {
+        Self::new(crate::config::DEFAULT_MAX_RESERVATIONS)
+    }
+}
+
 impl Reservations {
-    fn hold(&self, token: [u8; 8], socket: std::net::UdpSocket) {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn hold(&self, token: [u8; 8], socket: std::net::UdpSocket) -> bool {
         let mut held = self.held.lock();
         let now = Instant::now();
         held.retain(|_, (_, at)| now.duration_since(*at) < RESERVATION_HOLD);
+        if held.len() >= self.max {
+            return false;
+        }
         held.insert(token, (socket, now));
+        true
     }
 
     fn take(&self, token: &[u8; 8]) -> Option<std::net::UdpSocket> {
         let (socket, at) = self.held.lock().remove(token)?;
         (at.elapsed() < RESERVATION_HOLD).then_some(socket)
+    }
+
+    /// Closes reservations nobody claimed in time; called from the sweeps.
+    pub fn purge(&self, now: Instant) {
+        let mut held = self.held.lock();
+        if !held.is_empty() {
+            held.retain(|_, (_, at)| now.saturating_duration_since(*at) < RESERVATION_HOLD);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.lock().is_empty()
     }
 }
 
@@ -73,6 +108,9 @@ pub fn open_relay(
             .take(&token)
             .ok_or(RelayError::Exhausted),
         PortRequest::EvenReserveNext(token) => {
+            if settings.reservations.len() >= settings.reservations.max {
+                return Err(RelayError::Exhausted);
+            }
             for _ in 0..16 {
                 let even =
                     bind_relay(ip, settings.range, true, settings.buffer).map_err(exhausted)?;
@@ -86,13 +124,52 @@ pub fn open_relay(
                 };
                 enlarge_buffers(&socket, settings.buffer, "relay", false);
                 if socket.bind(&next.into()).is_ok() {
-                    settings.reservations.hold(token, socket.into());
+                    if !settings.reservations.hold(token, socket.into()) {
+                        return Err(RelayError::Exhausted);
+                    }
                     return Ok(even);
                 }
             }
             Err(RelayError::Exhausted)
         }
     }
+}
+
+/// Every address on this host's interfaces (getifaddrs(3)): with a wildcard listener, these are
+/// the server's own addresses, which peers must not be (a relay to them reaches our own ports).
+pub fn interface_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we own until freeifaddrs; each node and its
+    // ifa_addr are read only while the list is alive, and ifa_addr is checked for null and
+    // its family before the cast to the matching sockaddr type.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut node = head;
+        while !node.is_null() {
+            let addr = (*node).ifa_addr;
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(addr as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            node = (*node).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
 }
 
 fn udp_socket(addr: SocketAddr) -> io::Result<Socket> {
@@ -201,5 +278,28 @@ pub fn trim_control_messages(socket: &impl std::os::fd::AsRawFd, local: SocketAd
         if !local.ip().is_unspecified() {
             set(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_addresses_include_loopback() {
+        let all = interface_addresses();
+        assert!(all.contains(&IpAddr::from([127, 0, 0, 1])), "{all:?}");
+    }
+
+    #[test]
+    fn reservations_are_capped_and_purged() {
+        let r = Reservations::new(1);
+        let sock = || std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        assert!(r.hold([1; 8], sock()));
+        assert!(!r.hold([2; 8], sock()), "over the cap");
+        r.purge(Instant::now() + RESERVATION_HOLD);
+        assert_eq!(r.len(), 0);
+        assert!(r.hold([2; 8], sock()));
+        assert!(r.take(&[2; 8]).is_some());
     }
 }

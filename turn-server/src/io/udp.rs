@@ -380,6 +380,7 @@ impl Shard {
             let now = Instant::now();
             if now >= next_sweep {
                 self.server.sweep(Now::system(), &mut self.relays);
+                self.relays.settings.reservations.purge(now);
                 next_sweep = now + SWEEP_EVERY;
             }
         }

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use stun::attributes::{ATTR_FINGERPRINT, AttrType};
+use stun::attributes::{ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY, AttrType};
 use stun::fingerprint::FINGERPRINT;
 use stun::message::{MAGIC_COOKIE, MESSAGE_HEADER_SIZE, Message};
 
@@ -20,7 +20,11 @@ pub enum DecodeError {
     /// No transaction id can be read: the datagram is silently dropped.
     #[error("not a STUN message")]
     NotStun,
-    /// The header is sound but the body is not: a request gets 400.
+    /// The header fails RFC 8489 §6.3 (length not a multiple of 4, or not the datagram's):
+    /// silently dropped, since it may not be STUN at all.
+    #[error("malformed STUN header")]
+    Header,
+    /// The header is sound but an attribute is not: a request gets 400.
     #[error("malformed STUN body")]
     Malformed,
     #[error("FINGERPRINT does not match")]
@@ -36,14 +40,46 @@ pub fn decode(buf: &[u8]) -> Result<Message, (DecodeError, Option<Message>)> {
         return Err((DecodeError::NotStun, None));
     }
     let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+    if len % 4 != 0 || MESSAGE_HEADER_SIZE + len != buf.len() {
+        return Err((DecodeError::Header, None));
+    }
     let mut m = Message::new();
-    if len % 4 != 0 || MESSAGE_HEADER_SIZE + len != buf.len() || m.unmarshal_binary(buf).is_err() {
+    if m.unmarshal_binary(buf).is_err() {
         return Err((DecodeError::Malformed, Some(header_only(buf))));
     }
     if m.contains(ATTR_FINGERPRINT) && FINGERPRINT.check(&m).is_err() {
         return Err((DecodeError::BadFingerprint, None));
     }
-    Ok(m)
+    match integrity_end(&m) {
+        Some(end) if end < buf.len() => Ok(truncated(buf, end)),
+        _ => Ok(m),
+    }
+}
+
+/// Where MESSAGE-INTEGRITY ends, if the message has one.
+fn integrity_end(m: &Message) -> Option<usize> {
+    let mut at = MESSAGE_HEADER_SIZE;
+    for a in &m.attributes.0 {
+        at += 4 + usize::from(a.length).div_ceil(4) * 4;
+        if a.typ == ATTR_MESSAGE_INTEGRITY {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// The message up to and including MESSAGE-INTEGRITY, with its length field set to match, as
+/// if nothing had followed (RFC 8489 §14.5: everything after MESSAGE-INTEGRITY but FINGERPRINT
+/// is ignored; FINGERPRINT was checked already). An attribute appended to a captured request
+/// therefore changes nothing, and the integrity check still covers exactly what it signed.
+fn truncated(buf: &[u8], end: usize) -> Message {
+    let mut raw = buf[..end].to_vec();
+    let len = u16::try_from(end - MESSAGE_HEADER_SIZE).unwrap_or(u16::MAX);
+    raw[2..4].copy_from_slice(&len.to_be_bytes());
+    let mut m = Message::new();
+    // Cannot fail: a prefix of a message that parsed, cut at an attribute boundary.
+    let _ = m.unmarshal_binary(&raw);
+    m
 }
 
 /// A message carrying only the type and transaction id of `buf`, to answer it with an error.
@@ -57,7 +93,8 @@ fn header_only(buf: &[u8]) -> Message {
 }
 
 /// Comprehension-required attributes this server understands (RFC 8489, RFC 8656); any other
-/// in a request is answered with 420.
+/// in a request is answered with 420. MESSAGE-INTEGRITY-SHA256, PASSWORD-ALGORITHM and USERHASH
+/// are not implemented, so they are not listed: a client that requires them learns so.
 pub fn understood(t: AttrType) -> bool {
     matches!(
         t.0,
@@ -77,9 +114,6 @@ pub fn understood(t: AttrType) -> bool {
             | 0x0018
             | 0x0019
             | 0x001A
-            | 0x001C
-            | 0x001D
-            | 0x001E
             | 0x0020
             | 0x0022
             | 0x0024
@@ -237,6 +271,21 @@ mod tests {
         assert!(matches!(
             decode(&over),
             Err((DecodeError::Malformed, Some(_)))
+        ));
+        // Header failures (RFC 8489 §6.3) are not answered at all.
+        let mut odd = hdr.to_vec();
+        odd[3] = 2;
+        odd.extend_from_slice(&[0, 0]);
+        assert!(matches!(decode(&odd), Err((DecodeError::Header, None))));
+        let mut past = hdr.to_vec();
+        past[3] = 8;
+        past.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(matches!(decode(&past), Err((DecodeError::Header, None))));
+        let mut trailing = hdr.to_vec();
+        trailing.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(matches!(
+            decode(&trailing),
+            Err((DecodeError::Header, None))
         ));
     }
 }

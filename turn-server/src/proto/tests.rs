@@ -23,6 +23,8 @@ struct FakeRelays {
     exhausted: bool,
     requests: Vec<PortRequest>,
     reserved: Vec<[u8; 8]>,
+    /// Reserved ports were reserved in IPv6 (whatever family the claim names).
+    reserved_v6: bool,
 }
 
 impl RelayPorts for FakeRelays {
@@ -33,6 +35,10 @@ impl RelayPorts for FakeRelays {
             return Err(RelayError::Exhausted);
         }
         self.next += 1;
+        let family = match port {
+            PortRequest::Reserved(_) if self.reserved_v6 => Family::V6,
+            _ => family,
+        };
         let local: SocketAddr = match family {
             Family::V4 => format!("10.0.0.1:{}", 50000 + self.next),
             Family::V6 if self.v6 => format!("[fd00::1]:{}", 50000 + self.next),
@@ -113,6 +119,7 @@ fn harness_with(config: CoreConfig, creds: Box<dyn CredentialStore>) -> Harness 
             exhausted: false,
             requests: Vec::new(),
             reserved: Vec::new(),
+            reserved_v6: false,
         },
         now: Now {
             instant: Instant::now(),
@@ -162,6 +169,17 @@ impl Req {
 
     fn udp(self) -> Self {
         self.attr(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+    }
+
+    /// Signed with MESSAGE-INTEGRITY and nothing after it, for a test to append to.
+    fn signed(mut self, user: &str, password: &str, nonce: &str) -> Message {
+        self.m.add(ATTR_USERNAME, user.as_bytes());
+        self.m.add(ATTR_REALM, REALM.as_bytes());
+        self.m.add(ATTR_NONCE, nonce.as_bytes());
+        MessageIntegrity::new_long_term_integrity(user.into(), REALM.into(), password.into())
+            .add_to(&mut self.m)
+            .expect("integrity");
+        self.m
     }
 
     fn auth(mut self, user: &str, password: &str, nonce: &str) -> Vec<u8> {
@@ -693,6 +711,19 @@ fn malformed_input_is_dropped_or_400() {
     bytes[20 + 3] = 40; // attribute length past the end
     let r = h.ask(&bytes);
     assert_eq!(code(&r), Some(400));
+    // Header failures (RFC 8489 §6.3) get no answer, for every method.
+    for method in [METHOD_BINDING, METHOD_ALLOCATE, METHOD_REFRESH] {
+        let good = Req::new(method).attr(ATTR_SOFTWARE, b"abcd").bytes();
+        let mut odd = good.clone();
+        odd[3] = 6; // not a multiple of 4
+        let mut past = good.clone();
+        past[3] = 12; // past the datagram
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(&[0, 0, 0, 0]);
+        for bad in [odd, past, trailing] {
+            assert!(h.send(&bad).is_empty(), "{bad:?} must get no answer");
+        }
+    }
     // A bad MESSAGE-INTEGRITY on a known user.
     let nonce = h.nonce();
     let mut bytes = Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce);
@@ -735,9 +766,9 @@ fn stun_only_answers_binding_only() {
 }
 
 #[test]
-fn strict_channel_numbers_refuse_rfc5766_range() {
+fn channel_numbers_default_to_the_rfc8656_range() {
     for (max, expect) in [
-        (super::channel_data::CHANNEL_MAX, Some(400)),
+        (CoreConfig::default().channel_max, Some(400)),
         (super::channel_data::CHANNEL_MAX_RFC5766, None),
     ] {
         let mut h = harness_with(
@@ -847,4 +878,296 @@ mod decoders_never_panic {
             h.server.sweep(h.now, &mut h.relays);
         }
     }
+}
+
+/// Counts what an Allocate took and must give back.
+fn held(h: &Harness) -> (usize, u32) {
+    let taken = h.relays.next - h.relays.released.len();
+    (
+        taken - h.server.allocation_count(),
+        h.server.shared().quotas.total(),
+    )
+}
+
+#[test]
+fn failing_allocates_take_nothing_and_leak_nothing() {
+    let mut h = harness();
+    let nonce = h.nonce();
+    // A LIFETIME of three bytes, 150 times: each is refused with a signed 400 before any port or
+    // quota slot is taken.
+    for _ in 0..150 {
+        let r = h.ask(
+            &Req::new(METHOD_ALLOCATE)
+                .udp()
+                .attr(ATTR_LIFETIME, &[0, 0, 1])
+                .auth("alice", "pw", &nonce),
+        );
+        assert_eq!(code(&r), Some(400));
+        verify(&r, "alice", "pw");
+    }
+    assert!(h.relays.requests.is_empty(), "no relay port was asked for");
+    assert_eq!(h.server.shared().quotas.total(), 0);
+    // The relay range running out after the quota slot was taken gives the slot back.
+    h.relays.exhausted = true;
+    for port in 0..20 {
+        h.client.client.set_port(41000 + port);
+        let nonce = h.nonce();
+        let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce));
+        assert_eq!(code(&r), Some(508));
+    }
+    assert_eq!(held(&h), (0, 0));
+    assert_eq!(h.server.shared().quotas.tracked(), (0, 0));
+    // A later Allocate still succeeds, and Refresh 0 gives everything back.
+    h.relays.exhausted = false;
+    let (_, nonce) = h.allocate();
+    assert_eq!(h.server.shared().quotas.total(), 1);
+    let r = h.ask(
+        &Req::new(METHOD_REFRESH)
+            .attr(ATTR_LIFETIME, &0u32.to_be_bytes())
+            .auth("alice", "pw", &nonce),
+    );
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert_eq!(held(&h), (0, 0));
+}
+
+#[test]
+fn attributes_after_message_integrity_change_nothing() {
+    let mut h = harness_with(
+        config(),
+        Box::new(StaticUsers::new(&[("alice".into(), "pw".into())], REALM)),
+    );
+    let (_, nonce) = h.allocate();
+    // A captured CreatePermission for 8.8.8.8 with another peer appended after MI.
+    let mut m = Req::new(METHOD_CREATE_PERMISSION)
+        .peer("8.8.8.8:1")
+        .signed("alice", "pw", &nonce);
+    msg::add_xor_address(
+        &mut m,
+        ATTR_XOR_PEER_ADDRESS,
+        "9.9.9.9:1".parse().expect("addr"),
+    );
+    stun::fingerprint::FINGERPRINT
+        .add_to(&mut m)
+        .expect("fingerprint");
+    let r = h.ask(&m.raw);
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{:?}", code(&r));
+    let from_peer = |h: &mut Harness, peer: &str| {
+        h.server
+            .handle_peer(1, peer.parse().expect("addr"), b"x", h.now.instant);
+        std::iter::from_fn(|| h.server.poll_output()).count()
+    };
+    assert_eq!(
+        from_peer(&mut h, "8.8.8.8:1"),
+        1,
+        "the signed peer is permitted"
+    );
+    assert_eq!(
+        from_peer(&mut h, "9.9.9.9:1"),
+        0,
+        "the appended peer is not"
+    );
+    // A LIFETIME=0 appended to a Refresh does not delete the allocation.
+    let mut m = Req::new(METHOD_REFRESH).signed("alice", "pw", &nonce);
+    m.add(ATTR_LIFETIME, &0u32.to_be_bytes());
+    let r = h.ask(&m.raw);
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert_ne!(msg::u32_attr(&r, ATTR_LIFETIME), Some(Ok(0)));
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn unknown_attributes_are_reported_only_after_authentication() {
+    let mut h = harness();
+    let unknown = AttrType(0x0031);
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(unknown, &[0; 4])
+            .bytes(),
+    );
+    assert_eq!(code(&r), Some(401), "a stranger is challenged, not told");
+    let nonce =
+        String::from_utf8(msg::first(&r, ATTR_NONCE).expect("nonce").to_vec()).expect("utf8");
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(unknown, &[0; 4])
+            .auth("alice", "pw", &nonce),
+    );
+    assert_eq!(code(&r), Some(420));
+    assert_eq!(
+        msg::first(&r, ATTR_UNKNOWN_ATTRIBUTES),
+        Some(&[0x00, 0x31][..])
+    );
+    verify(&r, "alice", "pw");
+    // Binding has no authentication: 420 at once. The SHA-256 integrity, PASSWORD-ALGORITHM
+    // and USERHASH are not implemented, so they are not claimed.
+    for t in [0x001C, 0x001D, 0x001E] {
+        let r = h.ask(&Req::new(METHOD_BINDING).attr(AttrType(t), &[0; 4]).bytes());
+        assert_eq!(code(&r), Some(420), "{t:#06x}");
+    }
+}
+
+#[test]
+fn an_allocate_on_a_5_tuple_in_use_gets_437_whoever_asks() {
+    let users = StaticUsers::new(
+        &[("alice".into(), "pw".into()), ("bob".into(), "pw2".into())],
+        REALM,
+    );
+    let mut h = harness_with(config(), Box::new(users));
+    let (_, nonce) = h.allocate();
+    let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("bob", "pw2", &nonce));
+    assert_eq!(code(&r), Some(437));
+    let r = h.ask(&Req::new(METHOD_REFRESH).auth("bob", "pw2", &nonce));
+    assert_eq!(code(&r), Some(441));
+}
+
+#[test]
+fn permissions_channels_and_sources_are_capped() {
+    let cfg = CoreConfig {
+        max_permissions: 4,
+        max_channels: 2,
+        source_quota: Some(2),
+        ..config()
+    };
+    let users = StaticUsers::new(&[("alice".into(), "pw".into())], REALM);
+    let mut h = harness_with(cfg, Box::new(users));
+    let (_, nonce) = h.allocate();
+    let perm = |h: &mut Harness, peers: &[&str]| {
+        let mut r = Req::new(METHOD_CREATE_PERMISSION);
+        for p in peers {
+            r = r.peer(p);
+        }
+        code(&h.ask(&r.auth("alice", "pw", &nonce)))
+    };
+    // Too many peers in one request: refused whole.
+    assert_eq!(
+        perm(
+            &mut h,
+            &[
+                "8.8.8.1:1",
+                "8.8.8.2:1",
+                "8.8.8.3:1",
+                "8.8.8.4:1",
+                "8.8.8.5:1"
+            ]
+        ),
+        Some(508)
+    );
+    assert_eq!(perm(&mut h, &["8.8.8.1:1", "8.8.8.2:1", "8.8.8.3:1"]), None);
+    // Two more would pass the cap: neither is installed; refreshing installed ones is fine.
+    assert_eq!(perm(&mut h, &["8.8.8.4:1", "8.8.8.5:1"]), Some(508));
+    assert_eq!(perm(&mut h, &["8.8.8.1:1", "8.8.8.4:1"]), None);
+    assert_eq!(perm(&mut h, &["8.8.8.5:1"]), Some(508));
+    let bind = |h: &mut Harness, number: u16, peer: &str| {
+        code(
+            &h.ask(
+                &Req::new(METHOD_CHANNEL_BIND)
+                    .attr(
+                        ATTR_CHANNEL_NUMBER,
+                        &[(number >> 8) as u8, number as u8, 0, 0],
+                    )
+                    .peer(peer)
+                    .auth("alice", "pw", &nonce),
+            ),
+        )
+    };
+    assert_eq!(bind(&mut h, 0x4000, "8.8.8.1:1"), None);
+    assert_eq!(bind(&mut h, 0x4001, "8.8.8.2:1"), None);
+    assert_eq!(bind(&mut h, 0x4002, "8.8.8.3:1"), Some(508));
+    assert_eq!(
+        bind(&mut h, 0x4001, "8.8.8.2:1"),
+        None,
+        "a refresh is not a new channel"
+    );
+    // Expired permissions and channels free their places.
+    h.advance(301);
+    let nonce = h.nonce();
+    let r = h.ask(
+        &Req::new(METHOD_REFRESH)
+            .attr(ATTR_LIFETIME, &3600u32.to_be_bytes())
+            .auth("alice", "pw", &nonce),
+    );
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    let mut r = Req::new(METHOD_CREATE_PERMISSION);
+    for p in ["9.9.9.1:1", "9.9.9.2:1", "9.9.9.3:1", "9.9.9.4:1"] {
+        r = r.peer(p);
+    }
+    assert_eq!(code(&h.ask(&r.auth("alice", "pw", &nonce))), None);
+    h.advance(300);
+    let nonce = h.nonce();
+    let ok = Req::new(METHOD_CHANNEL_BIND)
+        .attr(ATTR_CHANNEL_NUMBER, &[0x40, 0x03, 0, 0])
+        .peer("9.9.9.1:1")
+        .auth("alice", "pw", &nonce);
+    assert_eq!(h.ask(&ok).typ.class, CLASS_SUCCESS_RESPONSE);
+    // A third allocation from one client address is over the per-source quota.
+    for (port, want) in [(40001, None), (40002, Some(486))] {
+        h.client.client.set_port(port);
+        let nonce = h.nonce();
+        let r = h.ask(&Req::new(METHOD_ALLOCATE).udp().auth("alice", "pw", &nonce));
+        assert_eq!(code(&r), want);
+    }
+}
+
+#[test]
+fn reservations_refuse_additional_families_and_address_errors_say_why() {
+    let mut h = harness();
+    let nonce = h.nonce();
+    for (even_port, token) in [(Some([0x80u8, 0, 0, 0]), None), (None, Some([1u8; 8]))] {
+        let mut r = Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(msg::ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        if let Some(v) = even_port {
+            r = r.attr(ATTR_EVEN_PORT, &v);
+        }
+        if let Some(t) = token {
+            r = r.attr(ATTR_RESERVATION_TOKEN, &t);
+        }
+        assert_eq!(code(&h.ask(&r.auth("alice", "pw", &nonce))), Some(400));
+    }
+    assert!(h.relays.requests.is_empty());
+    // EVEN-PORT without R and an additional family is fine; an IPv6 relay that cannot be had
+    // is reported as such.
+    h.relays.v6 = false;
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(msg::ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .auth("alice", "pw", &nonce),
+    );
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    let v = msg::first(&r, msg::ATTR_ADDRESS_ERROR_CODE).expect("address error");
+    assert_eq!((v[0], v[2], v[3]), (msg::FAMILY_V6, 4, 40));
+    assert_eq!(&v[4..], b"Address Family not Supported");
+}
+
+#[test]
+fn a_reservation_keeps_its_address_family() {
+    let mut h = harness();
+    let nonce = h.nonce();
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .attr(ATTR_EVEN_PORT, &[0x80, 0, 0, 0])
+            .auth("alice", "pw", &nonce),
+    );
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    let token: [u8; 8] = msg::first(&r, ATTR_RESERVATION_TOKEN)
+        .expect("token")
+        .try_into()
+        .expect("8 bytes");
+    h.relays.reserved.push(token);
+    h.relays.reserved_v6 = true;
+    h.client.client.set_port(40001);
+    let nonce = h.nonce();
+    let r = h.ask(
+        &Req::new(METHOD_ALLOCATE)
+            .udp()
+            .attr(ATTR_RESERVATION_TOKEN, &token)
+            .auth("alice", "pw", &nonce),
+    );
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{:?}", code(&r));
+    assert!(xor_addr(&r, ATTR_XOR_RELAYED_ADDRESS).is_ipv6());
 }
