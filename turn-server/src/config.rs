@@ -13,6 +13,7 @@ use iceway_service::{AdminConfig, CommonArgs, ConfigError, ConfigLoader, DrainCo
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::limits::StreamLimits;
 use crate::policy::DEFAULT_DENY_PEERS;
 use crate::proto::CoreConfig;
 use crate::proto::server as defaults;
@@ -142,6 +143,17 @@ pub struct TurnConfig {
     pub socket_buffer_bytes: usize,
     pub unauthorized_per_sec: u32,
     pub unauthorized_burst: u32,
+    /// Open TCP and TLS connections, all listeners together.
+    pub stream_max_connections: u32,
+    /// Open TCP and TLS connections per source (IPv4 address or IPv6 /64). Generous because a
+    /// carrier-grade or corporate NAT puts many clients behind one address.
+    pub stream_max_connections_per_ip: u32,
+    /// From accept to the first STUN message, TLS handshake included.
+    #[serde(with = "iceway_service::duration")]
+    pub stream_first_message_timeout: Duration,
+    /// Longest silence on a connection that holds no allocation.
+    #[serde(with = "iceway_service::duration")]
+    pub stream_idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for TurnConfig {
@@ -198,6 +210,10 @@ impl Default for TurnConfig {
             socket_buffer_bytes: 4 << 20,
             unauthorized_per_sec: defaults::DEFAULT_UNAUTHORIZED_PER_SEC,
             unauthorized_burst: defaults::DEFAULT_UNAUTHORIZED_BURST,
+            stream_max_connections: 10_000,
+            stream_max_connections_per_ip: 256,
+            stream_first_message_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -314,16 +330,32 @@ impl TurnConfig {
                 "must be >= default_lifetime >= 1s",
             ));
         }
-        for (key, v) in [
-            ("turn.max_permissions", self.max_permissions),
-            ("turn.max_channels", self.max_channels),
+        for (key, zero) in [
+            ("turn.max_permissions", self.max_permissions == 0),
+            ("turn.max_channels", self.max_channels == 0),
             (
                 "turn.unauthorized_max_sources",
-                self.unauthorized_max_sources,
+                self.unauthorized_max_sources == 0,
+            ),
+            (
+                "turn.stream_max_connections",
+                self.stream_max_connections == 0,
+            ),
+            (
+                "turn.stream_max_connections_per_ip",
+                self.stream_max_connections_per_ip == 0,
+            ),
+            (
+                "turn.stream_first_message_timeout",
+                self.stream_first_message_timeout.is_zero(),
+            ),
+            (
+                "turn.stream_idle_timeout",
+                self.stream_idle_timeout.is_zero(),
             ),
         ] {
-            if v == 0 {
-                return Err(ConfigError::invalid(key, "must be at least 1"));
+            if zero {
+                return Err(ConfigError::invalid(key, "must be greater than zero"));
             }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
@@ -365,6 +397,15 @@ impl TurnConfig {
 
     pub fn relay_bind_ip(&self) -> IpAddr {
         self.relay_ip.unwrap_or_else(|| self.listen[0].ip())
+    }
+
+    pub fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            max_connections: self.stream_max_connections,
+            max_connections_per_ip: self.stream_max_connections_per_ip,
+            first_message_timeout: self.stream_first_message_timeout,
+            idle_timeout: self.stream_idle_timeout,
+        }
     }
 
     pub fn core(&self) -> CoreConfig {
@@ -439,6 +480,15 @@ mod tests {
             }
         );
         assert_eq!(cfg.deny_peers.len(), DEFAULT_DENY_PEERS.len());
+        assert_eq!(
+            cfg.stream_limits(),
+            StreamLimits {
+                max_connections: 10_000,
+                max_connections_per_ip: 256,
+                first_message_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+            }
+        );
         assert!(
             !format!("{cfg:?}").contains("a:b"),
             "passwords never logged"
@@ -471,6 +521,17 @@ mod tests {
         )
         .expect_err("empty certificate");
         assert!(err.to_string().contains("turn.tls_cert"), "{err}");
+        for var in [
+            "ICEWAY_TURN__STREAM_MAX_CONNECTIONS",
+            "ICEWAY_TURN__STREAM_MAX_CONNECTIONS_PER_IP",
+            "ICEWAY_TURN__STREAM_FIRST_MESSAGE_TIMEOUT",
+            "ICEWAY_TURN__STREAM_IDLE_TIMEOUT",
+        ] {
+            let env = HashMap::from([(var.to_owned(), "0".to_owned())]);
+            let err = Config::load_with_env(&cli(&["--stun-only"]), Some(env)).expect_err(var);
+            let key = format!("turn.{}", var["ICEWAY_TURN__".len()..].to_lowercase());
+            assert!(err.to_string().contains(&key), "{var}: {err}");
+        }
         // Misspelt keys at any level, and keys of another section, are refused with their path.
         for (var, key) in [
             ("ICEWAY_TURN__RELAY_RNAGE", "turn.relay_rnage"),

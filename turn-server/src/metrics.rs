@@ -19,6 +19,8 @@ pub struct Metrics {
     pub peer_denied: IntCounter,
     pub quota_rejections: IntCounterVec,
     pub binding_requests: IntCounter,
+    pub stream_connections: IntGauge,
+    pub stream_rejected: IntCounterVec,
     /// Handles resolved once, so the data path's periodic flush does no label lookup.
     pub to_peer_bytes: IntCounter,
     pub to_peer_packets: IntCounter,
@@ -48,6 +50,16 @@ impl Metrics {
             ),
             &["direction"],
         )?;
+        let stream_rejected = IntCounterVec::new(
+            Opts::new(
+                "iceway_turn_stream_rejected_total",
+                "TCP/TLS connections refused or closed by a limit, by reason",
+            ),
+            &["reason"],
+        )?;
+        for reason in crate::limits::REJECT_REASONS {
+            stream_rejected.with_label_values(&[reason]);
+        }
         Ok(Self {
             allocations: IntGauge::new("iceway_turn_allocations", "Live allocations")?,
             allocations_total: IntCounterVec::new(
@@ -101,6 +113,11 @@ impl Metrics {
                 "iceway_stun_binding_requests_total",
                 "STUN Binding requests",
             )?,
+            stream_connections: IntGauge::new(
+                "iceway_turn_stream_connections",
+                "Open TCP/TLS client connections",
+            )?,
+            stream_rejected,
         })
     }
 
@@ -117,6 +134,8 @@ impl Metrics {
         registry.register(Box::new(self.peer_denied.clone()))?;
         registry.register(Box::new(self.quota_rejections.clone()))?;
         registry.register(Box::new(self.binding_requests.clone()))?;
+        registry.register(Box::new(self.stream_connections.clone()))?;
+        registry.register(Box::new(self.stream_rejected.clone()))?;
         Ok(())
     }
 }

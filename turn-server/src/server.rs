@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::io::socket::{self, RelaySettings};
 use crate::io::{credentials, relay_settings, stream, tls_acceptor, udp};
+use crate::limits::{StreamConnections, StreamLimits};
 use crate::metrics::Metrics;
 use crate::policy::PeerPolicy;
 use crate::proto::Shared;
@@ -43,6 +44,7 @@ pub struct TurnServer {
     threads: usize,
     stun_only: bool,
     drain: Duration,
+    stream_limits: StreamLimits,
     listen: Vec<SocketAddr>,
     tcp: Vec<TcpListener>,
     udp: Vec<Vec<std::net::UdpSocket>>,
@@ -139,6 +141,7 @@ impl TurnServer {
             threads,
             stun_only: t.stun_only,
             drain: cfg.drain.timeout,
+            stream_limits: t.stream_limits(),
             listen,
             tcp,
             udp,
@@ -174,6 +177,11 @@ impl TurnServer {
                 stop: Arc::clone(&stop),
             })?);
         }
+        // One table for every TCP and TLS listener: the caps are on the process's connections.
+        let connections = StreamConnections::new(
+            self.stream_limits,
+            self.shared.metrics.stream_connections.clone(),
+        );
         for (addr, tcp) in self.listen.iter().zip(self.tcp) {
             tracing::info!(%addr, shards = self.threads, stun_only = self.stun_only, "listening udp");
             tracing::info!(%addr, "listening tcp");
@@ -182,6 +190,7 @@ impl TurnServer {
                 None,
                 Arc::clone(&self.shared),
                 self.settings.clone(),
+                Arc::clone(&connections),
                 stop_token.clone(),
             ));
         }
@@ -192,6 +201,7 @@ impl TurnServer {
                 Some(acceptor),
                 Arc::clone(&self.shared),
                 self.settings.clone(),
+                Arc::clone(&connections),
                 stop_token.clone(),
             ));
         }

@@ -1,7 +1,8 @@
 //! TURN over TCP and TLS (RFC 8656 §3.1): STUN messages and padded ChannelData framed back to back
 //! on the stream (RFC 4571-style: each frame's own length field delimits it). One task per
 //! connection owns a one-connection protocol core and the allocation's relay sockets; the
-//! allocation ends with the connection.
+//! allocation ends with the connection. Connections are admitted and timed out by
+//! `crate::limits`.
 
 use std::future::poll_fn;
 use std::io;
@@ -14,11 +15,13 @@ use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use super::socket::{self, RelaySettings};
+use crate::limits::{AcceptBackoff, Expiry, Refusal, StreamConnections, StreamDeadlines};
 use crate::proto::channel_data::stream_frame_len;
 use crate::proto::{
     Family, FiveTuple, Now, Output, PortRequest, Relay, RelayError, RelayId, RelayPorts, Server,
@@ -106,42 +109,73 @@ async fn recv_any(
     .await
 }
 
+/// A new connection's read buffer: room for a typical STUN request; the framer grows it for
+/// larger frames, so an idle connection costs little.
+const INITIAL_READ_BUFFER: usize = 512;
+/// The largest UDP payload a relay socket can receive.
+const RELAY_BUFFER: usize = 65_536;
+
+/// Serves one connection until the client closes it, a deadline of `deadlines` passes, or `stop`.
 pub async fn serve_connection<S>(
     stream: S,
     ft: FiveTuple,
     shared: Arc<Shared>,
     settings: RelaySettings,
+    mut deadlines: StreamDeadlines,
     stop: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (reader, mut writer) = tokio::io::split(stream);
-    let mut frames = FramedRead::new(reader, TurnFrames);
-    let mut server = Server::new(shared);
+    let mut frames = FramedRead::with_capacity(reader, TurnFrames, INITIAL_READ_BUFFER);
+    let mut server = Server::new(Arc::clone(&shared));
     let mut relays = ConnRelays {
         settings,
         sockets: Vec::new(),
         next: 0,
     };
-    let mut buf = vec![0u8; 65_536];
+    // Allocated with the first relay socket and freed with the last.
+    let mut buf: Vec<u8> = Vec::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut deadline = deadlines.next(false);
+    let timer = tokio::time::sleep_until(deadlines.handshake_by().into());
+    tokio::pin!(timer);
+    let expired = loop {
+        let has_allocation = server.allocation_count() > 0;
+        match (relays.sockets.is_empty(), buf.is_empty()) {
+            (false, true) => buf = vec![0u8; RELAY_BUFFER],
+            (true, false) => buf = Vec::new(),
+            _ => {}
+        }
+        let next = deadlines.next(has_allocation);
+        if next != deadline {
+            if let Some((at, _)) = next {
+                timer.as_mut().reset(at.into());
+            }
+            deadline = next;
+        }
         tokio::select! {
             frame = frames.next() => match frame {
-                Some(Ok(frame)) => server.handle_client(frame.chunk(), ft, Now::system(), &mut relays),
+                Some(Ok(frame)) => {
+                    let now = Now::system();
+                    deadlines.on_frame(frame.chunk(), now.instant);
+                    server.handle_client(frame.chunk(), ft, now, &mut relays);
+                }
                 Some(Err(e)) => {
                     tracing::debug!(client = %ft.client, error = %e, "closing stream");
-                    break;
+                    break None;
                 }
-                None => break,
+                None => break None,
             },
-            r = recv_any(&relays.sockets, &mut buf) => {
+            r = recv_any(&relays.sockets, &mut buf), if !relays.sockets.is_empty() => {
                 if let Ok((id, n, peer)) = r {
                     server.handle_peer(id, peer, &buf[..n], Instant::now());
                 }
             }
-            _ = sweep.tick() => server.sweep(Now::system(), &mut relays),
-            _ = stop.cancelled() => break,
+            _ = sweep.tick(), if has_allocation => server.sweep(Now::system(), &mut relays),
+            () = &mut timer, if deadline.is_some() => break deadline.map(|(_, why)| why),
+            _ = stop.cancelled() => break None,
         }
         let mut failed = false;
         while let Some(out) = server.poll_output() {
@@ -164,19 +198,29 @@ pub async fn serve_connection<S>(
         }
         server.flush_stats();
         if failed {
-            break;
+            break None;
         }
+    };
+    if let Some(why) = expired {
+        tracing::debug!(client = %ft.client, reason = why.reason(), "closing stream");
+        shared
+            .metrics
+            .stream_rejected
+            .with_label_values(&[why.reason()])
+            .inc();
     }
     server.connection_closed(&ft, Instant::now(), &mut relays);
     server.flush_stats();
 }
 
-/// Accepts TCP (and, with `tls`, TLS) connections until `stop`.
+/// Accepts TCP (and, with `tls`, TLS) connections until `stop`, within the caps and deadlines
+/// of `connections`.
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     settings: RelaySettings,
+    connections: Arc<StreamConnections>,
     stop: CancellationToken,
 ) {
     let transport = if tls.is_some() {
@@ -187,18 +231,50 @@ pub async fn accept_loop(
     let Ok(local) = listener.local_addr() else {
         return;
     };
+    let rejected = |reason: &str| shared.metrics.stream_rejected.with_label_values(&[reason]);
+    let (over_global, over_per_ip, accept_errors) = (
+        rejected(Refusal::GlobalCap.reason()),
+        rejected(Refusal::PerIpCap.reason()),
+        rejected("accept_error"),
+    );
+    let mut backoff = AcceptBackoff::new();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.cancelled() => return,
         };
         let (tcp, client) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                backoff.succeeded();
+                a
+            }
             Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
+                accept_errors.inc();
+                let pause = backoff.failed(Instant::now());
+                if let Some(unlogged) = pause.log {
+                    tracing::warn!(%local, error = %e, unlogged, retry_in = ?pause.sleep, "accept failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause.sleep) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        let slot = match connections.admit(client.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                match refusal {
+                    Refusal::GlobalCap => over_global.inc(),
+                    Refusal::PerIpCap => over_per_ip.inc(),
+                }
+                // A reset rather than a FIN: the refused socket leaves no TIME_WAIT behind,
+                // which matters when refusals come in floods.
+                let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                tracing::trace!(%client, reason = refusal.reason(), "connection refused");
                 continue;
             }
         };
+        let deadlines = StreamDeadlines::new(connections.limits(), Instant::now());
         let _ = tcp.set_nodelay(true);
         let server_addr = tcp.local_addr().unwrap_or(local);
         let ft = FiveTuple {
@@ -213,17 +289,25 @@ pub async fn accept_loop(
             tls.clone(),
         );
         tokio::spawn(async move {
+            // Counted until the task ends, whichever way it ends.
+            let _slot = slot;
             match tls {
-                None => serve_connection(tcp, ft, shared, settings, stop).await,
+                None => serve_connection(tcp, ft, shared, settings, deadlines, stop).await,
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
-                    match handshake {
+                    let by = deadlines.handshake_by().into();
+                    match tokio::time::timeout_at(by, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(stream, ft, shared, settings, stop).await
+                            serve_connection(stream, ft, shared, settings, deadlines, stop).await
                         }
                         Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                        Err(_) => {
+                            tracing::debug!(%client, "TLS handshake timed out");
+                            shared
+                                .metrics
+                                .stream_rejected
+                                .with_label_values(&[Expiry::FirstMessage.reason()])
+                                .inc();
+                        }
                     }
                 }
             }

@@ -1,0 +1,336 @@
+//! Hostile TCP clients against the real `iceway-turn`: floods of connections from one address,
+//! connections that never speak, and a quiet client whose allocation must keep it connected.
+//! The limits are set small through the environment; every wait is bounded and waits on the
+//! event (the server closing a socket, a metric reaching its value).
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use common::*;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use stun::attributes::*;
+use stun::message::*;
+
+const FIRST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const SECOND: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const THIRD: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+const GAUGE: &str = "iceway_turn_stream_connections ";
+
+fn rejected(reason: &str) -> String {
+    format!("iceway_turn_stream_rejected_total{{reason=\"{reason}\"}}")
+}
+
+/// Several hundred sockets are open at once in this process and in the server it starts.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn start(per_ip: u32, total: u32, first_message: &str, idle: &str) -> TurnServer {
+    raise_nofile_limit();
+    TurnServer::start(ServerOptions {
+        env: vec![
+            ("ICEWAY_TURN__STREAM_MAX_CONNECTIONS", total.to_string()),
+            (
+                "ICEWAY_TURN__STREAM_MAX_CONNECTIONS_PER_IP",
+                per_ip.to_string(),
+            ),
+            (
+                "ICEWAY_TURN__STREAM_FIRST_MESSAGE_TIMEOUT",
+                first_message.into(),
+            ),
+            ("ICEWAY_TURN__STREAM_IDLE_TIMEOUT", idle.into()),
+        ],
+        ..Default::default()
+    })
+}
+
+/// A TCP connection to `server` from the loopback address `from` (all of 127/8 is on `lo`).
+fn try_connect_from(from: IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.bind(&SockAddr::from(SocketAddr::new(from, 0)))?;
+    s.connect_timeout(&SockAddr::from(server), Duration::from_secs(5))?;
+    let s = TcpStream::from(s);
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+fn connect_from(from: IpAddr, server: SocketAddr) -> TcpStream {
+    try_connect_from(from, server).unwrap_or_else(|e| panic!("connect from {from}: {e}"))
+}
+
+/// `n` connections from `from`, and how many of them the server had already reset before the
+/// connect call returned (it can accept and refuse that fast).
+fn connect_many(from: IpAddr, server: SocketAddr, n: usize) -> (Vec<TcpStream>, usize) {
+    let mut open = Vec::with_capacity(n);
+    let mut reset = 0;
+    for _ in 0..n {
+        match try_connect_from(from, server) {
+            Ok(s) => open.push(s),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => reset += 1,
+            Err(e) => panic!("connect from {from}: {e}"),
+        }
+    }
+    (open, reset)
+}
+
+/// Whether the server has closed `s` (EOF or reset); `s` is non-blocking.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Waits, with poll(2) on every socket, until at least `want` of `streams` are closed by the
+/// server or `timeout` passes; returns how many are closed then.
+fn wait_closed(streams: &mut [TcpStream], want: usize, timeout: Duration) -> usize {
+    for s in streams.iter() {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
+    let mut closed = vec![false; streams.len()];
+    let deadline = Instant::now() + timeout;
+    let count = loop {
+        for (s, c) in streams.iter_mut().zip(closed.iter_mut()) {
+            *c = *c || closed_by_server(s);
+        }
+        let n = closed.iter().filter(|c| **c).count();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if n >= want || left.is_zero() {
+            break n;
+        }
+        let mut fds: Vec<libc::pollfd> = streams
+            .iter()
+            .zip(&closed)
+            .filter(|(_, c)| !**c)
+            .map(|(s, _)| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN | libc::POLLRDHUP,
+                revents: 0,
+            })
+            .collect();
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: `fds` is a live array of `fds.len()` pollfd entries on open sockets.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    };
+    for s in streams.iter() {
+        s.set_nonblocking(false).expect("blocking");
+    }
+    count
+}
+
+/// Polls the admin `/metrics` until `line` reads `value`, for at most `timeout`.
+fn wait_metric(server: &TurnServer, line: &str, value: f64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = server.metric(line);
+        if now == value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{line} is {now}, not {value}, after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// STUN over one TCP connection, framed by each message's length field.
+struct StreamClient {
+    stream: TcpStream,
+}
+
+impl StreamClient {
+    fn connect(from: IpAddr, server: SocketAddr) -> Self {
+        Self {
+            stream: connect_from(from, server),
+        }
+    }
+
+    fn ask(&mut self, bytes: &[u8]) -> Message {
+        self.stream.write_all(bytes).expect("send request");
+        let mut raw = vec![0u8; 20];
+        self.stream
+            .read_exact(&mut raw)
+            .expect("a response header within 10 s");
+        let len = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
+        raw.resize(20 + len, 0);
+        self.stream
+            .read_exact(&mut raw[20..])
+            .expect("the response body");
+        let mut m = Message::new();
+        m.unmarshal_binary(&raw).expect("response decodes");
+        m
+    }
+
+    fn binding_ok(&mut self) {
+        let r = self.ask(&request(METHOD_BINDING).raw);
+        assert_eq!(r.typ, BINDING_SUCCESS, "Binding over TCP: {r}");
+    }
+
+    fn nonce(&mut self) -> String {
+        let r = self.ask(&allocate_request().raw);
+        assert_eq!(error_code(&r), Some(401), "unauthenticated Allocate");
+        String::from_utf8(r.get(ATTR_NONCE).expect("nonce")).expect("utf8")
+    }
+
+    /// An Allocate over this connection; returns the nonce it was signed with.
+    fn allocate(&mut self) -> String {
+        let nonce = self.nonce();
+        let r = self.ask(&sign(allocate_request(), USER, PASSWORD, &nonce));
+        assert_eq!(
+            r.typ.class, CLASS_SUCCESS_RESPONSE,
+            "Allocate over TCP: {r}"
+        );
+        assert!(r.get(ATTR_XOR_RELAYED_ADDRESS).is_ok(), "relayed address");
+        nonce
+    }
+
+    fn refresh(&mut self, nonce: &str, lifetime: Option<u32>) {
+        let mut m = request(METHOD_REFRESH);
+        if let Some(secs) = lifetime {
+            m.add(ATTR_LIFETIME, &secs.to_be_bytes());
+        }
+        let r = self.ask(&sign(m, USER, PASSWORD, nonce));
+        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "Refresh: {r}");
+    }
+}
+
+fn allocate_request() -> Message {
+    let mut m = request(METHOD_ALLOCATE);
+    m.add(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    m
+}
+
+#[test]
+fn connections_past_the_caps_are_closed_at_once_and_other_sources_still_get_a_relay() {
+    // Deadlines far beyond the test, so only the caps close anything.
+    let server = start(50, 100, "60s", "60s");
+    let addr = server.addr;
+
+    let (mut flood, reset) = connect_many(FIRST, addr, 300);
+    let closed = reset
+        + wait_closed(
+            &mut flood,
+            250usize.saturating_sub(reset),
+            Duration::from_secs(20),
+        );
+    assert_eq!(
+        closed, 250,
+        "all but the per-IP cap's 50 are closed by the server"
+    );
+    assert_eq!(server.metric(&rejected("per_ip_cap")), 250.0);
+    assert_eq!(server.metric(GAUGE), 50.0);
+
+    let mut other = StreamClient::connect(SECOND, addr);
+    other.binding_ok();
+    other.allocate();
+
+    // 51 held; another source gets the 49 left under the global cap of 100.
+    let (mut third, reset) = connect_many(THIRD, addr, 60);
+    let closed = reset
+        + wait_closed(
+            &mut third,
+            11usize.saturating_sub(reset),
+            Duration::from_secs(20),
+        );
+    assert_eq!(closed, 11, "the connections past the global cap are closed");
+    assert_eq!(server.metric(&rejected("global_cap")), 11.0);
+    assert_eq!(server.metric(GAUGE), 100.0);
+    other.binding_ok();
+
+    drop((flood, third, other));
+    wait_metric(&server, GAUGE, 0.0, Duration::from_secs(20));
+    assert_eq!(server.metric(&rejected("first_message_timeout")), 0.0);
+}
+
+#[test]
+fn connections_that_never_speak_are_closed_and_their_slots_come_back() {
+    let server = start(50, 100, "1s", "2s");
+    let addr = server.addr;
+
+    let (mut silent, reset) = connect_many(FIRST, addr, 50);
+    assert_eq!(reset, 0, "50 connections are within the per-IP cap");
+    let mut talker = StreamClient::connect(SECOND, addr);
+    talker.binding_ok();
+    // Ten times the deadlines: a bound on the wait, not a measure of speed.
+    let closed = wait_closed(&mut silent, 50, Duration::from_secs(10));
+    assert_eq!(closed, 50, "connections without a STUN message are closed");
+    let closed = wait_closed(
+        std::slice::from_mut(&mut talker.stream),
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(closed, 1, "a connection silent after its Binding is closed");
+    assert_eq!(server.metric(&rejected("first_message_timeout")), 50.0);
+    assert_eq!(server.metric(&rejected("idle_timeout")), 1.0);
+
+    // The per-IP cap's 50 places are free again for the same address.
+    let mut again: Vec<StreamClient> = (0..50)
+        .map(|_| StreamClient::connect(FIRST, addr))
+        .collect();
+    for c in &mut again {
+        c.binding_ok();
+    }
+    assert_eq!(server.metric(&rejected("per_ip_cap")), 0.0);
+
+    drop((silent, talker, again));
+    wait_metric(&server, GAUGE, 0.0, Duration::from_secs(20));
+}
+
+#[test]
+fn a_live_allocation_keeps_its_quiet_connection_open_until_it_is_deleted() {
+    let server = start(50, 100, "1s", "2s");
+    let addr = server.addr;
+
+    let mut relay = StreamClient::connect(FIRST, addr);
+    let nonce = relay.allocate();
+    let mut control = StreamClient::connect(SECOND, addr);
+    control.binding_ok();
+    // The control connection spoke after the allocating one, so once the idle timeout has
+    // closed it, the allocating one has been silent for longer than that timeout.
+    let closed = wait_closed(
+        std::slice::from_mut(&mut control.stream),
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(closed, 1, "the control connection is closed as idle");
+    let closed = wait_closed(
+        std::slice::from_mut(&mut relay.stream),
+        1,
+        Duration::from_secs(4),
+    );
+    assert_eq!(closed, 0, "a connection with a live allocation is not idle");
+    relay.refresh(&nonce, None);
+
+    // Deleting the allocation hands the connection back to the idle timeout.
+    relay.refresh(&nonce, Some(0));
+    let closed = wait_closed(
+        std::slice::from_mut(&mut relay.stream),
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(closed, 1, "idle once its allocation is gone");
+    assert_eq!(server.metric(&rejected("idle_timeout")), 2.0);
+    wait_metric(&server, GAUGE, 0.0, Duration::from_secs(20));
+}
