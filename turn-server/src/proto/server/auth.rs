@@ -99,12 +99,8 @@ impl Server {
         }
         // Unknown comprehension-required attributes are reported only to an authenticated
         // client (RFC 8489 §6.3.1), so a stranger learns nothing from probing them.
-        let unknown = msg::unknown_required(m);
-        if !unknown.is_empty() {
-            let v: Vec<u8> = unknown.iter().flat_map(|t| t.0.to_be_bytes()).collect();
-            return Err(Reply::from(StunError::UnknownAttribute)
-                .with(ATTR_UNKNOWN_ATTRIBUTES, v)
-                .signed(key));
+        if let Some(reply) = Reply::unknown_attributes(m) {
+            return Err(reply.signed(key));
         }
         Ok(Authenticated {
             key,

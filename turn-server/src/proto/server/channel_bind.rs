@@ -11,13 +11,7 @@ impl Server {
     ) -> Result<(), Reply> {
         let auth = self.authenticate(m, from, now)?;
         let key = auth.key;
-        let Some(a) = self
-            .allocations
-            .get(&from)
-            .filter(|a| a.expires > now.instant)
-        else {
-            return Err(StunError::AllocationMismatch.signed(key));
-        };
+        let a = self.allocation_of(&from, now.instant, key)?;
         let bad = || StunError::BadRequest.signed(key);
         let number = match msg::first(m, ATTR_CHANNEL_NUMBER) {
             Some([a, b, _, _]) => u16::from_be_bytes([*a, *b]),

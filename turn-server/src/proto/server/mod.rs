@@ -426,11 +426,7 @@ impl Server {
             return;
         }
         if m.typ.method == METHOD_BINDING {
-            let unknown = msg::unknown_required(&m);
-            if !unknown.is_empty() {
-                let v: Vec<u8> = unknown.iter().flat_map(|t| t.0.to_be_bytes()).collect();
-                let reply =
-                    Reply::from(StunError::UnknownAttribute).with(ATTR_UNKNOWN_ATTRIBUTES, v);
+            if let Some(reply) = Reply::unknown_attributes(&m) {
                 self.send_error(&m, from, reply, now);
                 return;
             }
@@ -605,6 +601,19 @@ impl Server {
         m.allocation_lifetime
             .observe(now.saturating_duration_since(a.created).as_secs_f64());
         self.shared.quotas.release(&a.user, ft.client.ip());
+    }
+
+    /// The client's unexpired allocation, or the 437 a request on a bare 5-tuple gets.
+    fn allocation_of(
+        &self,
+        from: &FiveTuple,
+        now: Instant,
+        key: [u8; 16],
+    ) -> Result<&Allocation, Reply> {
+        self.allocations
+            .get(from)
+            .filter(|a| a.expires > now)
+            .ok_or_else(|| StunError::AllocationMismatch.signed(key))
     }
 
     fn live_allocation(

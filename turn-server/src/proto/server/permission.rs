@@ -27,13 +27,7 @@ impl Server {
     ) -> Result<(), Reply> {
         let auth = self.authenticate(m, from, now)?;
         let key = auth.key;
-        let Some(a) = self
-            .allocations
-            .get(&from)
-            .filter(|a| a.expires > now.instant)
-        else {
-            return Err(StunError::AllocationMismatch.signed(key));
-        };
+        let a = self.allocation_of(&from, now.instant, key)?;
         let max = self.shared.config.max_permissions;
         let attrs = || {
             m.attributes

@@ -25,6 +25,28 @@ pub enum StunError {
 }
 
 impl StunError {
+    pub const ALL: [StunError; 16] = {
+        use StunError::*;
+        [
+            TryAlternate,
+            BadRequest,
+            StunOnly,
+            UnsupportedMethod,
+            Unauthorized,
+            Forbidden,
+            UnknownAttribute,
+            AllocationMismatch,
+            StaleNonce,
+            AddressFamilyNotSupported,
+            WrongCredentials,
+            UnsupportedTransport,
+            PeerAddressFamilyMismatch,
+            AllocationQuotaReached,
+            ServerDraining,
+            InsufficientCapacity,
+        ]
+    };
+
     pub fn code(self) -> u16 {
         use StunError::*;
         match self {
@@ -137,6 +159,19 @@ impl Reply {
         self
     }
 
+    /// 420 listing the comprehension-required attributes of `m` this server does not know.
+    pub fn unknown_attributes(m: &stun::message::Message) -> Option<Self> {
+        let unknown = super::msg::unknown_required(m);
+        if unknown.is_empty() {
+            return None;
+        }
+        let v: Vec<u8> = unknown.iter().flat_map(|t| t.0.to_be_bytes()).collect();
+        Some(
+            Reply::from(StunError::UnknownAttribute)
+                .with(stun::attributes::ATTR_UNKNOWN_ATTRIBUTES, v),
+        )
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Reply::Silence => "dropped",
@@ -151,25 +186,7 @@ mod tests {
 
     #[test]
     fn every_error_has_its_own_code_label() {
-        use StunError::*;
-        for e in [
-            TryAlternate,
-            BadRequest,
-            StunOnly,
-            UnsupportedMethod,
-            Unauthorized,
-            Forbidden,
-            UnknownAttribute,
-            AllocationMismatch,
-            StaleNonce,
-            AddressFamilyNotSupported,
-            WrongCredentials,
-            UnsupportedTransport,
-            PeerAddressFamilyMismatch,
-            AllocationQuotaReached,
-            ServerDraining,
-            InsufficientCapacity,
-        ] {
+        for e in StunError::ALL {
             assert_eq!(e.label(), e.code().to_string(), "{e:?}");
             assert!(!e.reason().is_empty());
         }
