@@ -157,7 +157,21 @@ ROWS = [
                 "Quota rejections",
                 "reqps",
                 [(f"sum by (kind) (rate(iceway_turn_quota_rejections_total{{{S}}}[{R}]))", "{{kind}}")],
-                "Allocations refused by the per-user or total quota.",
+                "Allocations refused by a quota: per user, per client address, or in all.",
+                "timeseries",
+            ),
+            (
+                "TURN TCP/TLS connections",
+                "none",
+                [(f"sum by (pod) (iceway_turn_stream_connections{{{S}}})", "{{pod}}")],
+                "Open TCP and TLS client connections (capped by turn.stream_max_connections).",
+                "timeseries",
+            ),
+            (
+                "TURN TCP/TLS connections closed or refused",
+                "reqps",
+                [(f"sum by (reason) (rate(iceway_turn_stream_rejected_total{{{S}}}[{R}]))", "{{reason}}")],
+                "Stream connections reset at a cap, or closed by the first-message or idle deadline.",
                 "timeseries",
             ),
             (

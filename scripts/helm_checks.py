@@ -49,6 +49,9 @@ DESIGN_METRICS = {
     "iceway_auth_credentials_issued_total",
     "iceway_auth_requests_total",
     "iceway_auth_request_duration_seconds",
+    # Added by the project where DESIGN §4 is silent (documented in docs/turn-server.md).
+    "iceway_turn_stream_connections",
+    "iceway_turn_stream_rejected_total",
 }
 PROCESS_METRICS = {"process_cpu_seconds_total", "process_resident_memory_bytes"}
 HISTOGRAMS = {

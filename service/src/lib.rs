@@ -7,6 +7,7 @@ pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod duration;
+pub mod fd_limit;
 pub mod metrics;
 pub mod net;
 pub mod problem;

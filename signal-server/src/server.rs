@@ -120,6 +120,12 @@ impl SignalServer {
         registry: &Registry,
     ) -> Result<Self, SignalError> {
         let metrics = Metrics::register(registry)?;
+        // One descriptor per socket, plus Redis, listeners and headroom.
+        iceway_service::fd_limit::ensure_nofile(
+            "iceway-signal",
+            (config.max_connections as u64).saturating_add(256),
+            "signal.max_connections",
+        );
         let router: Arc<dyn Router> = match &config.redis_url {
             Some(url) => Arc::new(
                 RedisRouter::connect(RedisRouterConfig {

@@ -84,6 +84,18 @@ impl TurnServer {
         tracing::info!(config = ?t, "starting iceway-turn");
         let metrics = Metrics::new()?;
         metrics.register(registry)?;
+        // Each allocation holds up to two relay sockets (ADDITIONAL-ADDRESS-FAMILY), each stream
+        // client one, each reservation one; the rest is listeners, admin and headroom.
+        let relay_fds = u64::from(t.total_quota.unwrap_or(u32::MAX)).saturating_mul(2);
+        let wanted = relay_fds
+            .saturating_add(u64::from(t.stream_max_connections))
+            .saturating_add(t.max_reservations as u64)
+            .saturating_add(256);
+        iceway_service::fd_limit::ensure_nofile(
+            "iceway-turn",
+            wanted,
+            "turn.total_quota or turn.stream_max_connections",
+        );
         let policy = PeerPolicy::new(t.allow_peers.clone(), t.deny_peers.clone())
             .with_own_addresses(own_addresses(t));
         let shared = Arc::new(Shared::new(t.core(), credentials(cfg)?, policy, metrics));

@@ -334,3 +334,99 @@ fn a_live_allocation_keeps_its_quiet_connection_open_until_it_is_deleted() {
     assert_eq!(server.metric(&rejected("idle_timeout")), 2.0);
     wait_metric(&server, GAUGE, 0.0, Duration::from_secs(20));
 }
+
+/// A TLS client trusting only `cert`: one Binding over the connection, then it is dropped.
+fn tls_binding_ok(
+    from: IpAddr,
+    server: SocketAddr,
+    cert: &rustls::pki_types::CertificateDer<'static>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let mut tls = rustls::StreamOwned::new(conn, connect_from(from, server));
+    let m = request(METHOD_BINDING);
+    tls.write_all(&m.raw).expect("send over TLS");
+    let mut raw = vec![0u8; 20];
+    tls.read_exact(&mut raw).expect("a response over TLS");
+    let len = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
+    raw.resize(20 + len, 0);
+    tls.read_exact(&mut raw[20..]).expect("the response body");
+    let mut r = Message::new();
+    r.unmarshal_binary(&raw).expect("decodes");
+    assert_eq!(r.typ, BINDING_SUCCESS, "Binding over TLS: {r}");
+}
+
+#[test]
+fn tls_connections_share_the_caps_and_a_stalled_handshake_meets_the_deadline() {
+    raise_nofile_limit();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let server = TurnServer::start(ServerOptions {
+        args: vec![
+            "--tls-cert",
+            cert_path.to_str().expect("utf8 path"),
+            "--tls-key",
+            key_path.to_str().expect("utf8 path"),
+        ],
+        env: vec![
+            ("ICEWAY_TURN__TLS_LISTEN", "127.0.0.1:0".into()),
+            ("ICEWAY_TURN__STREAM_MAX_CONNECTIONS", "100".into()),
+            ("ICEWAY_TURN__STREAM_MAX_CONNECTIONS_PER_IP", "10".into()),
+            ("ICEWAY_TURN__STREAM_FIRST_MESSAGE_TIMEOUT", "1s".into()),
+            ("ICEWAY_TURN__STREAM_IDLE_TIMEOUT", "2s".into()),
+        ],
+        ..Default::default()
+    });
+    let tls = server.tls_addr.expect("TLS listener");
+    let der = cert.cert.der().clone();
+
+    // Five plain TCP connections and five TLS connections from one address fill its cap of ten:
+    // both listeners count against the same cap.
+    let (mut plain, reset) = connect_many(FIRST, server.addr, 5);
+    assert_eq!(reset, 0);
+    let (mut stalled, reset) = connect_many(FIRST, tls, 5);
+    assert_eq!(reset, 0);
+    // Half of the TLS ones start a handshake record and never finish it; the deadline counts
+    // from accept, the handshake included.
+    for s in stalled.iter_mut().take(3) {
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .expect("partial ClientHello");
+    }
+    wait_metric(&server, GAUGE, 10.0, Duration::from_secs(10));
+    // The eleventh, over TLS, is past the cap: reset at accept, before any handshake.
+    let (mut over, _) = connect_many(FIRST, tls, 1);
+    let opened = over.len();
+    assert_eq!(
+        wait_closed(&mut over, opened, Duration::from_secs(10)),
+        opened
+    );
+    wait_metric(
+        &server,
+        &rejected("per_ip_cap"),
+        1.0,
+        Duration::from_secs(10),
+    );
+    // Another address is served over TLS meanwhile.
+    tls_binding_ok(SECOND, tls, &der);
+
+    // Ten times the deadline: a bound on the wait, not a measure of speed.
+    assert_eq!(wait_closed(&mut stalled, 5, Duration::from_secs(10)), 5);
+    assert_eq!(wait_closed(&mut plain, 5, Duration::from_secs(10)), 5);
+    assert_eq!(server.metric(&rejected("first_message_timeout")), 10.0);
+    // Their places are free again.
+    tls_binding_ok(FIRST, tls, &der);
+    wait_metric(&server, GAUGE, 0.0, Duration::from_secs(20));
+}

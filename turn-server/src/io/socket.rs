@@ -220,7 +220,11 @@ pub fn reuseport_udp(
     Ok(socket.into())
 }
 
-/// Binds a relay socket on a random port of `range` (even when asked), retrying taken ports.
+/// Binds a relay socket on a port of `range` (even when asked): from a random port, every port
+/// of the range in turn until one binds. Random probes alone miss the last free ports of a nearly
+/// full range most of the time (40 probes find the one free port of 40 only two times in three),
+/// and then answer 508 while ports are free. One socket serves every try: a failed bind leaves it
+/// unbound.
 pub fn bind_relay(
     ip: IpAddr,
     range: RelayRange,
@@ -228,20 +232,16 @@ pub fn bind_relay(
     buffer: usize,
 ) -> io::Result<std::net::UdpSocket> {
     let span = u32::from(range.hi - range.lo) + 1;
-    let tries = span.min(64);
+    let socket = udp_socket(SocketAddr::new(ip, 0))?;
+    enlarge_buffers(&socket, buffer, "relay", false);
+    let start = rand::random_range(0..span);
     let mut last = io::Error::new(io::ErrorKind::AddrInUse, "relay range exhausted");
-    for _ in 0..tries {
-        let mut port = range.lo + rand::random_range(0..span) as u16;
+    for i in 0..span {
+        let port = range.lo + ((start + i) % span) as u16;
         if even && port % 2 == 1 {
-            port = if port == range.hi { port - 1 } else { port + 1 };
-            if port < range.lo {
-                continue;
-            }
+            continue;
         }
-        let addr = SocketAddr::new(ip, port);
-        let socket = udp_socket(addr)?;
-        enlarge_buffers(&socket, buffer, "relay", false);
-        match socket.bind(&addr.into()) {
+        match socket.bind(&SocketAddr::new(ip, port).into()) {
             Ok(()) => return Ok(socket.into()),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
             Err(e) => return Err(e),
@@ -289,6 +289,30 @@ mod tests {
     fn interface_addresses_include_loopback() {
         let all = interface_addresses();
         assert!(all.contains(&IpAddr::from([127, 0, 0, 1])), "{all:?}");
+    }
+
+    #[test]
+    fn the_last_free_port_of_a_range_is_always_found() {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        // Eight ports outside the ephemeral range, all free now; hold seven of them.
+        let first = 20_000 + (std::process::id() % 1000) as u16 * 8;
+        let (lo, _held) = (0..100u16)
+            .map(|k| first + k * 8)
+            .find_map(|lo| {
+                let held: Vec<_> = (0..7)
+                    .filter_map(|i| std::net::UdpSocket::bind((ip, lo + i)).ok())
+                    .collect();
+                let last_free = std::net::UdpSocket::bind((ip, lo + 7)).is_ok();
+                (held.len() == 7 && last_free).then_some((lo, held))
+            })
+            .expect("a free run of eight ports");
+        let range = RelayRange { lo, hi: lo + 7 };
+        for _ in 0..50 {
+            let s = bind_relay(ip, range, false, 0).expect("the free port");
+            assert_eq!(s.local_addr().expect("addr").port(), lo + 7);
+        }
+        // Even ports only: the free one is odd, so the range is full for an EVEN-PORT request.
+        assert!(bind_relay(ip, range, true, 0).is_err());
     }
 
     #[test]
