@@ -11,7 +11,8 @@ use iceway_turn::proto::channel_data;
 use iceway_turn::proto::credentials::StaticUsers;
 use iceway_turn::proto::message;
 use iceway_turn::proto::{
-    CoreConfig, Family, FiveTuple, Now, PortRequest, Relay, RelayError, RelayId, RelayPorts, Server, Shared, Transport,
+    CoreConfig, Family, FiveTuple, Now, PortRequest, Relay, RelayError, RelayId, RelayPorts,
+    Server, Shared, Transport,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -20,7 +21,10 @@ struct Relays(usize);
 impl RelayPorts for Relays {
     fn allocate(&mut self, _family: Family, _port: PortRequest) -> Result<Relay, RelayError> {
         self.0 += 1;
-        Ok(Relay { id: self.0, local: "192.0.2.1:50000".parse().expect("static addr") })
+        Ok(Relay {
+            id: self.0,
+            local: "192.0.2.1:50000".parse().expect("static addr"),
+        })
     }
 
     fn release(&mut self, _id: RelayId) {}
@@ -30,9 +34,17 @@ fn shared() -> Arc<Shared> {
     static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
-            let cfg = CoreConfig { realm: "fuzz".into(), ..CoreConfig::default() };
+            let cfg = CoreConfig {
+                realm: "fuzz".into(),
+                ..CoreConfig::default()
+            };
             let users = StaticUsers::new(&[("u".into(), "p".into())], "fuzz");
-            Arc::new(Shared::new(cfg, Box::new(users), PeerPolicy::default(), Metrics::new().expect("metrics")))
+            Arc::new(Shared::new(
+                cfg,
+                Box::new(users),
+                PeerPolicy::default(),
+                Metrics::new().expect("metrics"),
+            ))
         })
         .clone()
 }
@@ -52,9 +64,17 @@ fuzz_target!(|data: &[u8]| {
         server: "192.0.2.10:3478".parse().expect("static addr"),
         transport: Transport::Udp,
     };
-    let now = Now { instant: Instant::now(), unix: SystemTime::now() };
+    let now = Now {
+        instant: Instant::now(),
+        unix: SystemTime::now(),
+    };
     server.handle_client(data, ft, now, &mut relays);
     while server.poll_output().is_some() {}
-    server.handle_peer(1, "198.51.100.9:7".parse().expect("static addr"), data, now.instant);
+    server.handle_peer(
+        1,
+        "198.51.100.9:7".parse().expect("static addr"),
+        data,
+        now.instant,
+    );
     server.sweep(now, &mut relays);
 });
