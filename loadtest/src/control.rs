@@ -300,7 +300,7 @@ impl Control {
         }
         // What was in flight on the old socket is gone with it (counted as lost).
         *io.in_flight = 0;
-        self.handshake = Box::new(self.handshake.renew());
+        *self.handshake = self.handshake.renew();
         let req = self.handshake.start();
         Self::send(io, &req, stats);
         self.state = State::Opening {
