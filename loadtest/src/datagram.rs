@@ -8,7 +8,9 @@ use crate::driver::{self, DriverConfig, DriverError, FlowSpec, Outcome};
 use crate::echo::EchoPeer;
 use crate::engine::Pace;
 use crate::proto::{AllocationHandshake, Binding, Framing, Handshake};
-use crate::stats::{LoadShape, Percentiles, Report, ServerReport, TrafficReport, latency_curve};
+use crate::stats::{
+    ControlReport, LoadShape, Percentiles, Report, ServerReport, TrafficReport, latency_curve,
+};
 use crate::transport::{StdTransport, TransportKind};
 
 /// Per-socket kernel buffer request; the kernel caps it at net.core.{r,w}mem_max.
@@ -131,6 +133,8 @@ fn shape(flows: usize, cfg: &DriverConfig) -> LoadShape {
         planned_seconds: cfg.plan.duration.as_secs_f64(),
         packets_per_flow: cfg.plan.packets_per_flow,
         threads: cfg.threads,
+        refresh_seconds: cfg.plan.refresh.map(|r| r.as_secs_f64()),
+        churn_per_second: cfg.plan.churn_per_flow * flows as f64,
     }
 }
 
@@ -258,6 +262,8 @@ fn report(
         relayed_total: total,
         relayed_per_second: total.map(|x| x as f64 / secs),
         latency_us: Percentiles::from_ns(&t.latency),
+        control: (load.refresh_seconds.is_some() || load.churn_per_second > 0.0)
+            .then(|| ControlReport::from(&t.control)),
     };
     let server = match (o.server_before, o.server_after) {
         (Some(b), Some(a)) => {

@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use mio::{Events, Poll, Token};
 
 use crate::batch::RecvBatch;
+use crate::control::Control;
 use crate::engine::{self, Flow, LoadPlan, Shared};
 use crate::progress::Progress;
 use crate::proto::{Framing, Handshake, HandshakeError, Step};
@@ -129,6 +130,11 @@ pub fn run(flows: Vec<FlowSpec>, cfg: &DriverConfig) -> Result<Outcome, DriverEr
     let load_before = crate::sysstat::cpu_seconds(std::process::id());
     let window_start = Instant::now();
     progress.start_traffic();
+    tracing::info!(
+        ready = setup_done.load(Ordering::Relaxed),
+        flows = total,
+        "data phase started"
+    );
     start_data.wait();
     wait_for(&rx, threads, &Phase::DataDone, || {
         progress.traffic(
@@ -137,6 +143,7 @@ pub fn run(flows: Vec<FlowSpec>, cfg: &DriverConfig) -> Result<Outcome, DriverEr
         )
     });
     let window_seconds = window_start.elapsed().as_secs_f64();
+    tracing::info!(seconds = window_seconds, "data phase done");
     let server_after = cfg.server_pid.map(ProcessSample::take);
     let kernel_after = UdpCounters::read();
     let load_after = crate::sysstat::cpu_seconds(std::process::id());
@@ -264,9 +271,22 @@ fn worker(
         Ok(s) => {
             let mut flows = Vec::new();
             let mut owners = Vec::new();
+            let controlled = cfg.plan.refresh.is_some() || cfg.plan.churn_per_flow > 0.0;
+            let ready = s.ready.iter().filter(|r| **r).count().max(1);
+            let data_start = Instant::now();
             for (i, (socket, framing)) in sockets.into_iter().zip(framings).enumerate() {
                 if s.ready[i] {
-                    flows.push(Flow::new(socket, framing));
+                    let mut flow = Flow::new(socket, framing);
+                    if controlled {
+                        if let Some(Handshake::Turn(h)) = handshakes[i].take() {
+                            // First refreshes spread evenly over one refresh interval.
+                            let first = cfg.plan.refresh.map(|r| {
+                                data_start + r.mul_f64((flows.len() as f64 + 0.5) / ready as f64)
+                            });
+                            flow.control = Some(Control::new(h, cfg.plan.refresh, first));
+                        }
+                    }
+                    flows.push(flow);
                     owners.push(i);
                 }
             }
@@ -274,7 +294,11 @@ fn worker(
             let _ = tx.send(Phase::DataDone);
             start_teardown.wait();
             for (f, i) in flows.iter_mut().zip(owners) {
-                if let Some(req) = handshakes[i].as_mut().and_then(|h| h.deallocate()) {
+                let req = match f.control.as_mut() {
+                    Some(c) => c.teardown(),
+                    None => handshakes[i].as_mut().and_then(|h| h.deallocate()),
+                };
+                if let Some(req) = req {
                     // Best-effort: the server frees the allocation at its lifetime anyway.
                     let _ = f.transport.send(&[&req]);
                 }
@@ -433,7 +457,7 @@ fn setup_phase(
                     }
                 };
                 match step {
-                    Ok(Step::Ignore) => {}
+                    Ok(Step::Ignore | Step::Released) => {}
                     Ok(Step::Send(req)) => {
                         let allocated = record_alloc(h);
                         let _ = sockets[i].send(&[&req]);
@@ -505,7 +529,7 @@ fn setup_phase(
     Ok(result)
 }
 
-fn error_key(e: &HandshakeError) -> String {
+pub(crate) fn error_key(e: &HandshakeError) -> String {
     match e {
         HandshakeError::Refused { method, code, .. } => format!("{method} {code}"),
         HandshakeError::NoCredentials => "credentials required".into(),

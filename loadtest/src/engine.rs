@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 
 use crate::batch::{BATCH, MAX_DATAGRAM, RecvBatch};
+use crate::control::{Control, FlowIo, Picker};
 use crate::proto::{Framing, Stamp};
 use crate::stats::TrafficStats;
 use crate::transport::Transport;
@@ -34,7 +35,17 @@ pub struct LoadPlan {
     /// refilled so one loss does not stall it for the rest of the run.
     pub loss_timeout: Duration,
     pub interval: Duration,
+    /// TURN: refresh each allocation (and its binding) this often while data flows.
+    pub refresh: Option<Duration>,
+    /// TURN: allocations released and replaced per second, per flow (the CLI's `--churn`
+    /// divided by the number of allocations); 0 for none.
+    pub churn_per_flow: f64,
 }
+
+/// Kernel buffer request for sockets opened during the data phase (churn).
+const SOCKET_BUFFER: usize = 1 << 20;
+/// How often the control plane's timers are looked at.
+const CONTROL_TICK: Duration = Duration::from_millis(10);
 
 /// Counters the progress display reads while workers run.
 #[derive(Debug)]
@@ -69,6 +80,8 @@ impl Default for Shared {
 pub struct Flow {
     pub transport: Transport,
     pub framing: Framing,
+    /// TURN with refresh or churn: the allocation's control plane.
+    pub control: Option<Control>,
     seq: u32,
     in_flight: u32,
     last_progress: Instant,
@@ -81,6 +94,7 @@ impl Flow {
         Self {
             transport,
             framing,
+            control: None,
             seq: 0,
             in_flight: 0,
             last_progress: Instant::now(),
@@ -115,6 +129,9 @@ fn send_on(
     budget_left: &mut Option<u64>,
 ) -> io::Result<u32> {
     let mut n = n.min(BATCH as u32);
+    if flow.control.as_ref().is_some_and(|c| !c.sending()) {
+        return Ok(0);
+    }
     if let Some(b) = budget_left {
         n = n.min((*b).min(u32::MAX as u64) as u32);
     }
@@ -181,6 +198,12 @@ pub fn run(flows: &mut [Flow], plan: &LoadPlan, shared: &Shared) -> io::Result<T
     let mut last_loss_scan = start;
     let mut reported_sent = 0;
     let mut reported_received = 0;
+    let has_control = flows.iter().any(|f| f.control.is_some());
+    let mut last_control_tick = start;
+    let mut churn_started: u64 = 0;
+    let mut picker =
+        Picker::new(0x9E37_79B9_7F4A_7C15 ^ (n_flows << 32) ^ start.elapsed().as_nanos() as u64);
+    let mut control_packets: Vec<Vec<u8>> = Vec::new();
 
     if let Pace::Flood { window } = plan.pace {
         for (i, f) in flows.iter_mut().enumerate() {
@@ -202,7 +225,51 @@ pub fn run(flows: &mut [Flow], plan: &LoadPlan, shared: &Shared) -> io::Result<T
             }
         }
 
+        if has_control && now.duration_since(last_control_tick) >= CONTROL_TICK {
+            last_control_tick = now;
+            if sending && plan.churn_per_flow > 0.0 {
+                // Churn picks flows at random; a flow already busy is passed over for the next.
+                let due = (now.duration_since(start).as_secs_f64()
+                    * plan.churn_per_flow
+                    * n_flows as f64) as u64;
+                let mut round = 0;
+                while churn_started < due && round < 64 {
+                    round += 1;
+                    churn_started += 1;
+                    let first = picker.below(flows.len());
+                    if let Some(k) = (0..flows.len())
+                        .map(|d| (first + d) % flows.len())
+                        .find(|&k| flows[k].control.as_ref().is_some_and(|c| c.churnable()))
+                    {
+                        if let Some(c) = flows[k].control.as_mut() {
+                            c.churn(now);
+                        }
+                    }
+                }
+            }
+            // After the sending window only what is under way finishes; nothing new starts.
+            for (i, f) in flows.iter_mut().enumerate() {
+                let Some(c) = f.control.as_mut() else {
+                    continue;
+                };
+                if !sending && c.sending() {
+                    continue;
+                }
+                let mut io = FlowIo {
+                    transport: &mut f.transport,
+                    in_flight: &mut f.in_flight,
+                    registry: poll.registry(),
+                    token: Token(i),
+                    buffer: SOCKET_BUFFER,
+                };
+                c.tick(now, &mut io, &mut stats.control);
+            }
+        }
+
         let mut timeout = Duration::from_millis(20);
+        if has_control {
+            timeout = timeout.min(CONTROL_TICK);
+        }
         if sending {
             match plan.pace {
                 Pace::Paced { pps } => {
@@ -272,6 +339,7 @@ pub fn run(flows: &mut [Flow], plan: &LoadPlan, shared: &Shared) -> io::Result<T
             let since = start.elapsed();
             let mut replies = 0_u32;
             let (framing, sent, received) = (&f.framing, f.sent, &mut f.received);
+            let controlled = f.control.is_some();
             f.transport.drain(&mut rb, |p| {
                 if let Some(stamp) = framing.decode(p) {
                     if *received < sent {
@@ -280,8 +348,23 @@ pub fn run(flows: &mut [Flow], plan: &LoadPlan, shared: &Shared) -> io::Result<T
                         let now_ns = shared.now_ns();
                         stats.record_received(since, now_ns.saturating_sub(stamp.sent_ns));
                     }
+                } else if controlled {
+                    control_packets.push(p.to_vec());
                 }
             })?;
+            if let Some(c) = f.control.as_mut() {
+                let now = Instant::now();
+                for p in control_packets.drain(..) {
+                    let mut io = FlowIo {
+                        transport: &mut f.transport,
+                        in_flight: &mut f.in_flight,
+                        registry: poll.registry(),
+                        token: Token(i),
+                        buffer: SOCKET_BUFFER,
+                    };
+                    c.on_packet(now, &p, &mut io, &mut stats.control);
+                }
+            }
             if replies > 0 {
                 f.in_flight = f.in_flight.saturating_sub(replies);
                 f.last_progress = Instant::now();

@@ -3,6 +3,7 @@
 //! [`datagram::run_stun`] and the signaling load.
 
 pub mod batch;
+pub mod control;
 pub mod credentials;
 pub mod datagram;
 pub mod driver;

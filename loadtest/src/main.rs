@@ -136,7 +136,7 @@ struct Common {
     interval: Duration,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ProtocolArg {
     Channel,
     Indication,
@@ -204,6 +204,14 @@ struct TurnArgs {
     setup_concurrency: usize,
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     setup_timeout: Duration,
+    /// While data flows, refresh each allocation (Refresh, then its ChannelBind or
+    /// CreatePermission again) this often, e.g. 60s; keep it under the 5-minute permission life.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    refresh: Option<Duration>,
+    /// While data flows, release this many allocations per second (picked at random; Refresh
+    /// with LIFETIME 0) and replace each with a new allocation on a new socket.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
     #[command(flatten)]
     common: Common,
 }
@@ -240,6 +248,8 @@ fn driver_config(c: &Common, payload: usize, setup: (usize, Duration)) -> Driver
             drain: c.drain,
             loss_timeout: c.loss_timeout,
             interval: c.interval.max(Duration::from_millis(10)),
+            refresh: None,
+            churn_per_flow: 0.0,
         },
         server_pid: c.server_pid,
         progress: !c.no_progress && !c.json,
@@ -315,6 +325,23 @@ fn run() -> anyhow::Result<()> {
                     iceway_loadtest::batch::MAX_DATAGRAM - 64
                 );
             }
+            if args.protocol == ProtocolArg::Ceiling && (args.refresh.is_some() || args.churn > 0.0)
+            {
+                bail!("--refresh and --churn need a TURN server, not the ceiling relay");
+            }
+            if !(args.churn >= 0.0 && args.churn.is_finite()) {
+                bail!("--churn must be a rate of 0 or more per second");
+            }
+            if args.refresh.is_some_and(|r| r < Duration::from_secs(1)) {
+                bail!("--refresh must be at least 1s");
+            }
+            let mut driver = driver_config(
+                &args.common,
+                args.size,
+                (args.setup_concurrency, args.setup_timeout),
+            );
+            driver.plan.refresh = args.refresh;
+            driver.plan.churn_per_flow = args.churn / args.allocations.max(1) as f64;
             let opts = TurnOptions {
                 server: args.server,
                 protocol: match args.protocol {
@@ -328,11 +355,7 @@ fn run() -> anyhow::Result<()> {
                 peer: args.peer,
                 echo_bind: args.echo_bind,
                 bind: args.common.bind.clone(),
-                driver: driver_config(
-                    &args.common,
-                    args.size,
-                    (args.setup_concurrency, args.setup_timeout),
-                ),
+                driver,
             };
             let report = datagram::run_turn(&opts)?;
             output(&report, &args.common)

@@ -227,6 +227,11 @@ enum Stage {
     Allocate,
     Bind,
     Done,
+    /// Refresh of a live allocation (then the binding again, back to Done).
+    Refresh,
+    /// Refresh with LIFETIME 0: the allocation is being released.
+    Release,
+    Released,
 }
 
 /// What the caller should do after feeding a response to the handshake.
@@ -238,10 +243,14 @@ pub enum Step {
     Ready { relayed: SocketAddr },
     /// Not a response to the outstanding request: ignore it.
     Ignore,
+    /// The allocation is gone (a release was answered with success or 437).
+    Released,
 }
 
 /// The client side of Allocate (401 → realm/nonce → authenticated Allocate, 438 → new nonce)
-/// followed by a ChannelBind or CreatePermission towards one peer.
+/// followed by a ChannelBind or CreatePermission towards one peer; later, while data flows, a
+/// Refresh followed by the same binding again ([`Self::refresh`]), or a release
+/// ([`Self::release`]).
 pub struct AllocationHandshake {
     credentials: Option<Credentials>,
     peer: SocketAddr,
@@ -289,9 +298,35 @@ impl AllocationHandshake {
         self.relayed
     }
 
+    /// A fresh handshake for a new allocation with the same credentials, peer and binding (the
+    /// replacement of a churned allocation; it starts with its own 401 round).
+    pub fn renew(&self) -> Self {
+        Self::new(self.credentials.clone(), self.peer, self.binding)
+    }
+
+    /// Starts refreshing a ready allocation: a Refresh (default lifetime), then the ChannelBind
+    /// or CreatePermission again, which refreshes the binding and its permission. Ends in
+    /// `Step::Ready` like the first handshake.
+    pub fn refresh(&mut self) -> Vec<u8> {
+        self.stage = Stage::Refresh;
+        self.rounds = 0;
+        self.request()
+    }
+
+    /// Starts releasing the allocation (Refresh with LIFETIME 0). Ends in `Step::Released`; a
+    /// 437 (no such allocation) counts as released too.
+    pub fn release(&mut self) -> Vec<u8> {
+        self.stage = Stage::Release;
+        self.rounds = 0;
+        self.request()
+    }
+
     /// Feeds one datagram from the server.
     pub fn on_response(&mut self, b: &[u8]) -> Result<Step, HandshakeError> {
-        if self.stage == Stage::Done || b.len() < STUN_HEADER || b[8..20] != self.txid {
+        if matches!(self.stage, Stage::Done | Stage::Released)
+            || b.len() < STUN_HEADER
+            || b[8..20] != self.txid
+        {
             return Ok(Step::Ignore);
         }
         let mut m = Message::new();
@@ -304,13 +339,19 @@ impl AllocationHandshake {
                 Binding::Channel(_) => "ChannelBind",
                 Binding::Permission => "CreatePermission",
             },
-            Stage::Done => return Ok(Step::Ignore),
+            Stage::Refresh => "Refresh",
+            Stage::Release => "Refresh(0)",
+            Stage::Done | Stage::Released => return Ok(Step::Ignore),
         };
         if m.typ.class == CLASS_ERROR_RESPONSE {
             let mut ec = ErrorCodeAttribute::default();
             ec.get_from(&m)
                 .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
             let code = ec.code.0;
+            if self.stage == Stage::Release && code == 437 {
+                self.stage = Stage::Released;
+                return Ok(Step::Released);
+            }
             if code == 401 || code == 438 {
                 if self.credentials.is_none() {
                     return Err(HandshakeError::NoCredentials);
@@ -360,7 +401,16 @@ impl AllocationHandshake {
                     relayed: self.relayed.ok_or(HandshakeError::NoRelayedAddress)?,
                 })
             }
-            Stage::Done => Ok(Step::Ignore),
+            Stage::Refresh => {
+                self.stage = Stage::Bind;
+                self.rounds = 0;
+                Ok(Step::Send(self.request()))
+            }
+            Stage::Release => {
+                self.stage = Stage::Released;
+                Ok(Step::Released)
+            }
+            Stage::Done | Stage::Released => Ok(Step::Ignore),
         }
     }
 
@@ -377,6 +427,15 @@ impl AllocationHandshake {
             (Stage::Allocate, _) => {
                 self.build(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST), |m| {
                     m.add(ATTR_REQUESTED_TRANSPORT, &[IPPROTO_UDP, 0, 0, 0]);
+                })
+            }
+            // No LIFETIME: the server's default lifetime again.
+            (Stage::Refresh, _) => {
+                self.build(MessageType::new(METHOD_REFRESH, CLASS_REQUEST), |_| {})
+            }
+            (Stage::Release | Stage::Released, _) => {
+                self.build(MessageType::new(METHOD_REFRESH, CLASS_REQUEST), |m| {
+                    m.add(ATTR_LIFETIME, &0_u32.to_be_bytes());
                 })
             }
             (_, Binding::Channel(ch)) => {
@@ -637,6 +696,113 @@ mod tests {
             })
         );
         assert!(h.is_done());
+    }
+
+    fn method_of(req: &[u8]) -> stun::message::Method {
+        let mut m = Message::new();
+        m.raw = req.to_vec();
+        m.decode().expect("decodes");
+        m.typ.method
+    }
+
+    /// A handshake that is done, with realm and nonce from its 401.
+    fn ready_handshake() -> AllocationHandshake {
+        let creds = Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let mut h = AllocationHandshake::new(Some(creds), peer(), Binding::Channel(0x4000));
+        let first = h.start();
+        let unauth = response(&first, CLASS_ERROR_RESPONSE, |m| {
+            ErrorCodeAttribute {
+                code: stun::error_code::CODE_UNAUTHORIZED,
+                reason: b"Unauthorized".to_vec(),
+            }
+            .add_to(m)
+            .expect("error code");
+            m.add(ATTR_REALM, b"iceway");
+            m.add(ATTR_NONCE, b"n1");
+        });
+        let Ok(Step::Send(second)) = h.on_response(&unauth) else {
+            panic!("expected an authenticated Allocate");
+        };
+        let ok = response(&second, CLASS_SUCCESS_RESPONSE, |m| {
+            XorMappedAddress {
+                ip: "127.0.0.1".parse().expect("ip"),
+                port: 50000,
+            }
+            .add_to_as(m, ATTR_XOR_RELAYED_ADDRESS)
+            .expect("relayed");
+        });
+        let Ok(Step::Send(bind)) = h.on_response(&ok) else {
+            panic!("expected ChannelBind");
+        };
+        let done = response(&bind, CLASS_SUCCESS_RESPONSE, |_| {});
+        assert!(matches!(h.on_response(&done), Ok(Step::Ready { .. })));
+        h
+    }
+
+    #[test]
+    fn refresh_renews_the_nonce_on_438_then_rebinds() {
+        let mut h = ready_handshake();
+        let refresh = h.refresh();
+        assert_eq!(method_of(&refresh), METHOD_REFRESH);
+        let stale = response(&refresh, CLASS_ERROR_RESPONSE, |m| {
+            ErrorCodeAttribute {
+                code: stun::error_code::CODE_STALE_NONCE,
+                reason: b"Stale Nonce".to_vec(),
+            }
+            .add_to(m)
+            .expect("error code");
+            m.add(ATTR_REALM, b"iceway");
+            m.add(ATTR_NONCE, b"n2");
+        });
+        let Ok(Step::Send(again)) = h.on_response(&stale) else {
+            panic!("expected the Refresh again with the new nonce");
+        };
+        assert_eq!(method_of(&again), METHOD_REFRESH);
+        let ok = response(&again, CLASS_SUCCESS_RESPONSE, |_| {});
+        let Ok(Step::Send(bind)) = h.on_response(&ok) else {
+            panic!("expected ChannelBind after the Refresh");
+        };
+        assert_eq!(method_of(&bind), METHOD_CHANNEL_BIND);
+        let done = response(&bind, CLASS_SUCCESS_RESPONSE, |_| {});
+        assert_eq!(
+            h.on_response(&done),
+            Ok(Step::Ready {
+                relayed: "127.0.0.1:50000".parse().expect("addr")
+            })
+        );
+    }
+
+    #[test]
+    fn release_ends_on_success_or_437_and_renew_starts_over() {
+        let mut h = ready_handshake();
+        let release = h.release();
+        let mut m = Message::new();
+        m.raw = release.clone();
+        m.decode().expect("decodes");
+        assert_eq!(m.typ.method, METHOD_REFRESH);
+        assert_eq!(m.get(ATTR_LIFETIME).expect("lifetime"), vec![0, 0, 0, 0]);
+        let gone = response(&release, CLASS_ERROR_RESPONSE, |m| {
+            ErrorCodeAttribute {
+                code: stun::error_code::CODE_ALLOC_MISMATCH,
+                reason: b"Allocation Mismatch".to_vec(),
+            }
+            .add_to(m)
+            .expect("error code");
+        });
+        assert_eq!(h.on_response(&gone), Ok(Step::Released));
+        assert_eq!(h.on_response(&gone), Ok(Step::Ignore));
+
+        let mut h = ready_handshake();
+        let release = h.release();
+        let ok = response(&release, CLASS_SUCCESS_RESPONSE, |_| {});
+        assert_eq!(h.on_response(&ok), Ok(Step::Released));
+
+        let mut fresh = h.renew();
+        assert!(!fresh.is_done() && fresh.relayed().is_none());
+        assert_eq!(method_of(&fresh.start()), METHOD_ALLOCATE);
     }
 
     #[test]

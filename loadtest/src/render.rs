@@ -83,6 +83,21 @@ pub fn human(r: &Report) -> String {
         );
     }
     let _ = writeln!(s, "latency    {}", pct(&t.latency_us));
+    if let Some(c) = &t.control {
+        let _ = writeln!(
+            s,
+            "control    {} refreshes ({} failed), churn: {} released ({} failed), {} re-allocated ({} failed)",
+            c.refreshes,
+            c.refresh_failures,
+            c.released,
+            c.release_failures,
+            c.reopened,
+            c.reopen_failures
+        );
+        for (k, v) in &c.errors {
+            let _ = writeln!(s, "           error {k} ×{v}");
+        }
+    }
     if let Some(sig) = &r.signal {
         let _ = writeln!(
             s,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::control::ControlStats;
 use crate::sysstat::UdpCounters;
 
 /// Latencies are recorded in nanoseconds, up to a minute, to three significant digits.
@@ -82,6 +83,8 @@ pub struct TrafficStats {
     pub latency: Histogram<u64>,
     pub interval: Duration,
     pub intervals: Vec<Interval>,
+    /// TURN refresh and churn during the data phase.
+    pub control: ControlStats,
 }
 
 impl TrafficStats {
@@ -93,6 +96,7 @@ impl TrafficStats {
             latency: new_histogram(),
             interval,
             intervals: Vec::new(),
+            control: ControlStats::default(),
         }
     }
 
@@ -127,6 +131,7 @@ impl TrafficStats {
         self.sent += other.sent;
         self.received += other.received;
         self.send_errors += other.send_errors;
+        self.control.merge(other.control);
         let _ = self.latency.add(&other.latency);
         for (i, iv) in other.intervals.into_iter().enumerate() {
             if self.intervals.len() <= i {
@@ -198,6 +203,37 @@ pub struct TrafficReport {
     /// Round-trip time, client → server → peer → server → client (TURN) or request → response
     /// (STUN).
     pub latency_us: Percentiles,
+    /// TURN with `--refresh` or `--churn`: what the control plane did while data flowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlReport>,
+}
+
+/// Refreshes and churn during the data phase (TURN).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ControlReport {
+    pub refreshes: u64,
+    pub refresh_failures: u64,
+    /// Churned allocations the server released.
+    pub released: u64,
+    pub release_failures: u64,
+    /// Replacement allocations made ready.
+    pub reopened: u64,
+    pub reopen_failures: u64,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl From<&ControlStats> for ControlReport {
+    fn from(c: &ControlStats) -> Self {
+        Self {
+            refreshes: c.refreshes,
+            refresh_failures: c.refresh_failures,
+            released: c.released,
+            release_failures: c.release_failures,
+            reopened: c.reopened,
+            reopen_failures: c.reopen_failures,
+            errors: c.errors.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -224,6 +260,12 @@ pub struct LoadShape {
     pub planned_seconds: f64,
     pub packets_per_flow: Option<u64>,
     pub threads: usize,
+    /// TURN `--refresh`: seconds between refreshes of each allocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_seconds: Option<f64>,
+    /// TURN `--churn`: allocations replaced per second over all flows.
+    #[serde(default)]
+    pub churn_per_second: f64,
 }
 
 /// The signaling-specific part of a report.

@@ -99,6 +99,20 @@ impl Transport {
         }
     }
 
+    /// A new connected socket of the same kind from the same source address (port 0) to the
+    /// same server: a new 5-tuple, for a churned allocation.
+    pub fn reopen(&self, buffer: usize) -> io::Result<Transport> {
+        let (kind, local, peer) = match self {
+            Transport::Udp(s) => (TransportKind::Udp, s.local_addr()?, s.peer_addr()?),
+            Transport::Tcp(c) => (
+                TransportKind::Tcp,
+                c.stream.local_addr()?,
+                c.stream.peer_addr()?,
+            ),
+        };
+        StdTransport::connect(kind, local.ip(), peer, buffer).map(Transport::from_std)
+    }
+
     pub fn deregister(&mut self, registry: &Registry) {
         let _ = match self {
             Transport::Udp(s) => registry.deregister(s),

@@ -29,6 +29,8 @@ fn config(pace: Pace, payload: usize, server_pid: u32) -> DriverConfig {
             drain: Duration::from_secs(2),
             loss_timeout: Duration::from_millis(300),
             interval: Duration::from_millis(100),
+            refresh: None,
+            churn_per_flow: 0.0,
         },
         server_pid: Some(server_pid),
         progress: false,
@@ -318,4 +320,64 @@ fn stun_over_tcp_against_iceway_turn_adds_up() {
     };
     let r = run_stun(&opts).expect("stun load over TCP runs");
     assert_adds_up(&r);
+}
+
+/// Refresh and churn while data flows: the report adds up, allocations were refreshed and
+/// replaced, and nothing failed.
+fn assert_control_ran(r: &Report) {
+    let c = r
+        .traffic
+        .control
+        .as_ref()
+        .expect("control report with refresh and churn");
+    assert!(c.refreshes > 0, "{c:?}");
+    assert!(c.released > 0 && c.reopened > 0, "{c:?}");
+    assert_eq!(
+        (c.refresh_failures, c.release_failures, c.reopen_failures),
+        (0, 0, 0),
+        "{c:?}"
+    );
+    assert!(c.errors.is_empty(), "{c:?}");
+    assert!(r.traffic.received > 0);
+}
+
+#[test]
+fn turn_channel_refresh_and_churn_against_iceway_turn_add_up() {
+    let server = common::iceway_turn("churn-secret-0123456789\n", &[]);
+    let mut cfg = config(Pace::Paced { pps: 50.0 }, 120, server.pid());
+    cfg.plan.duration = Duration::from_secs(3);
+    cfg.plan.refresh = Some(Duration::from_millis(700));
+    // 8 replacements a second over 10 allocations.
+    cfg.plan.churn_per_flow = 0.8;
+    let mut opts = turn_options(
+        server.addr,
+        TurnProtocol::Channel,
+        10,
+        rest("churn-secret-0123456789"),
+        cfg,
+    );
+    opts.bind = vec![];
+    let r = run_turn(&opts).expect("turn load with churn runs");
+    assert_relay_adds_up(&r, 10);
+    assert_control_ran(&r);
+    assert_eq!(r.load.churn_per_second, 8.0);
+}
+
+#[test]
+fn turn_indication_refresh_and_churn_against_coturn_add_up() {
+    let server = common::coturn(common::Auth::Secret("churn-secret-0123456789ab"));
+    let mut cfg = config(Pace::Paced { pps: 50.0 }, 200, server.pid());
+    cfg.plan.duration = Duration::from_secs(3);
+    cfg.plan.refresh = Some(Duration::from_millis(700));
+    cfg.plan.churn_per_flow = 0.5;
+    let r = run_turn(&turn_options(
+        server.addr,
+        TurnProtocol::Indication,
+        8,
+        rest("churn-secret-0123456789ab"),
+        cfg,
+    ))
+    .expect("turn load with churn runs");
+    assert_relay_adds_up(&r, 8);
+    assert_control_ran(&r);
 }

@@ -573,6 +573,8 @@ async fn run_async(opts: &SignalOptions, server: SocketAddr) -> Result<Report, S
             planned_seconds: opts.duration.as_secs_f64(),
             packets_per_flow: None,
             threads: opts.threads,
+            refresh_seconds: None,
+            churn_per_second: 0.0,
         },
         setup: Some(SetupReport {
             requested: 2 * n as u64,
@@ -605,6 +607,7 @@ async fn run_async(opts: &SignalOptions, server: SocketAddr) -> Result<Report, S
             relayed_total: None,
             relayed_per_second: None,
             latency_us: Percentiles::from_ns(&latency),
+            control: None,
         },
         server,
         kernel_udp: None,
