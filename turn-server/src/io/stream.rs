@@ -295,7 +295,11 @@ pub async fn accept_loop(
                 None => serve_connection(tcp, ft, shared, settings, deadlines, stop).await,
                 Some(acceptor) => {
                     let by = deadlines.handshake_by().into();
-                    match tokio::time::timeout_at(by, acceptor.accept(tcp)).await {
+                    // Pinned here so that a timed-out handshake's socket is closed only after
+                    // it has been counted: whoever sees the close also sees the count.
+                    let accept = acceptor.accept(tcp);
+                    tokio::pin!(accept);
+                    match tokio::time::timeout_at(by, &mut accept).await {
                         Ok(Ok(stream)) => {
                             serve_connection(stream, ft, shared, settings, deadlines, stop).await
                         }
