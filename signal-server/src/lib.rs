@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! server.rs      listener, /v1/ws upgrade, drain
-//! connection.rs  one task per socket: auth, welcome, frames <-> mailbox
+//! connection.rs  one task per socket: auth, then socket <-> session <-> router
+//! session/       the session rules, no I/O: frames, deliveries, time in; outputs out
 //! protocol.rs    the frames (serde-tagged enums) and codes
 //! router/        sessions, presence, watching: in memory or over Redis
 //! limits.rs      rate limit, per-user connections, liveness
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod router;
 mod server;
+pub mod session;
 mod web;
 
 pub use config::{Cli, Config, Credentials, SignalConfig};

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Credentials, SignalConfig};
-use crate::limits::{Liveness, UserConnections};
+use crate::limits::UserConnections;
 use crate::metrics::Metrics;
 use crate::router::{MemoryRouter, RedisRouter, RedisRouterConfig, Router};
+use crate::session::Rules;
 
 /// The WebSocket read buffer. tungstenite's default (128 KiB) per connection would dwarf
 /// everything else an idle connection holds; signaling frames are small, and a larger frame
@@ -58,7 +59,8 @@ pub(crate) struct Shared {
     pub router: Arc<dyn Router>,
     pub metrics: Metrics,
     pub users: UserConnections,
-    pub liveness: Liveness,
+    /// The session rules' limits and counters.
+    pub rules: Arc<Rules>,
     /// Cancelled when the drain's grace period is over: every socket closes with 1001.
     pub close_all: CancellationToken,
     /// Open WebSockets, authenticated or not, against `max_connections`.
@@ -148,10 +150,7 @@ impl SignalServer {
                 })?;
         let shared = Arc::new(Shared {
             users: UserConnections::new(config.max_connections_per_user),
-            liveness: Liveness {
-                heartbeat: config.heartbeat,
-                idle_timeout: config.idle_timeout,
-            },
+            rules: Arc::new(Rules::new(config.clone(), metrics.clone())),
             close_all: CancellationToken::new(),
             open: AtomicUsize::new(0),
             router,
