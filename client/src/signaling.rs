@@ -67,9 +67,11 @@ pub struct Closed {
 }
 
 impl Closed {
-    /// 4001 unauthorized and 4003 forbidden cannot be fixed by reconnecting.
+    /// 4001 unauthorized, 4003 forbidden and 4010 replaced (the camera was published by a
+    /// newer connection) cannot be fixed by reconnecting; reconnecting after 4010 would take
+    /// the camera back from the device that replaced this one.
     pub fn is_fatal(&self) -> bool {
-        matches!(self.code, Some(4001) | Some(4003))
+        matches!(self.code, Some(4001) | Some(4003) | Some(4010))
     }
 }
 
@@ -230,7 +232,7 @@ fn close_error(frame: Option<CloseFrame>) -> SignalError {
         .unwrap_or_else(|| "no reason".into());
     match code {
         Some(4001) => SignalError::Unauthorized(reason),
-        Some(4003) => SignalError::Forbidden(reason),
+        Some(4003 | 4010) => SignalError::Forbidden(reason),
         _ => SignalError::ClosedEarly(reason),
     }
 }
@@ -260,6 +262,7 @@ mod tests {
         };
         assert!(c(4001).is_fatal());
         assert!(c(4003).is_fatal());
+        assert!(c(4010).is_fatal());
         assert!(!c(1001).is_fatal());
     }
 }

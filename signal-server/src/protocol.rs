@@ -17,6 +17,8 @@ pub mod close {
     pub const POLICY: u16 = 4008;
     /// A frame over the size limit.
     pub const TOO_LARGE: u16 = 4009;
+    /// The camera was published by a newer connection with the same token; do not reconnect.
+    pub const REPLACED: u16 = 4010;
     /// The server is draining; reconnect (to another replica).
     pub const GOING_AWAY: u16 = 1001;
 }

@@ -237,8 +237,9 @@ async fn camera_that_reconnects_publishes_again_and_viewers_are_told() {
     let online = viewer.expect("camera-online").await;
     assert_eq!(online["session"], newer.session.as_str());
     newer.expect("viewer-joined").await;
-    // The replaced connection leaving does not take the camera offline.
-    drop(camera);
+    // The replaced connection is closed with a code clients do not reconnect on, and its end
+    // does not take the camera offline.
+    assert_eq!(camera.closed().await, Closed::Code(4010));
     newer.ping_pong().await;
     viewer.ping_pong().await;
 }

@@ -55,6 +55,8 @@ export function explain(code, token, detail = '') {
       return 'A message was too large for the server.';
     case 4008:
       return 'The server closed the connection (policy).';
+    case 4010:
+      return 'This camera was started on another device with the same link, which took over.';
     default:
       return detail || `Error: ${code}`;
   }
@@ -105,7 +107,7 @@ export class IceServerCache {
   }
 }
 
-const FATAL_CLOSE = new Set([4001, 4003]);
+const FATAL_CLOSE = new Set([4001, 4003, 4010]);
 
 /**
  * The signaling connection. Emits 'frame' (detail: the parsed frame), 'state' (detail: one of

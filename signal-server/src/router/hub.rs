@@ -151,9 +151,12 @@ fn deliver(state: &mut State, to: &str, delivery: Arc<Delivery>) -> Result<(), S
     };
     match mailbox.push(delivery) {
         Ok(()) => Ok(()),
+        // Backpressure falls on the sender; the receiver is not closed for its flood.
+        Err(Refused::SenderFull) => Err(SendError::Full),
         Err(Refused::Full) => {
-            // The session's task sees the closed mailbox and closes its socket (4008);
-            // keeping it would mean dropping events silently.
+            // Not even a notice fits: the receiver has stopped reading. Its task sees the
+            // closed mailbox and closes its socket (4008); keeping it would mean dropping
+            // notices silently.
             mailbox.close();
             state.sessions.remove(to);
             Err(SendError::Full)
@@ -230,6 +233,28 @@ mod tests {
         let full = hub.deliver(&v, Arc::new(Delivery::Replaced { camera: "c".into() }));
         assert_eq!(full, Err(SendError::Full));
         assert!(!hub.contains(&v));
+    }
+
+    #[test]
+    fn a_viewers_burst_refuses_the_viewer_and_leaves_the_camera_connected() {
+        let hub = Hub::default();
+        let (camera, rx) = session(&hub, "cam-session");
+        let frame = |from: &str| {
+            Arc::new(Delivery::Relay {
+                from: Arc::from(from),
+                text: "{}".into(),
+                sent_at_us: 0,
+            })
+        };
+        // A burst the viewer's own rate limit allows (60), faster than the camera reads.
+        let refused = (0..60)
+            .filter(|_| hub.deliver(&camera, frame("v1")) == Err(SendError::Full))
+            .count();
+        assert_eq!(refused, 60 - crate::router::MAILBOX_PER_SENDER);
+        assert!(hub.contains(&camera), "the camera keeps its session");
+        assert!(!rx.is_closed());
+        hub.deliver(&camera, frame("v2"))
+            .expect("another viewer still reaches the camera");
     }
 
     #[test]

@@ -11,8 +11,14 @@ use tokio::sync::Notify;
 
 use super::Delivery;
 
-/// Slots per mailbox. A session this far behind is dropped rather than buffered without bound.
-pub const MAILBOX_CAPACITY: usize = 32;
+/// Slots per mailbox.
+pub const MAILBOX_CAPACITY: usize = 64;
+/// Slots one sending session may hold in another's mailbox: a flood from one viewer leaves
+/// room for the others (and for the server's notices).
+pub const MAILBOX_PER_SENDER: usize = 32;
+/// Slots only the server's own notices (presence, refusals) may take: peers' frames stop
+/// short of them, so a notice is never lost to a peer's burst.
+const NOTICE_RESERVE: usize = 8;
 
 #[derive(Debug, Default)]
 pub struct Mailbox {
@@ -24,6 +30,10 @@ pub struct Mailbox {
 /// Why a delivery was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
+    /// The sender's share is used up: the sender is told to slow down, the receiver keeps
+    /// its mailbox.
+    SenderFull,
+    /// Not even a notice fits: the receiver is far behind.
     Full,
     Closed,
 }
@@ -38,8 +48,17 @@ impl Mailbox {
             return Err(Refused::Closed);
         }
         let mut queue = self.queue.lock();
-        if queue.len() >= MAILBOX_CAPACITY {
-            return Err(Refused::Full);
+        match delivery.sender() {
+            Some(sender) => {
+                let from_sender = queue.iter().filter(|d| d.sender() == Some(sender)).count();
+                if from_sender >= MAILBOX_PER_SENDER
+                    || queue.len() >= MAILBOX_CAPACITY - NOTICE_RESERVE
+                {
+                    return Err(Refused::SenderFull);
+                }
+            }
+            None if queue.len() >= MAILBOX_CAPACITY => return Err(Refused::Full),
+            None => {}
         }
         queue.push_back(delivery);
         drop(queue);
@@ -74,15 +93,23 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn d() -> Arc<Delivery> {
+    fn notice() -> Arc<Delivery> {
         Arc::new(Delivery::Replaced { camera: "c".into() })
+    }
+
+    fn frame(from: &str) -> Arc<Delivery> {
+        Arc::new(Delivery::Relay {
+            from: Arc::from(from),
+            text: String::new(),
+            sent_at_us: 0,
+        })
     }
 
     #[tokio::test]
     async fn a_push_before_the_wait_is_not_lost() {
         let m = Mailbox::new();
         assert!(m.pop().is_none());
-        m.push(d()).expect("room");
+        m.push(notice()).expect("room");
         tokio::time::timeout(Duration::from_secs(5), m.wait())
             .await
             .expect("woken");
@@ -90,14 +117,32 @@ mod tests {
     }
 
     #[test]
-    fn full_and_closed_mailboxes_refuse() {
+    fn a_flooding_sender_is_refused_its_share_and_others_still_get_in() {
         let m = Mailbox::new();
-        for _ in 0..MAILBOX_CAPACITY {
-            m.push(d()).expect("room");
+        for _ in 0..MAILBOX_PER_SENDER {
+            m.push(frame("v1")).expect("within v1's share");
         }
-        assert_eq!(m.push(d()), Err(Refused::Full));
+        assert_eq!(m.push(frame("v1")), Err(Refused::SenderFull));
+        assert!(!m.is_closed(), "the receiver keeps its mailbox");
+        for _ in 0..MAILBOX_CAPACITY - NOTICE_RESERVE - MAILBOX_PER_SENDER {
+            m.push(frame("v2")).expect("room for another sender");
+        }
+        assert_eq!(m.push(frame("v3")), Err(Refused::SenderFull));
+        for _ in 0..NOTICE_RESERVE {
+            m.push(notice()).expect("notices have their reserve");
+        }
+        assert_eq!(m.push(notice()), Err(Refused::Full));
+        m.pop();
+        m.push(notice())
+            .expect("room again once the reader catches up");
+    }
+
+    #[test]
+    fn closed_mailboxes_refuse() {
+        let m = Mailbox::new();
         m.close();
         assert!(m.is_closed());
-        assert_eq!(m.push(d()), Err(Refused::Closed));
+        assert_eq!(m.push(notice()), Err(Refused::Closed));
+        assert_eq!(m.push(frame("v1")), Err(Refused::Closed));
     }
 }

@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub use hub::Hub;
-pub use mailbox::{MAILBOX_CAPACITY, Mailbox};
+pub use mailbox::{MAILBOX_CAPACITY, MAILBOX_PER_SENDER, Mailbox};
 pub use memory::MemoryRouter;
 pub use redis::{RedisRouter, RedisRouterConfig};
 
@@ -30,7 +30,13 @@ pub enum Delivery {
     /// An offer, answer or candidate from a peer, as the JSON text the receiver gets (with
     /// `from`): rendered once by the sender, written as is. `sent_at_us` (Unix µs) feeds the
     /// relay latency histogram.
-    Relay { text: String, sent_at_us: u64 },
+    Relay {
+        /// The sending session: its share of the receiver's mailbox is counted.
+        #[serde(default)]
+        from: SessionId,
+        text: String,
+        sent_at_us: u64,
+    },
     /// To a camera session: a viewer wants to watch.
     ViewerJoined {
         camera: String,
@@ -50,12 +56,28 @@ pub enum Delivery {
     },
 }
 
+impl Delivery {
+    /// The session whose action this is, if it is a peer's and not the server's own notice.
+    pub fn sender(&self) -> Option<&SessionId> {
+        match self {
+            Delivery::Relay { from, .. } => Some(from),
+            Delivery::ViewerJoined { viewer, .. } | Delivery::ViewerLeft { viewer, .. } => {
+                Some(viewer)
+            }
+            Delivery::WatchRefused { .. }
+            | Delivery::Replaced { .. }
+            | Delivery::CameraState { .. } => None,
+        }
+    }
+}
+
 /// Why a frame could not be handed to a session.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     #[error("the session is gone")]
     Gone,
-    #[error("the session is not reading its frames")]
+    /// The sender's share of the receiver's mailbox is full: the sender slows down.
+    #[error("the session is not keeping up with this sender")]
     Full,
     #[error("backplane: {0}")]
     Backplane(String),

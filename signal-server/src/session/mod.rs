@@ -402,12 +402,16 @@ impl Session {
         }
         // A relayed frame has one receiver, so its text moves to the socket without a copy.
         let delivery = match Arc::try_unwrap(delivery) {
-            Ok(Delivery::Relay { text, sent_at_us }) => return self.relayed(text, sent_at_us),
+            Ok(Delivery::Relay {
+                text, sent_at_us, ..
+            }) => return self.relayed(text, sent_at_us),
             Ok(other) => Arc::new(other),
             Err(shared) => shared,
         };
         match &*delivery {
-            Delivery::Relay { text, sent_at_us } => self.relayed(text.clone(), *sent_at_us),
+            Delivery::Relay {
+                text, sent_at_us, ..
+            } => self.relayed(text.clone(), *sent_at_us),
             Delivery::ViewerJoined {
                 camera,
                 viewer,
@@ -472,6 +476,12 @@ impl Session {
                     ErrorCode::Forbidden,
                     format!("camera {camera} was published by a newer connection"),
                     Some(Ref::Text("publish".to_owned())),
+                ));
+                // Closed with a code of its own, which clients do not reconnect on: two devices
+                // with one camera token would otherwise take the camera from each other in turn.
+                self.end(End::Close(
+                    close::REPLACED,
+                    "replaced by a newer connection",
                 ));
             }
             Delivery::CameraState { camera, session } => {
@@ -757,6 +767,7 @@ impl Session {
             (None, None) => return self.answer(kind, Some(Refusal::peer_gone(to)), reference),
         };
         let delivery = Delivery::Relay {
+            from: self.id.clone(),
             text: render(&self.id),
             sent_at_us: now_us(),
         };

@@ -368,9 +368,17 @@ fn a_replaced_camera_is_told_and_has_nothing_left_to_unpublish() {
     c.on_delivery(Arc::new(Delivery::Replaced {
         camera: "cam1".into(),
     }));
-    let f = frames(&drain(&mut c));
+    let outs = drain(&mut c);
+    let f = frames(&outs);
     assert_eq!(f[0]["code"], "forbidden");
     assert_eq!(f[0]["ref"], "publish");
+    assert_eq!(
+        outs.last(),
+        Some(&Output::End(End::Close(
+            close::REPLACED,
+            "replaced by a newer connection"
+        )))
+    );
     c.leave();
     assert!(commands(&drain(&mut c)).is_empty());
 }
