@@ -411,6 +411,11 @@ impl AppTokenVerifier {
         &self.audience
     }
 
+    /// How long past `exp` (and before `nbf`) a token is still accepted.
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
     /// Verifies `token` at the current time.
     pub fn verify(&self, token: &str) -> Result<AppClaims, AppTokenError> {
         self.verify_at(token, SystemTime::now())

@@ -105,6 +105,11 @@ pub struct SignalConfig {
     /// A socket that cannot take a frame for this long is closed.
     #[serde(with = "iceway_service::duration")]
     pub write_timeout: Duration,
+    /// How long before the app token's `exp` the server sends `token-expiring` (at most half
+    /// the token's remaining life). Without a fresh `auth` the socket closes 4001 at `exp`
+    /// plus the JWT leeway.
+    #[serde(with = "iceway_service::duration")]
+    pub token_refresh_lead: Duration,
 }
 
 impl Default for SignalConfig {
@@ -127,6 +132,7 @@ impl Default for SignalConfig {
             max_viewers_per_camera: 8,
             max_watches_per_connection: 32,
             write_timeout: Duration::from_secs(10),
+            token_refresh_lead: Duration::from_secs(60),
         }
     }
 }
@@ -219,6 +225,7 @@ impl SignalConfig {
         positive("auth_timeout", self.auth_timeout)?;
         positive("heartbeat", self.heartbeat)?;
         positive("write_timeout", self.write_timeout)?;
+        positive("token_refresh_lead", self.token_refresh_lead)?;
         if self.idle_timeout <= self.heartbeat {
             return Err(ConfigError::invalid(
                 key("idle_timeout"),

@@ -14,7 +14,7 @@ use crate::limits::UserSlot;
 use crate::protocol::{self, ClientFrame, Parsed, close};
 use crate::router::{Mailbox, Router, SessionId, new_session_id};
 use crate::server::Shared;
-use crate::session::{Command, End, Incoming, Output, Routed, Session};
+use crate::session::{Command, End, Incoming, Output, Routed, Session, Token};
 
 /// The task of one upgraded socket. Not an `async fn`: an async fn keeps its arguments in the
 /// task for its whole life, and the socket would then be held twice (argument and working
@@ -74,13 +74,9 @@ async fn admit(
         shared.metrics.connection("backplane_error");
         return Err(End::Close(1011, "backplane unavailable"));
     }
-    let ice_servers = ice_servers(shared, &user);
     let session = Session::new(
         id,
-        user,
-        claims.role,
-        claims.cams,
-        ice_servers,
+        token_of(claims, shared),
         shared.rules.clone(),
         Instant::now(),
     );
@@ -157,8 +153,23 @@ async fn finish(socket: &mut WebSocket, end: End, shared: &Shared) {
 const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(2);
 const CLOSE_DRAIN_FRAMES: usize = 10_000;
 
-fn ice_servers(shared: &Shared, user: &str) -> Vec<IceServer> {
-    match shared.creds.ice.for_user(user, SystemTime::now()) {
+/// A verified token as the session takes it: the time left on it, and TURN credentials
+/// minted for its user.
+fn token_of(claims: AppClaims, shared: &Shared) -> Token {
+    let now = SystemTime::now();
+    let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp);
+    Token {
+        expires_in: exp.duration_since(now).unwrap_or_default(),
+        ice_servers: ice_servers(shared, &claims.sub, now),
+        sub: claims.sub,
+        role: claims.role,
+        cams: claims.cams,
+        exp: claims.exp,
+    }
+}
+
+fn ice_servers(shared: &Shared, user: &str, now: SystemTime) -> Vec<IceServer> {
+    match shared.creds.ice.for_user(user, now) {
         Ok(r) => r.ice_servers,
         Err(e) => {
             // Signaling still works without TURN (direct and STUN paths); say why in logs.
@@ -282,6 +293,15 @@ async fn carry_out(
                 flush(socket, shared).await?;
             }
             Output::Ping => Box::pin(ping(socket, shared)).await?,
+            Output::Verify { token, reference } => {
+                let result = shared
+                    .creds
+                    .verifier
+                    .verify(&token)
+                    .map(|claims| token_of(claims, shared))
+                    .map_err(|e| e.reason());
+                session.on_token(result, reference, Instant::now());
+            }
             Output::Route(command) => {
                 let routed = Box::pin(execute(&*shared.router, session.id(), *command)).await;
                 session.on_routed(routed);

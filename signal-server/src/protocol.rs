@@ -32,7 +32,8 @@ pub const MAX_ID_LEN: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ClientFrame {
-    /// Browser authentication: the first frame, within the auth timeout.
+    /// Browser authentication: the first frame, within the auth timeout. Later on an open
+    /// socket: a fresh token (after `token-expiring`) for the same `sub` and `role`.
     Auth {
         token: String,
     },
@@ -203,6 +204,17 @@ pub enum ServerFrame {
         candidate: Candidate,
     },
     Pong,
+    /// The app token expires at `exp` (Unix seconds): send a fresh one as an `auth` frame on
+    /// this socket before then, or it is closed 4001.
+    TokenExpiring {
+        exp: u64,
+    },
+    /// The fresh token was accepted; it expires at `exp`. New TURN credentials come with it.
+    TokenRefreshed {
+        exp: u64,
+        #[serde(rename = "iceServers")]
+        ice_servers: Vec<IceServer>,
+    },
     Error {
         code: ErrorCode,
         message: String,

@@ -150,7 +150,11 @@ impl SignalServer {
                 })?;
         let shared = Arc::new(Shared {
             users: UserConnections::new(config.max_connections_per_user),
-            rules: Arc::new(Rules::new(config.clone(), metrics.clone())),
+            rules: Arc::new(Rules::new(
+                config.clone(),
+                metrics.clone(),
+                creds.verifier.leeway(),
+            )),
             close_all: CancellationToken::new(),
             open: AtomicUsize::new(0),
             router,

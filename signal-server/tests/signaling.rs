@@ -384,8 +384,9 @@ async fn malformed_frames_get_bad_message_and_the_connection_lives_on() {
         .await
         .unwrap();
     c.expect_error("bad-message").await;
+    // On an open socket `auth` is a token refresh: a bad token is refused, the socket stays.
     c.send(json!({"type":"auth","token":"again"})).await;
-    c.expect_error("bad-message").await;
+    c.expect_error("unauthorized").await;
     c.ping_pong().await;
 }
 
@@ -546,4 +547,50 @@ async fn ice_servers_endpoint_and_browser_pages_are_served() {
     assert_eq!(welcome["role"], "camera");
     assert_eq!(welcome["heartbeat"], 25);
     assert_eq!(welcome["iceServers"][0]["urls"][0], "stun:stun.test:3478");
+}
+
+#[tokio::test]
+async fn a_token_is_refreshed_on_the_open_socket_and_a_socket_without_one_closes_4001() {
+    let server = TestServer::start_with(|c| {
+        c.jwt.leeway = Duration::from_secs(1);
+        c.signal.token_refresh_lead = Duration::from_secs(2);
+    })
+    .await;
+    let life = Duration::from_secs(4);
+    let mut camera =
+        Client::connect(&server.url(), &short_token(Role::Camera, "cam1", &[], life)).await;
+    camera.send(json!({"type":"publish"})).await;
+    camera.expect("camera-online").await;
+    let mut viewer = Client::connect(
+        &server.url(),
+        &short_token(Role::Viewer, "alice", &["cam1"], life),
+    )
+    .await;
+    viewer.send(json!({"type":"watch","camera":"cam1"})).await;
+    viewer.expect("camera-online").await;
+    camera.expect("viewer-joined").await;
+
+    let asked = camera.expect("token-expiring").await;
+    assert!(asked["exp"].as_u64().is_some(), "{asked}");
+    // Another identity's token is no refresh.
+    camera
+        .send(json!({"type":"auth","token":camera_token("cam2"),"ref":1}))
+        .await;
+    assert_eq!(camera.expect_error("unauthorized").await["ref"], 1);
+    camera
+        .send(json!({"type":"auth","token":camera_token("cam1")}))
+        .await;
+    let refreshed = camera.expect("token-refreshed").await;
+    assert!(
+        refreshed["exp"].as_u64() > asked["exp"].as_u64(),
+        "{refreshed}"
+    );
+    assert!(refreshed["iceServers"].is_array());
+
+    // The viewer is asked too, does not answer, and is closed when its token runs out
+    // (exp + leeway); the camera hears it left and lives on.
+    viewer.expect("token-expiring").await;
+    assert_eq!(viewer.closed().await, Closed::Code(4001));
+    camera.expect("peer-left").await;
+    camera.ping_pong().await;
 }

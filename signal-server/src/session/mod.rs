@@ -33,10 +33,12 @@ pub struct Rules {
     pub config: SignalConfig,
     pub liveness: Liveness,
     pub metrics: Metrics,
+    /// How long past its `exp` a token is still honoured (the JWT leeway).
+    pub token_leeway: Duration,
 }
 
 impl Rules {
-    pub fn new(config: SignalConfig, metrics: Metrics) -> Self {
+    pub fn new(config: SignalConfig, metrics: Metrics, token_leeway: Duration) -> Self {
         Self {
             liveness: Liveness {
                 heartbeat: config.heartbeat,
@@ -44,9 +46,29 @@ impl Rules {
             },
             config,
             metrics,
+            token_leeway,
         }
     }
 }
+
+/// A verified app token, as the connection hands it over (at connect, and for each refresh).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Token {
+    pub sub: String,
+    pub role: Role,
+    /// Viewer: the cameras it may watch.
+    pub cams: Vec<String>,
+    /// Unix seconds, echoed in `token-expiring` and `token-refreshed`.
+    pub exp: u64,
+    /// Time left until `exp` when handed over: the session keeps time with `Instant`s only.
+    pub expires_in: Duration,
+    /// TURN credentials minted for this token's user.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// Longest token life the session schedules for; beyond it is "never" in practice, and an
+/// `Instant` cannot hold arbitrary far futures.
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Why a connection ends, and the close frame it gets (if any).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +100,11 @@ pub enum Output {
     /// Run this router operation and hand its result to [`Session::on_routed`] before
     /// anything else. Boxed: queued outputs stay small.
     Route(Box<Command>),
+    /// Verify this fresh token and hand the result to [`Session::on_token`].
+    Verify {
+        token: String,
+        reference: Option<Ref>,
+    },
     /// Close the connection; nothing after this is read.
     End(End),
 }
@@ -220,6 +247,11 @@ pub struct Session {
     last_heard: Instant,
     last_ping: Option<Instant>,
     next_peer_check: Instant,
+    /// The token's `exp` (Unix seconds) and the same instant on the session's clock.
+    exp: u64,
+    token_deadline: Instant,
+    /// When `token-expiring` is due; `None` once sent for the current token.
+    token_ask: Option<Instant>,
     out: VecDeque<Output>,
     ended: bool,
 }
@@ -234,33 +266,30 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// A session that starts by sending `welcome` with `ice_servers`.
-    pub fn new(
-        id: SessionId,
-        user: Arc<str>,
-        role: Role,
-        cams: Vec<String>,
-        ice_servers: Vec<IceServer>,
-        rules: Arc<Rules>,
-        now: Instant,
-    ) -> Self {
+    /// A session for `token` that starts by sending `welcome`.
+    pub fn new(id: SessionId, token: Token, rules: Arc<Rules>, now: Instant) -> Self {
         let c = &rules.config;
         let mut session = Self {
             rate: RateLimiter::new(c.rate_per_second, c.rate_burst, c.rate_strikes, now),
             next_peer_check: now + c.heartbeat,
             id,
-            user,
-            role,
-            cams: cams.into_boxed_slice(),
+            user: Arc::from(token.sub.as_str()),
+            role: token.role,
+            cams: Box::default(),
             published: None,
             viewers: Vec::new(),
             watches: Vec::new(),
             last_heard: now,
             last_ping: None,
+            exp: 0,
+            token_deadline: now,
+            token_ask: None,
             out: VecDeque::new(),
             ended: false,
             rules,
         };
+        let role = token.role;
+        let ice_servers = session.take_token(token, now);
         let welcome = ServerFrame::Welcome {
             session: session.id.to_string(),
             role,
@@ -269,6 +298,64 @@ impl Session {
         };
         session.send(&welcome);
         session
+    }
+
+    /// Makes `token` the session's: its cameras and its expiry. Returns its ICE servers.
+    fn take_token(&mut self, token: Token, now: Instant) -> Vec<IceServer> {
+        let life = token.expires_in.min(MAX_TOKEN_LIFE);
+        self.exp = token.exp;
+        self.token_deadline = now + life;
+        let lead = self.rules.config.token_refresh_lead.min(life / 2);
+        self.token_ask = Some(self.token_deadline - lead);
+        self.cams = token.cams.into_boxed_slice();
+        token.ice_servers
+    }
+
+    /// The result of an [`Output::Verify`]: a fresh token, or why it was refused.
+    pub fn on_token(
+        &mut self,
+        result: Result<Token, &'static str>,
+        reference: Option<Ref>,
+        now: Instant,
+    ) {
+        if self.ended {
+            return;
+        }
+        let token = match result {
+            Ok(token) => token,
+            Err(reason) => {
+                self.rules.metrics.auth_failure(reason);
+                let refusal = Refusal::new(ErrorCode::Unauthorized, "invalid token");
+                return self.answer("auth", Some(refusal), reference);
+            }
+        };
+        if token.sub != *self.user || token.role != self.role {
+            // A session keeps its identity: its peers and presence were granted to it.
+            self.rules.metrics.auth_failure("identity");
+            let refusal = Refusal::new(
+                ErrorCode::Unauthorized,
+                "a fresh token must have the same sub and role",
+            );
+            return self.answer("auth", Some(refusal), reference);
+        }
+        let exp = token.exp;
+        let ice_servers = self.take_token(token, now);
+        let revoked: Vec<String> = self
+            .watches
+            .iter()
+            .filter(|w| !self.cams.contains(&w.camera))
+            .map(|w| w.camera.clone())
+            .collect();
+        for camera in revoked {
+            self.unwatch(&camera);
+            self.send(&ServerFrame::error(
+                ErrorCode::Forbidden,
+                format!("camera {camera} is no longer in this token's cams"),
+                Some(Ref::Text("watch".to_owned())),
+            ));
+        }
+        self.send(&ServerFrame::TokenRefreshed { exp, ice_servers });
+        self.answer("auth", None, reference);
     }
 
     pub fn id(&self) -> &SessionId {
@@ -290,16 +377,29 @@ impl Session {
             .rules
             .liveness
             .next_wake(self.last_heard, self.last_ping);
+        let token = self.token_ask.unwrap_or_else(|| self.token_close());
+        let wake = liveness.min(token);
         if self.viewers.is_empty() {
-            liveness
+            wake
         } else {
-            liveness.min(self.next_peer_check)
+            wake.min(self.next_peer_check)
         }
+    }
+
+    fn token_close(&self) -> Instant {
+        self.token_deadline + self.rules.token_leeway
     }
 
     pub fn on_timeout(&mut self, now: Instant) {
         if self.ended {
             return;
+        }
+        if now >= self.token_close() {
+            return self.end(End::Close(close::UNAUTHORIZED, "token expired"));
+        }
+        if self.token_ask.is_some_and(|at| now >= at) {
+            self.token_ask = None;
+            self.send(&ServerFrame::TokenExpiring { exp: self.exp });
         }
         match self
             .rules
@@ -620,8 +720,10 @@ impl Session {
 
     fn on_frame(&mut self, kind: &'static str, frame: ClientFrame, reference: Option<Ref>) {
         let refusal = match frame {
-            ClientFrame::Auth { .. } => {
-                Some(Refusal::new(ErrorCode::BadMessage, "already authenticated"))
+            ClientFrame::Auth { token } => {
+                // Answered once verified.
+                self.out.push_back(Output::Verify { token, reference });
+                return;
             }
             ClientFrame::Ping => {
                 self.send(&ServerFrame::Pong);

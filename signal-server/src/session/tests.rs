@@ -17,16 +17,29 @@ fn rules() -> Arc<Rules> {
         max_watches_per_connection: 2,
         ..SignalConfig::default()
     };
-    Arc::new(Rules::new(config, metrics))
+    Arc::new(Rules::new(config, metrics, Duration::from_secs(5)))
 }
 
 fn sid(s: &str) -> SessionId {
     Arc::from(s)
 }
 
+/// A token for `sub` with `expires_in` left on it.
+fn token(sub: &str, role: Role, cams: &[&str], expires_in: Duration) -> Token {
+    Token {
+        sub: sub.to_owned(),
+        role,
+        cams: cams.iter().map(|c| (*c).to_owned()).collect(),
+        exp: 1_900_000_000,
+        expires_in,
+        ice_servers: vec![],
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
 fn session(id: &str, user: &str, role: Role, cams: &[&str], t0: Instant) -> Session {
-    let cams = cams.iter().map(|c| (*c).to_owned()).collect();
-    let mut s = Session::new(sid(id), Arc::from(user), role, cams, vec![], rules(), t0);
+    let mut s = Session::new(sid(id), token(user, role, cams, HOUR), rules(), t0);
     drain(&mut s);
     s
 }
@@ -126,10 +139,7 @@ fn welcome_comes_first_with_the_session_and_heartbeat() {
     let t0 = Instant::now();
     let mut s = Session::new(
         sid("S1"),
-        Arc::from("cam1"),
-        Role::Camera,
-        vec![],
-        vec![],
+        token("cam1", Role::Camera, &[], HOUR),
         rules(),
         t0,
     );
@@ -483,4 +493,115 @@ fn binary_frames_are_refused_as_bad_messages() {
     let mut v = viewer(t0);
     v.on_message(Incoming::Binary, t0);
     assert_eq!(frames(&drain(&mut v))[0]["code"], "bad-message");
+}
+
+#[test]
+fn before_exp_the_client_is_asked_for_a_token_and_without_one_it_is_closed_4001() {
+    let t0 = Instant::now();
+    let mut c = Session::new(
+        sid("C"),
+        token("cam1", Role::Camera, &[], Duration::from_secs(120)),
+        rules(),
+        t0,
+    );
+    drain(&mut c);
+    // Asked the configured lead (60 s) before exp; heard from meanwhile, so only the token
+    // schedule is in play.
+    let ask = t0 + Duration::from_secs(60);
+    c.on_message(Incoming::Pong, ask);
+    c.on_timeout(ask);
+    assert_eq!(
+        frames(&drain(&mut c)),
+        [json!({"type":"token-expiring","exp":1_900_000_000u64})]
+    );
+    let exp = t0 + Duration::from_secs(120);
+    c.on_message(Incoming::Pong, exp);
+    c.on_timeout(exp);
+    assert!(drain(&mut c).is_empty(), "the leeway (5 s) still holds");
+    assert_eq!(c.poll_timeout(), exp + Duration::from_secs(5));
+    c.on_timeout(exp + Duration::from_secs(5));
+    assert_eq!(
+        drain(&mut c),
+        [Output::End(End::Close(
+            close::UNAUTHORIZED,
+            "token expired"
+        ))]
+    );
+}
+
+#[test]
+fn a_short_lived_token_is_asked_for_at_half_its_life() {
+    let t0 = Instant::now();
+    let mut c = Session::new(
+        sid("C"),
+        token("cam1", Role::Camera, &[], Duration::from_secs(20)),
+        rules(),
+        t0,
+    );
+    drain(&mut c);
+    assert_eq!(c.poll_timeout(), t0 + Duration::from_secs(10));
+}
+
+#[test]
+fn a_fresh_token_moves_the_deadline_and_its_cams_replace_the_old_ones() {
+    let t0 = Instant::now();
+    let mut v = watching_viewer(t0);
+    text(&mut v, json!({"type":"watch","camera":"cam2"}), t0);
+    let outs = text(&mut v, json!({"type":"auth","token":"fresh","ref":3}), t0);
+    assert_eq!(
+        outs,
+        [Output::Verify {
+            token: "fresh".into(),
+            reference: Some(Ref::Number(3))
+        }]
+    );
+    v.on_token(
+        Ok(token("alice", Role::Viewer, &["cam2"], 2 * HOUR)),
+        Some(Ref::Number(3)),
+        t0,
+    );
+    let outs = drain(&mut v);
+    assert!(matches!(
+        &commands(&outs)[..],
+        [
+            Command::Send { delivery: Delivery::ViewerLeft { .. }, .. },
+            Command::Unwatch { camera },
+        ] if camera == "cam1"
+    ));
+    let f = frames(&outs);
+    assert_eq!(f[0]["code"], "forbidden");
+    assert_eq!(f[0]["ref"], "watch");
+    assert_eq!(
+        f[1],
+        json!({"type":"token-refreshed","exp":1_900_000_000u64,"iceServers":[]})
+    );
+    // The old token's hour passes without a word about it.
+    let hour = t0 + HOUR + Duration::from_secs(5);
+    v.on_message(Incoming::Pong, hour);
+    v.on_timeout(hour);
+    assert!(drain(&mut v).iter().all(|o| !matches!(o, Output::End(_))));
+    // cam1 is no longer allowed.
+    let f = frames(&text(&mut v, json!({"type":"watch","camera":"cam1"}), hour));
+    assert_eq!(f[0]["code"], "forbidden");
+}
+
+#[test]
+fn a_refresh_with_a_bad_token_or_another_identity_is_refused_and_changes_nothing() {
+    let t0 = Instant::now();
+    let mut c = joined_camera(t0);
+    let before = c.poll_timeout();
+    c.on_token(Err("expired"), Some(Ref::Text("auth".into())), t0);
+    let f = frames(&drain(&mut c));
+    assert_eq!(f[0]["code"], "unauthorized");
+    assert_eq!(f[0]["ref"], "auth");
+    c.on_token(
+        Ok(token("cam2", Role::Camera, &[], 2 * HOUR)),
+        Some(Ref::Text("auth".into())),
+        t0,
+    );
+    let f = frames(&drain(&mut c));
+    assert_eq!(f[0]["code"], "unauthorized");
+    c.on_token(Ok(token("cam1", Role::Viewer, &[], 2 * HOUR)), None, t0);
+    assert_eq!(frames(&drain(&mut c))[0]["code"], "unauthorized");
+    assert_eq!(c.poll_timeout(), before);
 }

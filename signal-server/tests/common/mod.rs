@@ -38,6 +38,18 @@ pub fn token(role: Role, sub: &str, cams: &[&str]) -> String {
     mint_hs256("default", SECRET, &claims)
 }
 
+/// A token that expires `life` from now.
+pub fn short_token(role: Role, sub: &str, cams: &[&str], life: Duration) -> String {
+    let claims = AppClaims::new(
+        sub,
+        role,
+        cams.iter().map(|c| (*c).to_owned()).collect(),
+        SystemTime::now(),
+        life,
+    );
+    mint_hs256("default", SECRET, &claims)
+}
+
 pub fn camera_token(sub: &str) -> String {
     token(Role::Camera, sub, &[])
 }
