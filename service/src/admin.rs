@@ -118,6 +118,8 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         (StatusCode::OK, "ready\n")
     } else if state.shutdown.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if state.shutdown.is_dependency_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "backplane unavailable\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     }

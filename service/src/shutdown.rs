@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug, Default)]
 pub struct Shutdown {
     ready: Arc<AtomicBool>,
+    /// A dependency the service needs for new work is down (signal's Redis).
+    dependency_down: Arc<AtomicBool>,
     drain: CancellationToken,
 }
 
@@ -24,9 +26,19 @@ impl Shutdown {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// What `/readyz` reports: listeners up and not draining.
+    /// What `/readyz` reports: listeners up, dependencies up, and not draining.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_draining()
+        self.ready.load(Ordering::Acquire) && !self.is_dependency_down() && !self.is_draining()
+    }
+
+    /// Marks a dependency down (or up again): `/readyz` answers 503 meanwhile, and the
+    /// service goes on serving what it holds.
+    pub fn set_dependency_down(&self, down: bool) {
+        self.dependency_down.store(down, Ordering::Release);
+    }
+
+    pub fn is_dependency_down(&self) -> bool {
+        self.dependency_down.load(Ordering::Acquire)
     }
 
     pub fn is_draining(&self) -> bool {

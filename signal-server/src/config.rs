@@ -78,6 +78,13 @@ pub struct SignalConfig {
     /// that dies is seen offline after at most this long.
     #[serde(with = "iceway_service::duration")]
     pub presence_ttl: Duration,
+    /// Lifetime of a replica's liveness key, refreshed every quarter of it: a replica that
+    /// dies (or is cut from Redis) this long has its sessions declared gone.
+    #[serde(with = "iceway_service::duration")]
+    pub replica_ttl: Duration,
+    /// Deadline of every Redis call and of a frame routed through Redis.
+    #[serde(with = "iceway_service::duration")]
+    pub backplane_timeout: Duration,
 
     /// Time to send the `auth` frame when the upgrade had no `Authorization` header.
     #[serde(with = "iceway_service::duration")]
@@ -120,6 +127,8 @@ impl Default for SignalConfig {
             redis_url: None,
             redis_prefix: "iceway:".to_owned(),
             presence_ttl: Duration::from_secs(30),
+            replica_ttl: Duration::from_secs(10),
+            backplane_timeout: Duration::from_secs(5),
             auth_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
@@ -222,6 +231,8 @@ impl SignalConfig {
             }
         };
         positive("presence_ttl", self.presence_ttl)?;
+        positive("replica_ttl", self.replica_ttl)?;
+        positive("backplane_timeout", self.backplane_timeout)?;
         positive("auth_timeout", self.auth_timeout)?;
         positive("heartbeat", self.heartbeat)?;
         positive("write_timeout", self.write_timeout)?;

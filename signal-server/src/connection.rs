@@ -12,7 +12,7 @@ use iceway_auth::{AppClaims, IceServer};
 
 use crate::limits::UserSlot;
 use crate::protocol::{self, ClientFrame, Parsed, close};
-use crate::router::{Mailbox, Router, SessionId, new_session_id};
+use crate::router::{Mailbox, Router, SessionId};
 use crate::server::Shared;
 use crate::session::{Command, End, Incoming, Output, Routed, Session, Token};
 
@@ -67,7 +67,7 @@ async fn admit(
             "too many connections for this user",
         ));
     };
-    let id = new_session_id();
+    let id = shared.router.new_session_id();
     let mailbox = Mailbox::new();
     if let Err(e) = shared.router.register(&id, mailbox.clone()).await {
         tracing::warn!(error = %e, "cannot register session");
@@ -350,7 +350,7 @@ async fn execute(router: &dyn Router, me: &SessionId, command: Command) -> Route
             Routed::Done
         }
         Command::Send { to, delivery, then } => {
-            let result = router.send(&to, delivery).await;
+            let result = router.send(&to, delivery, then.clone()).await;
             Routed::Sent { to, then, result }
         }
         Command::CameraGone { camera, session } => {
@@ -358,7 +358,7 @@ async fn execute(router: &dyn Router, me: &SessionId, command: Command) -> Route
             Routed::Done
         }
         Command::Alive { sessions } => {
-            let alive = router.alive(&sessions).await;
+            let alive = router.alive(&sessions, me).await;
             Routed::Alive { sessions, alive }
         }
     }

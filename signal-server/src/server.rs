@@ -134,6 +134,8 @@ impl SignalServer {
                     url: url.clone(),
                     prefix: config.redis_prefix.clone(),
                     presence_ttl: config.presence_ttl,
+                    replica_ttl: config.replica_ttl,
+                    call_timeout: config.backplane_timeout,
                     backplane_errors: metrics.backplane_errors_total.clone(),
                 })
                 .await
@@ -195,6 +197,18 @@ impl SignalServer {
         let addr = self.listener.local_addr().map_err(SignalError::Serve)?;
         tracing::info!(%addr, redis = shared.config.redis_url.is_some(), "signal listening");
         shutdown.set_ready();
+        // Readiness follows the backplane: while Redis is unreachable new sockets are better
+        // sent to a replica that can route them; this one keeps serving the ones it holds.
+        {
+            let (router, shutdown) = (shared.router.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                while !shutdown.is_draining() {
+                    tick.tick().await;
+                    shutdown.set_dependency_down(!router.healthy());
+                }
+            });
+        }
 
         let grace = self.drain;
         let close_all = shared.close_all.clone();

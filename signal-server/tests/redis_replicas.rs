@@ -65,6 +65,7 @@ impl Replica {
                 .args(["--turn-url", "stun:stun.test:3478"])
                 // A short presence TTL so a dead replica's cameras expire within the test.
                 .env("ICEWAY_SIGNAL__PRESENCE_TTL", "3s")
+                .env("ICEWAY_SIGNAL__REPLICA_TTL", "2s")
                 .env("ICEWAY_SIGNAL__HEARTBEAT", "2s")
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null()),

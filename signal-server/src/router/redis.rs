@@ -1,33 +1,51 @@
-//! Replicas sharing presence and routing through Redis (DESIGN §3 "Scale-out").
+//! Replicas sharing presence and routing through Redis (docs/signaling.md, "Scale-out").
 //!
-//! - Presence: key `{prefix}cam:{camera}` holds the camera's session, with a TTL that the
-//!   publishing replica refreshes every `presence_ttl / 3`. A replica that dies stops
-//!   refreshing, so its cameras expire without anyone cleaning up after it.
-//! - Routing: each session subscribes to `{prefix}s:{session}`; `PUBLISH` answers how many
-//!   subscribers got the frame, so 0 means the peer is gone (`peer-gone`), with no lookup.
-//! - Presence events: `{prefix}c:{camera}` carries online/offline events to every replica with
-//!   watchers of that camera. Events can race or be missed while a pub/sub connection is down,
-//!   so each replica also re-reads the keys of its watched cameras on every sweep; the hub only
-//!   applies a read if no newer event arrived meanwhile.
+//! - Liveness: each replica has an id, the prefix of every session id it hands out, and a key
+//!   `{prefix}replica:{id}` with a short TTL (`replica_ttl`) that it refreshes four times per
+//!   TTL. A replica whose key is gone is dead, and so are its sessions.
+//! - Routing: each replica subscribes to its own channel `{prefix}r:{id}`; a frame for a
+//!   session goes to the channel of the replica that owns it, and that replica decides whether
+//!   the session is there. A refusal travels back to the sender's replica. No subscriber means
+//!   the owner's pub/sub connection is down: the frame is retried until its deadline unless the
+//!   owner is dead. So a pub/sub reconnect never makes a live session look gone.
+//! - Deadlines: every Redis call has one. A frame is published by a script that checks the
+//!   deadline against Redis's own clock, so a frame the sender has given up on (and answered
+//!   `internal` for) is never delivered late, e.g. after Redis resumes from a pause.
+//! - Presence: key `{prefix}cam:{camera}` holds the camera's session, with a TTL the publishing
+//!   replica refreshes. Changes go out on `{prefix}c:{camera}` to replicas with watchers, which
+//!   also re-read the keys of watched cameras on every heartbeat: a key that is missing while
+//!   its session's replica is alive is being restored (Redis restarted), not offline.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use prometheus::IntCounter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+use redis::{IntoConnectionInfo, Script};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Delivery, Hub, Mailbox, Router, RouterError, SendError, SessionId};
+use super::{
+    Delivery, Hub, Mailbox, Router, RouterError, SendError, SessionId, Then, Undeliverable, now_us,
+};
 
 /// Keys and ids per Redis command in a sweep; keeps each command's reply small.
 const SWEEP_CHUNK: usize = 256;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Allowance for the clocks of a replica and of Redis disagreeing, and for a reply in flight:
+/// a sender gives up on a frame this long after the deadline Redis enforces.
+const CLOCK_MARGIN: Duration = Duration::from_secs(1);
+/// Between two publishes of a frame whose owner replica is alive but not subscribed.
+const RETRY: Duration = Duration::from_millis(200);
+/// How long a replica's liveness, once read, is taken as still true.
+const LIVENESS_CACHE: Duration = Duration::from_secs(1);
 
 /// Refreshes the presence keys of this replica's cameras: 1 refreshed, 2 re-created (it had
 /// expired, e.g. after a Redis outage; watchers must hear it is online again), 0 taken over by
@@ -58,12 +76,28 @@ end
 return 0
 ";
 
+/// Publishes ARGV[3] on channel ARGV[2] unless Redis's clock is past ARGV[1] (Unix µs):
+/// -1 expired, else the number of subscribers that got it.
+const SEND_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if now > tonumber(ARGV[1]) then
+  return -1
+end
+return redis.call('PUBLISH', ARGV[2], ARGV[3])
+";
+
 #[derive(Clone, Debug)]
 pub struct RedisRouterConfig {
     pub url: String,
     /// Prefix of every key and channel, so several deployments can share one Redis.
     pub prefix: String,
     pub presence_ttl: Duration,
+    /// Lifetime of a replica's liveness key: a replica that stops refreshing it (crashed, or
+    /// cut from Redis) is declared dead, with its sessions, this long after.
+    pub replica_ttl: Duration,
+    /// Deadline of every Redis call, and of a frame routed through Redis.
+    pub call_timeout: Duration,
     pub backplane_errors: IntCounter,
 }
 
@@ -75,6 +109,36 @@ enum CameraEvent {
     Offline { session: SessionId },
 }
 
+/// What a replica's channel carries.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "e", rename_all = "snake_case")]
+enum Envelope {
+    /// A delivery for session `to`, owned by the receiving replica. `reply` (the sender's
+    /// replica and session) is set when the sender wants to hear of a refusal.
+    Deliver {
+        to: SessionId,
+        d: Delivery,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply: Option<Reply>,
+    },
+    /// Are these sessions still here? Only the missing ones are answered (as `Gone`).
+    Probe { to: Vec<SessionId>, reply: Reply },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Reply {
+    replica: String,
+    session: SessionId,
+    then: Then,
+}
+
+/// A request to the pub/sub task: make the subscription to a camera's channel match whether
+/// anyone here watches it, and say when that is done.
+struct SyncCamera {
+    camera: String,
+    done: Option<oneshot::Sender<()>>,
+}
+
 pub struct RedisRouter {
     inner: Arc<Inner>,
     stop: CancellationToken,
@@ -84,57 +148,98 @@ impl std::fmt::Debug for RedisRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisRouter")
             .field("prefix", &self.inner.cfg.prefix)
+            .field("replica", &self.inner.replica)
             .finish_non_exhaustive()
     }
 }
 
 struct Inner {
     cfg: RedisRouterConfig,
+    /// This replica's id: the prefix of its session ids and the name of its channel.
+    replica: String,
     client: redis::Client,
     conn: ConnectionManager,
     hub: Hub,
-    sink: Mutex<PubSubSink>,
-    /// Camera channels subscribed; changed only under this lock so a last unwatch and a first
-    /// watch of the same camera cannot reorder their UNSUBSCRIBE and SUBSCRIBE.
-    camera_channels: tokio::sync::Mutex<HashSet<String>>,
     /// Cameras published on this replica and their sessions, for the TTL refresh.
     cameras: Mutex<HashMap<String, SessionId>>,
-    refresh: redis::Script,
-    release: redis::Script,
+    /// Camera-channel changes, applied in order by the pub/sub task (the only one that
+    /// touches the subscriptions, so no lock is held across network I/O).
+    sync: mpsc::UnboundedSender<SyncCamera>,
+    pubsub_up: AtomicBool,
+    commands_ok: AtomicBool,
+    /// Since when the backplane has been healthy without a break; `None` while it is not.
+    healthy_since: Mutex<Option<Instant>>,
+    /// Other replicas' liveness as last read.
+    replicas: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Wakes the heartbeat after a reconnect: liveness and presence are restored at once.
+    reconnected: Notify,
+    refresh: Script,
+    release: Script,
+    send: Script,
 }
 
 impl RedisRouter {
-    /// Connects to Redis (failing if it cannot) and starts the pub/sub reader and the presence
-    /// sweep.
+    /// Connects to Redis (failing if it cannot) and starts the pub/sub task and the
+    /// heartbeat.
     pub async fn connect(cfg: RedisRouterConfig) -> Result<Self, RouterError> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(backplane)?;
+        let info = cfg.url.as_str().into_connection_info().map_err(backplane)?;
+        // Keepalive and a user timeout: a half-open connection (a cut network) fails within
+        // seconds instead of hanging until the kernel gives up.
+        let keepalive = TcpKeepalive::new()
+            .with_time(Duration::from_secs(5))
+            .with_interval(Duration::from_secs(2))
+            .with_retries(3);
+        let tcp = TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(keepalive)
+            .set_user_timeout(cfg.call_timeout * 2);
+        let client = redis::Client::open(info.set_tcp_settings(tcp)).map_err(backplane)?;
+        // Past a frame's deadline plus the margin: the send script's outcome must be known
+        // before the command connection itself gives up on it.
+        let response_timeout = cfg.call_timeout + CLOCK_MARGIN * 2;
         let manager_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CONNECT_TIMEOUT))
+            .set_connection_timeout(Some(cfg.call_timeout))
+            .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let conn = tokio::time::timeout(
-            CONNECT_TIMEOUT * 2,
+            cfg.call_timeout * 2,
             client.get_connection_manager_with_config(manager_cfg),
         )
         .await
         .map_err(|_| RouterError(format!("timed out connecting to {}", redact(&cfg.url))))?
         .map_err(backplane)?;
-        let (sink, stream) = open_pubsub(&client).await?;
+        let replica = new_replica_id();
+        let (sync, requests) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             cfg,
+            replica,
             client,
             conn,
             hub: Hub::default(),
-            sink: Mutex::new(sink),
-            camera_channels: tokio::sync::Mutex::default(),
             cameras: Mutex::default(),
-            refresh: redis::Script::new(REFRESH_SCRIPT),
-            release: redis::Script::new(RELEASE_SCRIPT),
+            sync,
+            pubsub_up: AtomicBool::new(false),
+            commands_ok: AtomicBool::new(false),
+            healthy_since: Mutex::new(None),
+            replicas: Mutex::default(),
+            reconnected: Notify::new(),
+            refresh: Script::new(REFRESH_SCRIPT),
+            release: Script::new(RELEASE_SCRIPT),
+            send: Script::new(SEND_SCRIPT),
         });
+        // Up before serving: alive to the others, and subscribed to its own channel.
+        inner.beat().await?;
+        let (sink, stream) = inner.open_pubsub().await?;
+        inner.set_health(Some(true), None);
         let stop = CancellationToken::new();
-        tokio::spawn(read_pubsub(inner.clone(), stream, stop.clone()));
-        tokio::spawn(sweep_loop(inner.clone(), stop.clone()));
+        tokio::spawn(run_pubsub(
+            inner.clone(),
+            Some((sink, stream)),
+            requests,
+            stop.clone(),
+        ));
+        tokio::spawn(heartbeat(inner.clone(), stop.clone()));
         Ok(Self { inner, stop })
     }
 }
@@ -145,12 +250,15 @@ impl Drop for RedisRouter {
     }
 }
 
-async fn open_pubsub(client: &redis::Client) -> Result<(PubSubSink, PubSubStream), RouterError> {
-    let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
-        .await
-        .map_err(|_| RouterError("timed out opening the pub/sub connection".into()))?
-        .map_err(backplane)?;
-    Ok(pubsub.split())
+fn new_replica_id() -> String {
+    use base64::Engine;
+    let bytes: [u8; 8] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The replica that handed out `session`.
+fn owner_of(session: &str) -> Option<&str> {
+    session.split_once('.').map(|(replica, _)| replica)
 }
 
 fn backplane(e: redis::RedisError) -> RouterError {
@@ -166,8 +274,12 @@ fn redact(url: &str) -> String {
 }
 
 impl Inner {
-    fn session_channel(&self, session: &str) -> String {
-        format!("{}s:{session}", self.cfg.prefix)
+    fn replica_key(&self, replica: &str) -> String {
+        format!("{}replica:{replica}", self.cfg.prefix)
+    }
+
+    fn replica_channel(&self, replica: &str) -> String {
+        format!("{}r:{replica}", self.cfg.prefix)
     }
 
     fn camera_channel(&self, camera: &str) -> String {
@@ -178,8 +290,8 @@ impl Inner {
         format!("{}cam:{camera}", self.cfg.prefix)
     }
 
-    fn ttl_ms(&self) -> u64 {
-        u64::try_from(self.cfg.presence_ttl.as_millis()).unwrap_or(u64::MAX)
+    fn ms(d: Duration) -> u64 {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn error<E: std::fmt::Display>(&self, what: &str, e: E) -> RouterError {
@@ -188,95 +300,261 @@ impl Inner {
         RouterError(format!("{what}: {e}"))
     }
 
-    fn sink(&self) -> PubSubSink {
-        self.sink.lock().clone()
+    /// Runs one Redis call within the call deadline.
+    async fn call<T>(
+        &self,
+        what: &str,
+        f: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RouterError> {
+        match tokio::time::timeout(self.cfg.call_timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.error(what, e)),
+            Err(_) => Err(self.error(what, "timed out")),
+        }
     }
 
-    async fn publish_json<T: Serialize>(&self, channel: &str, msg: &T) -> Result<i64, RouterError> {
-        let payload = serde_json::to_string(msg).map_err(|e| self.error("encode", e))?;
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload)
-            .query_async::<i64>(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.error("PUBLISH", e))
+    fn healthy(&self) -> bool {
+        self.pubsub_up.load(Ordering::Acquire) && self.commands_ok.load(Ordering::Acquire)
     }
 
-    async fn camera_event(&self, camera: &str, event: CameraEvent) {
-        let _ = self
-            .publish_json(&self.camera_channel(camera), &event)
-            .await;
-    }
-
-    /// Subscribes to or unsubscribes from a camera's channel to match whether anyone here
-    /// watches it.
-    async fn sync_camera_channel(&self, camera: &str) -> Result<(), RouterError> {
-        let mut subscribed = self.camera_channels.lock().await;
-        let wanted = self.hub.known(camera).is_some();
-        let channel = self.camera_channel(camera);
-        match (wanted, subscribed.contains(&channel)) {
-            (true, false) => {
-                self.sink()
-                    .subscribe(&channel)
-                    .await
-                    .map_err(|e| self.error("SUBSCRIBE", e))?;
-                subscribed.insert(channel);
-            }
-            (false, true) => {
-                subscribed.remove(&channel);
-                if let Err(e) = self.sink().unsubscribe(&channel).await {
-                    self.error("UNSUBSCRIBE", e);
-                }
-            }
+    fn set_health(&self, pubsub: Option<bool>, commands: Option<bool>) {
+        if let Some(up) = pubsub {
+            self.pubsub_up.store(up, Ordering::Release);
+        }
+        if let Some(ok) = commands {
+            self.commands_ok.store(ok, Ordering::Release);
+        }
+        let healthy = self.healthy();
+        let mut since = self.healthy_since.lock();
+        match (healthy, since.is_some()) {
+            (true, false) => *since = Some(Instant::now()),
+            (false, true) => *since = None,
             _ => {}
         }
-        Ok(())
+    }
+
+    /// Whether absence in Redis can be trusted: the backplane has been healthy for a whole
+    /// replica TTL, so every live replica has refreshed its keys since any outage.
+    fn settled(&self) -> bool {
+        self.healthy_since
+            .lock()
+            .is_some_and(|t| t.elapsed() >= self.cfg.replica_ttl)
+    }
+
+    /// Refreshes this replica's liveness key.
+    async fn beat(&self) -> Result<(), RouterError> {
+        let r = self
+            .call(
+                "SET replica",
+                redis::cmd("SET")
+                    .arg(self.replica_key(&self.replica))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(Self::ms(self.cfg.replica_ttl))
+                    .query_async::<()>(&mut self.conn.clone()),
+            )
+            .await;
+        self.set_health(None, Some(r.is_ok()));
+        r
+    }
+
+    /// Whether `replica` is alive. Unknown (Redis unreachable, or just back from an outage)
+    /// counts as alive: only a replica's own silence over a whole TTL declares it dead.
+    async fn replica_alive(&self, replica: &str) -> bool {
+        if replica == self.replica {
+            return true;
+        }
+        if let Some((alive, at)) = self.replicas.lock().get(replica)
+            && at.elapsed() < LIVENESS_CACHE
+        {
+            return *alive;
+        }
+        let exists = self
+            .call(
+                "EXISTS replica",
+                redis::cmd("EXISTS")
+                    .arg(self.replica_key(replica))
+                    .query_async::<i64>(&mut self.conn.clone()),
+            )
+            .await;
+        let alive = match exists {
+            Ok(n) => n > 0 || !self.settled(),
+            Err(_) => true,
+        };
+        let mut replicas = self.replicas.lock();
+        if replicas.len() > 4096 {
+            replicas.clear();
+        }
+        replicas.insert(replica.to_owned(), (alive, Instant::now()));
+        alive
+    }
+
+    async fn open_pubsub(&self) -> Result<(PubSubSink, PubSubStream), RouterError> {
+        let pubsub = self
+            .call("pub/sub connect", self.client.get_async_pubsub())
+            .await?;
+        let (mut sink, stream) = pubsub.split();
+        let own = self.replica_channel(&self.replica);
+        self.call("SUBSCRIBE", sink.subscribe(&own)).await?;
+        Ok((sink, stream))
+    }
+
+    /// Publishes `payload` on `channel` through the deadline script: `Ok(n)` subscribers got
+    /// it, `Ok(-1)` Redis saw the deadline pass first.
+    async fn publish_until(
+        &self,
+        channel: &str,
+        payload: &str,
+        until_us: u64,
+    ) -> Result<i64, RouterError> {
+        let left = Duration::from_micros(until_us.saturating_sub(now_us()));
+        let mut invocation = self.send.prepare_invoke();
+        invocation.arg(until_us).arg(channel).arg(payload);
+        // Not the plain call deadline: the sender must not give up before Redis would refuse.
+        match tokio::time::timeout(
+            left + CLOCK_MARGIN,
+            invocation.invoke_async::<i64>(&mut self.conn.clone()),
+        )
+        .await
+        {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(self.error("PUBLISH", e)),
+            Err(_) => Err(self.error("PUBLISH", "timed out")),
+        }
+    }
+
+    /// Sends `envelope` to `replica`, retrying while that replica is alive but not subscribed.
+    async fn to_replica(&self, replica: &str, envelope: &Envelope) -> Result<(), SendError> {
+        let payload = serde_json::to_string(envelope)
+            .map_err(|e| SendError::Backplane(self.error("encode", e).0))?;
+        let channel = self.replica_channel(replica);
+        let deadline = self.cfg.call_timeout;
+        let until_us = now_us().saturating_add(u64::try_from(deadline.as_micros()).unwrap_or(0));
+        loop {
+            match self.publish_until(&channel, &payload, until_us).await {
+                Ok(n) if n > 0 => return Ok(()),
+                Ok(0) => {
+                    if !self.replica_alive(replica).await {
+                        return Err(SendError::Gone);
+                    }
+                    if now_us() >= until_us {
+                        return Err(SendError::Backplane(
+                            "the peer's replica is not reachable".into(),
+                        ));
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
+                Ok(_) => {
+                    return Err(SendError::Backplane(
+                        self.error("PUBLISH", "deadline passed").0,
+                    ));
+                }
+                Err(e) => return Err(SendError::Backplane(e.0)),
+            }
+        }
+    }
+
+    async fn publish_event(&self, camera: &str, event: &CameraEvent) {
+        let Ok(payload) = serde_json::to_string(event) else {
+            return;
+        };
+        let _ = self
+            .call(
+                "PUBLISH event",
+                redis::cmd("PUBLISH")
+                    .arg(self.camera_channel(camera))
+                    .arg(payload)
+                    .query_async::<i64>(&mut self.conn.clone()),
+            )
+            .await;
     }
 
     async fn release(&self, camera: &str, session: &SessionId) {
         let released = self
-            .release
-            .key(self.presence_key(camera))
-            .arg(&**session)
-            .invoke_async::<i64>(&mut self.conn.clone())
+            .call(
+                "release presence",
+                self.release
+                    .key(self.presence_key(camera))
+                    .arg(&**session)
+                    .invoke_async::<i64>(&mut self.conn.clone()),
+            )
             .await;
-        match released {
-            Ok(1) => {
-                self.camera_event(
-                    camera,
-                    CameraEvent::Offline {
-                        session: session.clone(),
-                    },
-                )
-                .await;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                self.error("release presence", e);
-            }
+        if released == Ok(1) {
+            let event = CameraEvent::Offline {
+                session: session.clone(),
+            };
+            self.publish_event(camera, &event).await;
         }
     }
 
-    /// Reads the presence keys of watched cameras and applies what changed.
+    /// Asks the pub/sub task to match the camera's channel subscription to its watchers here;
+    /// resolves once done (or at the deadline).
+    async fn sync_camera(&self, camera: &str) -> Result<(), RouterError> {
+        let (done, applied) = oneshot::channel();
+        let request = SyncCamera {
+            camera: camera.to_owned(),
+            done: Some(done),
+        };
+        if self.sync.send(request).is_err() {
+            return Err(RouterError("pub/sub task ended".into()));
+        }
+        match tokio::time::timeout(self.cfg.call_timeout, applied).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(self.error("SUBSCRIBE camera", "not done in time")),
+        }
+    }
+
+    /// Reads the presence keys of watched cameras and applies what changed. A camera whose
+    /// session's replica is dead goes offline (its key is released); a key missing while that
+    /// replica lives is kept as it was until the backplane has settled, since the replica
+    /// restores it after a Redis restart.
     async fn reconcile(&self) {
         let watched = self.hub.watched();
         for chunk in watched.chunks(SWEEP_CHUNK) {
             let keys: Vec<String> = chunk.iter().map(|(c, _)| self.presence_key(c)).collect();
-            let values = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async::<Vec<Option<String>>>(&mut self.conn.clone())
+            let values = self
+                .call(
+                    "MGET presence",
+                    redis::cmd("MGET")
+                        .arg(&keys)
+                        .query_async::<Vec<Option<String>>>(&mut self.conn.clone()),
+                )
                 .await;
-            match values {
-                Ok(values) => {
-                    for ((camera, known), value) in chunk.iter().zip(values) {
-                        self.hub
-                            .observe_if(camera, Some(known), value.map(SessionId::from));
+            let Ok(values) = values else {
+                return;
+            };
+            for ((camera, known), value) in chunk.iter().zip(values) {
+                let value = value.map(SessionId::from);
+                let owner_alive = match &value {
+                    Some(s) => self.session_alive(s).await,
+                    None => true,
+                };
+                match (known, value) {
+                    (Some(Some(s)), Some(v)) if *s == v && !owner_alive => {
+                        self.release(camera, &v).await;
+                        self.hub.observe_if(camera, Some(known), None);
                     }
-                }
-                Err(e) => {
-                    self.error("MGET presence", e);
+                    (Some(Some(s)), None) if !self.settled() || self.restoring(s).await => {}
+                    (_, value) => self.hub.observe_if(camera, Some(known), value),
                 }
             }
+        }
+    }
+
+    /// A presence key is missing but names a session whose replica is alive and which the
+    /// refresh may not have restored yet (it runs every third of the presence TTL).
+    async fn restoring(&self, session: &SessionId) -> bool {
+        let recent = self
+            .healthy_since
+            .lock()
+            .is_some_and(|t| t.elapsed() < self.cfg.presence_ttl);
+        recent && self.session_alive(session).await
+    }
+
+    async fn session_alive(&self, session: &str) -> bool {
+        match owner_of(session) {
+            Some(owner) => self.replica_alive(owner).await,
+            None => false,
         }
     }
 
@@ -290,30 +568,26 @@ impl Inner {
             .collect();
         for chunk in cameras.chunks(SWEEP_CHUNK) {
             let mut invocation = self.refresh.prepare_invoke();
-            invocation.arg(self.ttl_ms());
+            invocation.arg(Self::ms(self.cfg.presence_ttl));
             for (camera, session) in chunk {
                 invocation.key(self.presence_key(camera)).arg(&**session);
             }
-            let result = invocation
-                .invoke_async::<Vec<i64>>(&mut self.conn.clone())
-                .await;
-            let statuses = match result {
-                Ok(s) => s,
-                Err(e) => {
-                    self.error("refresh presence", e);
-                    continue;
-                }
+            let Ok(statuses) = self
+                .call(
+                    "refresh presence",
+                    invocation.invoke_async::<Vec<i64>>(&mut self.conn.clone()),
+                )
+                .await
+            else {
+                continue;
             };
             for ((camera, session), status) in chunk.iter().zip(statuses) {
                 match status {
                     2 => {
-                        self.camera_event(
-                            camera,
-                            CameraEvent::Online {
-                                session: session.clone(),
-                            },
-                        )
-                        .await;
+                        let event = CameraEvent::Online {
+                            session: session.clone(),
+                        };
+                        self.publish_event(camera, &event).await;
                     }
                     0 => {
                         self.forget_camera(camera, session);
@@ -337,19 +611,17 @@ impl Inner {
         }
     }
 
-    fn dispatch(&self, msg: &redis::Msg) {
+    /// A message on one of this replica's channels.
+    fn dispatch(self: &Arc<Self>, msg: &redis::Msg) {
         let channel = msg.get_channel_name();
         let Some(rest) = channel.strip_prefix(self.cfg.prefix.as_str()) else {
             return;
         };
-        if let Some(session) = rest.strip_prefix("s:") {
-            match serde_json::from_slice::<Delivery>(msg.get_payload_bytes()) {
-                Ok(d) => {
-                    // A miss means the session is leaving; its subscription is on its way out.
-                    let _ = self.hub.deliver(session, Arc::new(d));
-                }
+        if rest.strip_prefix("r:").is_some() {
+            match serde_json::from_slice::<Envelope>(msg.get_payload_bytes()) {
+                Ok(envelope) => self.on_envelope(envelope),
                 Err(e) => {
-                    self.error("decode delivery", e);
+                    self.error("decode envelope", e);
                 }
             }
         } else if let Some(camera) = rest.strip_prefix("c:") {
@@ -363,135 +635,219 @@ impl Inner {
         }
     }
 
-    /// After a reconnect: subscribe again to every channel this replica needs.
-    async fn resubscribe(&self) -> Result<(), RouterError> {
-        let mut sink = self.sink();
-        let sessions: Vec<String> = self
-            .hub
-            .session_ids()
-            .iter()
-            .map(|s| self.session_channel(s))
-            .collect();
-        for chunk in sessions.chunks(SWEEP_CHUNK) {
-            sink.subscribe(chunk)
-                .await
-                .map_err(|e| self.error("SUBSCRIBE", e))?;
+    /// This replica owns the sessions an envelope names: it alone says whether they are here.
+    fn on_envelope(self: &Arc<Self>, envelope: Envelope) {
+        match envelope {
+            Envelope::Deliver { to, d, reply } => {
+                let refused = match self.hub.deliver(&to, Arc::new(d)) {
+                    Ok(()) => return,
+                    Err(SendError::Full) => Undeliverable::Full,
+                    Err(_) => Undeliverable::Gone,
+                };
+                if let Some(reply) = reply {
+                    self.answer(reply, to, refused);
+                }
+            }
+            Envelope::Probe { to, reply } => {
+                for session in to.into_iter().filter(|s| !self.hub.contains(s)) {
+                    self.answer(reply.clone(), session, Undeliverable::Gone);
+                }
+            }
         }
-        let cameras: Vec<String> = self.camera_channels.lock().await.iter().cloned().collect();
-        for chunk in cameras.chunks(SWEEP_CHUNK) {
-            sink.subscribe(chunk)
-                .await
-                .map_err(|e| self.error("SUBSCRIBE", e))?;
-        }
-        Ok(())
+    }
+
+    /// Tells the sender of a frame to `to` why it was not delivered.
+    fn answer(self: &Arc<Self>, reply: Reply, to: SessionId, reason: Undeliverable) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let envelope = Envelope::Deliver {
+                to: reply.session,
+                d: Delivery::Undelivered {
+                    to,
+                    reason,
+                    then: reply.then,
+                },
+                reply: None,
+            };
+            let _ = inner.to_replica(&reply.replica, &envelope).await;
+        });
     }
 }
 
-/// Reads pub/sub messages; when the connection drops, reconnects, resubscribes and re-reads
-/// presence, since events sent meanwhile are lost.
-async fn read_pubsub(inner: Arc<Inner>, mut stream: PubSubStream, stop: CancellationToken) {
+/// The pub/sub connection: this replica's channel and the channels of watched cameras. It
+/// alone changes the subscriptions, in the order asked; when the connection fails (or stops
+/// answering pings) it reconnects, subscribes to everything again and re-reads presence, since
+/// events sent meanwhile are lost.
+async fn run_pubsub(
+    inner: Arc<Inner>,
+    mut first: Option<(PubSubSink, PubSubStream)>,
+    mut requests: mpsc::UnboundedReceiver<SyncCamera>,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
+    let ping_every = (inner.cfg.replica_ttl / 4).max(Duration::from_millis(100));
     loop {
-        loop {
+        let connected = match first.take() {
+            Some(c) => Ok(c),
+            None => inner.open_pubsub().await,
+        };
+        let (mut sink, mut stream) = match connected {
+            Ok(c) => c,
+            Err(_) => {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let mut subscribed: HashSet<String> = HashSet::new();
+        let cameras: Vec<String> = inner.hub.watched().into_iter().map(|(c, _)| c).collect();
+        if resubscribe(&inner, &mut sink, &cameras, &mut subscribed)
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        inner.set_health(Some(true), None);
+        inner.reconnected.notify_one();
+        tracing::info!(replica = %inner.replica, "redis pub/sub up");
+        let mut ping = tokio::time::interval(ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lost = loop {
             tokio::select! {
                 msg = stream.next() => match msg {
                     Some(msg) => inner.dispatch(&msg),
-                    None => break,
+                    None => break "connection lost",
                 },
-                () = stop.cancelled() => return,
-            }
-        }
-        inner.error("pub/sub connection", "connection lost");
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = stop.cancelled() => return,
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            match open_pubsub(&inner.client).await {
-                Ok((sink, new_stream)) => {
-                    *inner.sink.lock() = sink;
-                    stream = new_stream;
-                    if inner.resubscribe().await.is_ok() {
-                        tracing::info!("redis pub/sub reconnected");
-                        backoff = Duration::from_millis(100);
-                        inner.reconcile().await;
-                        break;
+                Some(request) = requests.recv() => {
+                    let channel = inner.camera_channel(&request.camera);
+                    let wanted = inner.hub.known(&request.camera).is_some();
+                    let result = match (wanted, subscribed.contains(&channel)) {
+                        (true, false) => inner.call("SUBSCRIBE", sink.subscribe(&channel)).await.map(|()| {
+                            subscribed.insert(channel);
+                        }),
+                        (false, true) => inner.call("UNSUBSCRIBE", sink.unsubscribe(&channel)).await.map(|()| {
+                            subscribed.remove(&channel);
+                        }),
+                        _ => Ok(()),
+                    };
+                    if result.is_err() {
+                        // Dropped unanswered: the watcher's deadline answers it.
+                        break "subscription change failed";
+                    }
+                    if let Some(done) = request.done {
+                        let _ = done.send(());
                     }
                 }
-                Err(e) => {
-                    inner.error("pub/sub reconnect", e);
+                _ = ping.tick() => {
+                    if inner.call("PING", sink.ping::<redis::Value>()).await.is_err() {
+                        break "ping unanswered";
+                    }
                 }
+                () = stop.cancelled() => return,
             }
-        }
+        };
+        inner.set_health(Some(false), None);
+        inner.error("pub/sub connection", lost);
     }
 }
 
-async fn sweep_loop(inner: Arc<Inner>, stop: CancellationToken) {
-    let period = (inner.cfg.presence_ttl / 3).max(Duration::from_millis(100));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+async fn resubscribe(
+    inner: &Inner,
+    sink: &mut PubSubSink,
+    cameras: &[String],
+    subscribed: &mut HashSet<String>,
+) -> Result<(), RouterError> {
+    for chunk in cameras.chunks(SWEEP_CHUNK) {
+        let channels: Vec<String> = chunk.iter().map(|c| inner.camera_channel(c)).collect();
+        inner.call("SUBSCRIBE", sink.subscribe(&channels)).await?;
+        subscribed.extend(channels);
+    }
+    Ok(())
+}
+
+/// Liveness every quarter of the replica TTL, presence re-read at the same pace (a crashed
+/// replica's cameras go offline within the TTL and one beat), presence refreshed every third
+/// of its TTL. Right after a pub/sub reconnect, all of it at once.
+async fn heartbeat(inner: Arc<Inner>, stop: CancellationToken) {
+    let beat_every = (inner.cfg.replica_ttl / 4).max(Duration::from_millis(100));
+    let refresh_every = (inner.cfg.presence_ttl / 3).max(Duration::from_millis(100));
+    let mut beat = tokio::time::interval(beat_every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh = tokio::time::interval(refresh_every);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = beat.tick() => {
+                let _ = inner.beat().await;
+                inner.reconcile().await;
+            }
+            _ = refresh.tick() => inner.refresh().await,
+            () = inner.reconnected.notified() => {
+                let _ = inner.beat().await;
+                inner.refresh().await;
+                inner.reconcile().await;
+            }
             () = stop.cancelled() => return,
         }
-        inner.refresh().await;
-        inner.reconcile().await;
     }
 }
 
 impl Router for RedisRouter {
+    fn new_session_id(&self) -> SessionId {
+        let random = super::new_session_id();
+        SessionId::from(format!("{}.{random}", self.inner.replica))
+    }
+
+    fn healthy(&self) -> bool {
+        self.inner.healthy()
+    }
+
     fn register<'a>(
         &'a self,
         session: &'a SessionId,
         mailbox: Arc<Mailbox>,
     ) -> BoxFuture<'a, Result<(), RouterError>> {
-        async move {
-            let inner = &self.inner;
-            inner.hub.insert_session(session.clone(), mailbox);
-            if let Err(e) = inner.sink().subscribe(inner.session_channel(session)).await {
-                inner.hub.remove_session(session);
-                return Err(inner.error("SUBSCRIBE", e));
-            }
-            Ok(())
-        }
-        .boxed()
+        // Frames for it come through this replica's channel: nothing to ask Redis.
+        self.inner.hub.insert_session(session.clone(), mailbox);
+        async { Ok(()) }.boxed()
     }
 
     fn unregister<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()> {
-        async move {
-            let inner = &self.inner;
-            inner.hub.remove_session(session);
-            if let Err(e) = inner
-                .sink()
-                .unsubscribe(inner.session_channel(session))
-                .await
-            {
-                inner.error("UNSUBSCRIBE", e);
-            }
-        }
-        .boxed()
+        self.inner.hub.remove_session(session);
+        async {}.boxed()
     }
 
     fn send<'a>(
         &'a self,
         to: &'a SessionId,
         delivery: Delivery,
+        then: Then,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         async move {
             let inner = &self.inner;
-            if inner.hub.contains(to) {
-                return inner.hub.deliver(to, Arc::new(delivery));
-            }
-            match inner
-                .publish_json(&inner.session_channel(to), &delivery)
-                .await
-            {
-                Ok(0) => Err(SendError::Gone),
-                Ok(_) => Ok(()),
-                Err(e) => Err(SendError::Backplane(e.0)),
-            }
+            let owner = match owner_of(to) {
+                Some(owner) if owner != inner.replica => owner,
+                // Ours (or not an id any replica handed out): the hub has the answer.
+                _ => return inner.hub.deliver(to, Arc::new(delivery)),
+            };
+            let reply = match (delivery.sender(), &then) {
+                (_, Then::Ignore) | (None, _) => None,
+                (Some(sender), _) => Some(Reply {
+                    replica: inner.replica.clone(),
+                    session: sender.clone(),
+                    then,
+                }),
+            };
+            let envelope = Envelope::Deliver {
+                to: to.clone(),
+                d: delivery,
+                reply,
+            };
+            inner.to_replica(owner, &envelope).await
         }
         .boxed()
     }
@@ -503,38 +859,37 @@ impl Router for RedisRouter {
     ) -> BoxFuture<'a, Result<(), RouterError>> {
         async move {
             let inner = &self.inner;
-            let previous = redis::cmd("SET")
-                .arg(inner.presence_key(camera))
-                .arg(&**session)
-                .arg("PX")
-                .arg(inner.ttl_ms())
-                .arg("GET")
-                .query_async::<Option<String>>(&mut inner.conn.clone())
-                .await
-                .map_err(|e| inner.error("SET presence", e))?;
+            if !inner.healthy() {
+                return Err(RouterError("backplane unavailable".into()));
+            }
+            let previous = inner
+                .call(
+                    "SET presence",
+                    redis::cmd("SET")
+                        .arg(inner.presence_key(camera))
+                        .arg(&**session)
+                        .arg("PX")
+                        .arg(Inner::ms(inner.cfg.presence_ttl))
+                        .arg("GET")
+                        .query_async::<Option<String>>(&mut inner.conn.clone()),
+                )
+                .await?;
             inner
                 .cameras
                 .lock()
                 .insert(camera.to_owned(), session.clone());
             if let Some(previous) = previous.filter(|p| **p != **session) {
-                let previous = SessionId::from(previous);
+                let replaced = Delivery::Replaced {
+                    camera: camera.to_owned(),
+                };
                 let _ = self
-                    .send(
-                        &previous,
-                        Delivery::Replaced {
-                            camera: camera.to_owned(),
-                        },
-                    )
+                    .send(&SessionId::from(previous), replaced, Then::Ignore)
                     .await;
             }
-            inner
-                .camera_event(
-                    camera,
-                    CameraEvent::Online {
-                        session: session.clone(),
-                    },
-                )
-                .await;
+            let event = CameraEvent::Online {
+                session: session.clone(),
+            };
+            inner.publish_event(camera, &event).await;
             Ok(())
         }
         .boxed()
@@ -555,28 +910,41 @@ impl Router for RedisRouter {
     ) -> BoxFuture<'a, Result<(), RouterError>> {
         async move {
             let inner = &self.inner;
-            inner.hub.add_watcher(camera, viewer, None);
-            // Subscribe before reading the key, so an event after the read is not missed.
-            if let Err(e) = inner.sync_camera_channel(camera).await {
-                self.unwatch(camera, viewer).await;
-                return Err(e);
-            }
-            let Some(known @ None) = inner.hub.known(camera) else {
+            // A camera published here is known without Redis, outage or not.
+            let local = inner.cameras.lock().get(camera).cloned();
+            if let Some(session) = local {
+                inner.hub.add_watcher(camera, viewer, Some(Some(session)));
+                let _ = inner.sync.send(SyncCamera {
+                    camera: camera.to_owned(),
+                    done: None,
+                });
                 return Ok(());
+            }
+            if !inner.healthy() {
+                return Err(RouterError("backplane unavailable".into()));
+            }
+            inner.hub.add_watcher(camera, viewer, None);
+            // Subscribed before the key is read, so an event after the read is not missed.
+            let read = async {
+                inner.sync_camera(camera).await?;
+                inner
+                    .call(
+                        "GET presence",
+                        redis::cmd("GET")
+                            .arg(inner.presence_key(camera))
+                            .query_async::<Option<String>>(&mut inner.conn.clone()),
+                    )
+                    .await
             };
-            let value = redis::cmd("GET")
-                .arg(inner.presence_key(camera))
-                .query_async::<Option<String>>(&mut inner.conn.clone())
-                .await;
-            match value {
+            match read.await {
                 Ok(value) => {
+                    let known = None;
                     inner
                         .hub
                         .observe_if(camera, Some(&known), value.map(SessionId::from));
                     Ok(())
                 }
                 Err(e) => {
-                    let e = inner.error("GET presence", e);
                     self.unwatch(camera, viewer).await;
                     Err(e)
                 }
@@ -586,12 +954,13 @@ impl Router for RedisRouter {
     }
 
     fn unwatch<'a>(&'a self, camera: &'a str, viewer: &'a SessionId) -> BoxFuture<'a, ()> {
-        async move {
-            if self.inner.hub.remove_watcher(camera, viewer) {
-                let _ = self.inner.sync_camera_channel(camera).await;
-            }
+        if self.inner.hub.remove_watcher(camera, viewer) {
+            let _ = self.inner.sync.send(SyncCamera {
+                camera: camera.to_owned(),
+                done: None,
+            });
         }
-        .boxed()
+        async {}.boxed()
     }
 
     fn camera_gone<'a>(&'a self, camera: &'a str, session: &'a SessionId) -> BoxFuture<'a, ()> {
@@ -601,35 +970,38 @@ impl Router for RedisRouter {
         .boxed()
     }
 
-    fn alive<'a>(&'a self, sessions: &'a [SessionId]) -> BoxFuture<'a, Vec<bool>> {
+    fn alive<'a>(
+        &'a self,
+        sessions: &'a [SessionId],
+        asker: &'a SessionId,
+    ) -> BoxFuture<'a, Vec<bool>> {
         async move {
             let inner = &self.inner;
-            let mut alive: Vec<bool> = sessions.iter().map(|s| inner.hub.contains(s)).collect();
-            let remote: Vec<usize> = (0..sessions.len()).filter(|&i| !alive[i]).collect();
-            for chunk in remote.chunks(SWEEP_CHUNK) {
-                let channels: Vec<String> = chunk
-                    .iter()
-                    .map(|&i| inner.session_channel(&sessions[i]))
-                    .collect();
-                let counts = redis::cmd("PUBSUB")
-                    .arg("NUMSUB")
-                    .arg(&channels)
-                    .query_async::<Vec<(String, i64)>>(&mut inner.conn.clone())
-                    .await;
-                match counts {
-                    Ok(counts) => {
-                        for (&i, (_, n)) in chunk.iter().zip(counts) {
-                            alive[i] = n > 0;
+            let mut alive = Vec::with_capacity(sessions.len());
+            let mut remote: HashMap<&str, Vec<SessionId>> = HashMap::new();
+            for s in sessions {
+                match owner_of(s) {
+                    Some(owner) if owner != inner.replica => {
+                        let up = inner.replica_alive(owner).await;
+                        if up {
+                            remote.entry(owner).or_default().push(s.clone());
                         }
+                        alive.push(up);
                     }
-                    Err(e) => {
-                        // Unknown is not gone: keep peers through a backplane hiccup.
-                        inner.error("PUBSUB NUMSUB", e);
-                        for &i in chunk {
-                            alive[i] = true;
-                        }
-                    }
+                    _ => alive.push(inner.hub.contains(s)),
                 }
+            }
+            // Alive replicas are asked about their sessions; a missing one is answered later.
+            for (owner, to) in remote {
+                let envelope = Envelope::Probe {
+                    to,
+                    reply: Reply {
+                        replica: inner.replica.clone(),
+                        session: asker.clone(),
+                        then: Then::Probe,
+                    },
+                };
+                let _ = inner.to_replica(owner, &envelope).await;
             }
             alive
         }
