@@ -350,7 +350,7 @@ async fn execute(router: &dyn Router, me: &SessionId, command: Command) -> Route
             Routed::Done
         }
         Command::Send { to, delivery, then } => {
-            let result = router.send(&to, delivery, then.clone()).await;
+            let result = router.send(&to, delivery).await;
             Routed::Sent { to, then, result }
         }
         Command::CameraGone { camera, session } => {
@@ -358,7 +358,7 @@ async fn execute(router: &dyn Router, me: &SessionId, command: Command) -> Route
             Routed::Done
         }
         Command::Alive { sessions } => {
-            let alive = router.alive(&sessions, me).await;
+            let alive = router.alive(&sessions).await;
             Routed::Alive { sessions, alive }
         }
     }

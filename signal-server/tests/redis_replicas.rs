@@ -7,127 +7,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
+use common::cluster::{Redis, Replica, exchange, joined_across};
 use common::*;
-use iceway_testkit::{Proc, free_port, wait_until};
 use serde_json::json;
-
-struct Redis {
-    url: String,
-    _proc: Proc,
-}
-
-impl Redis {
-    async fn start() -> Self {
-        iceway_testkit::require(
-            "redis-server",
-            "apt-get install -y --no-install-recommends redis-server",
-        );
-        let port = free_port();
-        let proc = Proc::spawn(
-            Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-                .stdout(Stdio::null()),
-            "redis-server",
-        );
-        let url = format!("redis://127.0.0.1:{port}/");
-        let client = redis::Client::open(url.as_str()).unwrap();
-        wait_until("redis-server answers PING", WAIT, || async {
-            match client.get_multiplexed_async_connection().await {
-                Ok(mut c) => redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            }
-        })
-        .await;
-        Self { url, _proc: proc }
-    }
-}
-
-struct Replica {
-    ws_url: String,
-    proc: Option<Proc>,
-}
-
-impl Replica {
-    async fn start(redis: &Redis, secret: &tempfile::NamedTempFile) -> Self {
-        let (port, admin) = (free_port(), free_port());
-        let proc = Proc::spawn(
-            Command::new(env!("CARGO_BIN_EXE_iceway-signal"))
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--admin", &format!("127.0.0.1:{admin}")])
-                .args(["--jwt-secret-file", secret.path().to_str().unwrap()])
-                .args(["--redis-url", &redis.url])
-                .args(["--turn-url", "stun:stun.test:3478"])
-                // A short presence TTL so a dead replica's cameras expire within the test.
-                .env("ICEWAY_SIGNAL__PRESENCE_TTL", "3s")
-                .env("ICEWAY_SIGNAL__REPLICA_TTL", "2s")
-                .env("ICEWAY_SIGNAL__HEARTBEAT", "2s")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null()),
-            "iceway-signal",
-        );
-        let http = reqwest::Client::new();
-        let readyz = format!("http://127.0.0.1:{admin}/readyz");
-        wait_until("replica /readyz", WAIT, || {
-            let req = http.get(&readyz).send();
-            async move { req.await.is_ok_and(|r| r.status() == 200) }
-        })
-        .await;
-        Self {
-            ws_url: format!("ws://127.0.0.1:{port}/v1/ws"),
-            proc: Some(proc),
-        }
-    }
-
-    fn kill(&mut self) {
-        drop(self.proc.take());
-    }
-}
-
-/// Camera on `a`, viewer on `b`, joined.
-async fn joined_across(a: &Replica, b: &Replica) -> (Client, Client) {
-    let mut camera = Client::connect(&a.ws_url, &camera_token("cam1")).await;
-    camera.send(json!({"type":"publish"})).await;
-    camera.expect("camera-online").await;
-    let mut viewer = Client::connect(&b.ws_url, &viewer_token("alice", &["cam1"])).await;
-    viewer.send(json!({"type":"watch","camera":"cam1"})).await;
-    let online = viewer.expect("camera-online").await;
-    assert_eq!(online["session"], camera.session.as_str());
-    let joined = camera.expect("viewer-joined").await;
-    assert_eq!(joined["viewer"], viewer.session.as_str());
-    (camera, viewer)
-}
-
-async fn exchange(camera: &mut Client, viewer: &mut Client) {
-    let (c, v) = (camera.session.clone(), viewer.session.clone());
-    camera
-        .send(json!({"type":"offer","to":v,"sdp":"v=0 offer"}))
-        .await;
-    assert_eq!(
-        viewer.expect("offer").await,
-        json!({"type":"offer","from":c,"sdp":"v=0 offer"})
-    );
-    viewer
-        .send(json!({"type":"answer","to":c,"sdp":"v=0 answer"}))
-        .await;
-    assert_eq!(
-        camera.expect("answer").await,
-        json!({"type":"answer","from":v,"sdp":"v=0 answer"})
-    );
-    camera
-        .send(json!({"type":"candidate","to":v,"candidate":"candidate:1","sdpMid":"0","sdpMLineIndex":0}))
-        .await;
-    assert_eq!(viewer.expect("candidate").await["from"], c.as_str());
-    viewer
-        .send(json!({"type":"candidate","to":c,"candidate":"candidate:2","sdpMid":"0","sdpMLineIndex":0}))
-        .await;
-    assert_eq!(camera.expect("candidate").await["from"], v.as_str());
-}
 
 /// Reads the viewer's frames until `camera-online`; `camera-offline` must come first.
 async fn offline_then_online(viewer: &mut Client) -> serde_json::Value {
@@ -140,7 +22,9 @@ async fn offline_then_online(viewer: &mut Client) -> serde_json::Value {
                 assert!(offline_seen, "camera-online came before camera-offline");
                 return f;
             }
+            // A frame sent as the camera's replica died is answered peer-gone.
             Some("peer-left") => {}
+            Some("error") if f["code"] == "peer-gone" => {}
             _ => panic!("unexpected frame {f}"),
         }
     }
@@ -151,8 +35,8 @@ async fn offline_then_online(viewer: &mut Client) -> serde_json::Value {
 async fn camera_on_replica_a_and_viewer_on_replica_b_talk_and_survive_replica_a_dying() {
     let redis = Redis::start().await;
     let secret = secret_file();
-    let mut a = Replica::start(&redis, &secret).await;
-    let b = Replica::start(&redis, &secret).await;
+    let mut a = Replica::start(&redis, &secret, &[]).await;
+    let b = Replica::start(&redis, &secret, &[]).await;
 
     let (mut camera, mut viewer) = joined_across(&a, &b).await;
     exchange(&mut camera, &mut viewer).await;
@@ -175,8 +59,8 @@ async fn camera_on_replica_a_and_viewer_on_replica_b_talk_and_survive_replica_a_
 async fn viewer_sees_camera_offline_when_the_cameras_replica_dies() {
     let redis = Redis::start().await;
     let secret = secret_file();
-    let mut a = Replica::start(&redis, &secret).await;
-    let b = Replica::start(&redis, &secret).await;
+    let mut a = Replica::start(&redis, &secret, &[]).await;
+    let b = Replica::start(&redis, &secret, &[]).await;
     let (_camera, mut viewer) = joined_across(&a, &b).await;
 
     a.kill();
@@ -198,8 +82,8 @@ async fn viewer_sees_camera_offline_when_the_cameras_replica_dies() {
 async fn across_replicas_a_departed_peer_is_peer_left_then_peer_gone() {
     let redis = Redis::start().await;
     let secret = secret_file();
-    let a = Replica::start(&redis, &secret).await;
-    let b = Replica::start(&redis, &secret).await;
+    let a = Replica::start(&redis, &secret, &[]).await;
+    let b = Replica::start(&redis, &secret, &[]).await;
     let (mut camera, viewer) = joined_across(&a, &b).await;
 
     let gone = viewer.session.clone();

@@ -7,7 +7,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 
-use super::{Delivery, Hub, Mailbox, Router, RouterError, SendError, SessionId, Then};
+use super::{Delivery, Hub, Mailbox, Router, RouterError, SendError, SessionId};
 
 #[derive(Debug, Default)]
 pub struct MemoryRouter {
@@ -42,7 +42,6 @@ impl Router for MemoryRouter {
         &'a self,
         to: &'a SessionId,
         delivery: Delivery,
-        _then: Then,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         let r = self.hub.deliver(to, Arc::new(delivery));
         async move { r }.boxed()
@@ -100,11 +99,7 @@ impl Router for MemoryRouter {
         async {}.boxed()
     }
 
-    fn alive<'a>(
-        &'a self,
-        sessions: &'a [SessionId],
-        _asker: &'a SessionId,
-    ) -> BoxFuture<'a, Vec<bool>> {
+    fn alive<'a>(&'a self, sessions: &'a [SessionId]) -> BoxFuture<'a, Vec<bool>> {
         let alive = sessions.iter().map(|s| self.hub.contains(s)).collect();
         async move { alive }.boxed()
     }

@@ -15,8 +15,6 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Ref;
-
 pub use hub::Hub;
 pub use mailbox::{MAILBOX_CAPACITY, MAILBOX_PER_SENDER, Mailbox};
 pub use memory::MemoryRouter;
@@ -56,79 +54,6 @@ pub enum Delivery {
         camera: String,
         session: Option<SessionId>,
     },
-    /// To the sender of a frame another replica could not deliver: the answer its session
-    /// would have had, had the receiver been local.
-    Undelivered {
-        to: SessionId,
-        reason: Undeliverable,
-        then: Then,
-    },
-}
-
-/// Why a replica that owns a session could not hand it a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Undeliverable {
-    Gone,
-    Full,
-}
-
-impl From<Undeliverable> for SendError {
-    fn from(u: Undeliverable) -> Self {
-        match u {
-            Undeliverable::Gone => SendError::Gone,
-            Undeliverable::Full => SendError::Full,
-        }
-    }
-}
-
-/// What the sender of a frame wants to hear about it: carried with the frame (across
-/// replicas too) and handed back with its result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-pub enum Then {
-    /// Nothing: a notice whose loss the peer learns of another way.
-    Ignore,
-    /// A relayed offer, answer or candidate: its outcome answers the client's frame.
-    Relay {
-        kind: RelayKind,
-        #[serde(default, rename = "ref")]
-        reference: Option<Ref>,
-        /// The peer is the session of this watched camera (a viewer's frame).
-        #[serde(default)]
-        camera: Option<String>,
-    },
-    /// A join sent to the session of `camera`.
-    Join { camera: String },
-    /// A liveness probe of a viewer that joined this camera session.
-    Probe,
-}
-
-/// The relayed frame types, as metric labels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RelayKind {
-    Offer,
-    Answer,
-    Candidate,
-}
-
-impl RelayKind {
-    pub fn of(kind: &str) -> Self {
-        match kind {
-            "offer" => RelayKind::Offer,
-            "answer" => RelayKind::Answer,
-            _ => RelayKind::Candidate,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RelayKind::Offer => "offer",
-            RelayKind::Answer => "answer",
-            RelayKind::Candidate => "candidate",
-        }
-    }
 }
 
 impl Delivery {
@@ -141,8 +66,7 @@ impl Delivery {
             }
             Delivery::WatchRefused { .. }
             | Delivery::Replaced { .. }
-            | Delivery::CameraState { .. }
-            | Delivery::Undelivered { .. } => None,
+            | Delivery::CameraState { .. } => None,
         }
     }
 }
@@ -188,13 +112,11 @@ pub trait Router: Send + Sync + 'static {
     fn unregister<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()>;
 
     /// Hands `delivery` to `to`, wherever it is connected. A receiver on another replica is
-    /// decided on there: `Ok` then means the frame reached its replica, and a refusal comes
-    /// back later to the sender as [`Delivery::Undelivered`] carrying `then`.
+    /// decided on there: the result is that replica's answer.
     fn send<'a>(
         &'a self,
         to: &'a SessionId,
         delivery: Delivery,
-        then: Then,
     ) -> BoxFuture<'a, Result<(), SendError>>;
 
     /// `session` is now camera `camera`. A previous session of the camera is sent `Replaced`
@@ -221,14 +143,9 @@ pub trait Router: Send + Sync + 'static {
     /// replica died), declare the camera offline now instead of waiting for the TTL.
     fn camera_gone<'a>(&'a self, camera: &'a str, session: &'a SessionId) -> BoxFuture<'a, ()>;
 
-    /// Which of `sessions` still exist, as far as is known now. Sessions on other replicas are
-    /// also asked after: one found gone later is reported to `asker` as
-    /// [`Delivery::Undelivered`] with [`Then::Probe`].
-    fn alive<'a>(
-        &'a self,
-        sessions: &'a [SessionId],
-        asker: &'a SessionId,
-    ) -> BoxFuture<'a, Vec<bool>>;
+    /// Which of `sessions` still exist anywhere. Unknown (the backplane cannot tell) counts
+    /// as alive: a peer is never dropped for a blip.
+    fn alive<'a>(&'a self, sessions: &'a [SessionId]) -> BoxFuture<'a, Vec<bool>>;
 }
 
 /// A fresh session id.

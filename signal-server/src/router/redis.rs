@@ -5,9 +5,11 @@
 //!   TTL. A replica whose key is gone is dead, and so are its sessions.
 //! - Routing: each replica subscribes to its own channel `{prefix}r:{id}`; a frame for a
 //!   session goes to the channel of the replica that owns it, and that replica decides whether
-//!   the session is there. A refusal travels back to the sender's replica. No subscriber means
-//!   the owner's pub/sub connection is down: the frame is retried until its deadline unless the
-//!   owner is dead. So a pub/sub reconnect never makes a live session look gone.
+//!   the session is there and answers (an ack, or the refusal). No subscriber, or no answer
+//!   (Redis can still count a subscriber whose connection is already dead, right after an
+//!   outage), means the frame is sent again, until its deadline, unless the owner is dead; the
+//!   owner delivers each frame once however many copies reach it. So a pub/sub reconnect
+//!   never makes a live session look gone, and a frame is never lost without a word.
 //! - Deadlines: every Redis call has one. A frame is published by a script that checks the
 //!   deadline against Redis's own clock, so a frame the sender has given up on (and answered
 //!   `internal` for) is never delivered late, e.g. after Redis resumes from a pause.
@@ -18,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -32,9 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Delivery, Hub, Mailbox, Router, RouterError, SendError, SessionId, Then, Undeliverable, now_us,
-};
+use super::{Delivery, Hub, Mailbox, Router, RouterError, SendError, SessionId, now_us};
 
 /// Keys and ids per Redis command in a sweep; keeps each command's reply small.
 const SWEEP_CHUNK: usize = 256;
@@ -42,8 +42,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Allowance for the clocks of a replica and of Redis disagreeing, and for a reply in flight:
 /// a sender gives up on a frame this long after the deadline Redis enforces.
 const CLOCK_MARGIN: Duration = Duration::from_secs(1);
-/// Between two publishes of a frame whose owner replica is alive but not subscribed.
+/// Between two publishes of a frame not yet answered by its owner replica.
 const RETRY: Duration = Duration::from_millis(200);
+/// Frames remembered by their owner replica so that a copy sent again is not delivered twice.
+const SEEN_LIMIT: usize = 65_536;
 /// How long a replica's liveness, once read, is taken as still true.
 const LIVENESS_CACHE: Duration = Duration::from_secs(1);
 
@@ -113,23 +115,35 @@ enum CameraEvent {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "e", rename_all = "snake_case")]
 enum Envelope {
-    /// A delivery for session `to`, owned by the receiving replica. `reply` (the sender's
-    /// replica and session) is set when the sender wants to hear of a refusal.
+    /// Frame `id` of replica `from` for session `to`, owned by the receiving replica.
     Deliver {
+        id: u64,
+        from: String,
         to: SessionId,
         d: Delivery,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        reply: Option<Reply>,
     },
-    /// Are these sessions still here? Only the missing ones are answered (as `Gone`).
-    Probe { to: Vec<SessionId>, reply: Reply },
+    /// Which of these sessions are gone? Answered with `Answer::Gone`.
+    Probe {
+        id: u64,
+        from: String,
+        to: Vec<SessionId>,
+    },
+    /// The owner's answer to request `id`.
+    Answer { id: u64, answer: Answer },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Reply {
-    replica: String,
-    session: SessionId,
-    then: Then,
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "a", rename_all = "snake_case")]
+enum Answer {
+    Delivered,
+    /// The session is not on its replica (any more).
+    Gone,
+    /// The sender's share of the session's mailbox is full.
+    Full,
+    /// Answer to a probe: the sessions asked about that are not here.
+    Missing {
+        sessions: Vec<SessionId>,
+    },
 }
 
 /// A request to the pub/sub task: make the subscription to a camera's channel match whether
@@ -137,6 +151,31 @@ struct Reply {
 struct SyncCamera {
     camera: String,
     done: Option<oneshot::Sender<()>>,
+}
+
+/// Recent frames with their answers, oldest first; bounded by count and age.
+#[derive(Default)]
+struct Seen {
+    answers: HashMap<(String, u64), Answer>,
+    order: std::collections::VecDeque<((String, u64), Instant)>,
+}
+
+impl Seen {
+    fn get(&self, key: &(String, u64)) -> Option<Answer> {
+        self.answers.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: (String, u64), answer: Answer, keep: Duration) {
+        let now = Instant::now();
+        while let Some((k, at)) = self.order.front()
+            && (self.order.len() >= SEEN_LIMIT || now.duration_since(*at) > keep)
+        {
+            self.answers.remove(k);
+            self.order.pop_front();
+        }
+        self.answers.insert(key.clone(), answer);
+        self.order.push_back((key, now));
+    }
 }
 
 pub struct RedisRouter {
@@ -173,6 +212,12 @@ struct Inner {
     replicas: Mutex<HashMap<String, (bool, Instant)>>,
     /// Wakes the heartbeat after a reconnect: liveness and presence are restored at once.
     reconnected: Notify,
+    next_id: AtomicU64,
+    /// Requests sent to other replicas and waiting for their answer.
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    /// Frames delivered here lately, by sending replica and id, with their answer: a copy sent
+    /// again gets the same answer and is not delivered twice.
+    seen: Mutex<Seen>,
     refresh: Script,
     release: Script,
     send: Script,
@@ -224,6 +269,9 @@ impl RedisRouter {
             healthy_since: Mutex::new(None),
             replicas: Mutex::default(),
             reconnected: Notify::new(),
+            next_id: AtomicU64::new(1),
+            pending: Mutex::default(),
+            seen: Mutex::default(),
             refresh: Script::new(REFRESH_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
             send: Script::new(SEND_SCRIPT),
@@ -423,35 +471,89 @@ impl Inner {
         }
     }
 
-    /// Sends `envelope` to `replica`, retrying while that replica is alive but not subscribed.
-    async fn to_replica(&self, replica: &str, envelope: &Envelope) -> Result<(), SendError> {
-        let payload = serde_json::to_string(envelope)
+    /// Sends a request to `replica` and waits for its answer: sent again every `RETRY` while
+    /// unanswered, until the deadline (then a backplane error), or until the replica is found
+    /// dead (then `Gone`). `make` builds the request with its id.
+    async fn ask(
+        &self,
+        replica: &str,
+        make: impl FnOnce(u64, String) -> Envelope,
+    ) -> Result<Answer, SendError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let payload = serde_json::to_string(&make(id, self.replica.clone()))
             .map_err(|e| SendError::Backplane(self.error("encode", e).0))?;
+        let (tx, mut answered) = oneshot::channel();
+        self.pending.lock().insert(id, tx);
+        let result = self
+            .ask_until_answered(replica, &payload, &mut answered)
+            .await;
+        self.pending.lock().remove(&id);
+        result
+    }
+
+    async fn ask_until_answered(
+        &self,
+        replica: &str,
+        payload: &str,
+        answered: &mut oneshot::Receiver<Answer>,
+    ) -> Result<Answer, SendError> {
         let channel = self.replica_channel(replica);
-        let deadline = self.cfg.call_timeout;
-        let until_us = now_us().saturating_add(u64::try_from(deadline.as_micros()).unwrap_or(0));
+        let deadline = u64::try_from(self.cfg.call_timeout.as_micros()).unwrap_or(u64::MAX);
+        let until_us = now_us().saturating_add(deadline);
         loop {
-            match self.publish_until(&channel, &payload, until_us).await {
-                Ok(n) if n > 0 => return Ok(()),
+            let published = self.publish_until(&channel, payload, until_us).await;
+            let expired = match published {
+                Ok(n) if n > 0 => false,
                 Ok(0) => {
                     if !self.replica_alive(replica).await {
                         return Err(SendError::Gone);
                     }
-                    if now_us() >= until_us {
-                        return Err(SendError::Backplane(
-                            "the peer's replica is not reachable".into(),
-                        ));
-                    }
-                    tokio::time::sleep(RETRY).await;
+                    false
                 }
-                Ok(_) => {
-                    return Err(SendError::Backplane(
-                        self.error("PUBLISH", "deadline passed").0,
-                    ));
-                }
-                Err(e) => return Err(SendError::Backplane(e.0)),
+                // Redis saw the deadline pass: no copy was published after it.
+                Ok(_) => true,
+                // Most likely never run (the connection broke, e.g. Redis restarted); sent
+                // again, since the owner delivers a frame once however many copies arrive.
+                Err(_) => now_us() >= until_us,
+            };
+            if expired {
+                // Only an answer to an earlier copy can still be on its way.
+                let late = tokio::time::timeout(CLOCK_MARGIN, &mut *answered).await;
+                return match late {
+                    Ok(Ok(answer)) => Ok(answer),
+                    // Whatever became of the frame, its receiver is gone with its replica.
+                    _ if !self.replica_alive(replica).await => Err(SendError::Gone),
+                    _ => Err(SendError::Backplane(
+                        self.error("PUBLISH", "no answer before the deadline").0,
+                    )),
+                };
+            }
+            let left = Duration::from_micros(until_us.saturating_sub(now_us()));
+            match tokio::time::timeout(RETRY.min(left + CLOCK_MARGIN), &mut *answered).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(_)) => return Err(SendError::Backplane("request dropped".into())),
+                Err(_) => {}
             }
         }
+    }
+
+    /// Publishes an answer to `replica`; best effort, the asker sends again if it is lost.
+    fn answer(self: &Arc<Self>, replica: String, id: u64, answer: Answer) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let Ok(payload) = serde_json::to_string(&Envelope::Answer { id, answer }) else {
+                return;
+            };
+            let _ = inner
+                .call(
+                    "PUBLISH answer",
+                    redis::cmd("PUBLISH")
+                        .arg(inner.replica_channel(&replica))
+                        .arg(payload)
+                        .query_async::<i64>(&mut inner.conn.clone()),
+                )
+                .await;
+        });
     }
 
     async fn publish_event(&self, camera: &str, event: &CameraEvent) {
@@ -638,39 +740,34 @@ impl Inner {
     /// This replica owns the sessions an envelope names: it alone says whether they are here.
     fn on_envelope(self: &Arc<Self>, envelope: Envelope) {
         match envelope {
-            Envelope::Deliver { to, d, reply } => {
-                let refused = match self.hub.deliver(&to, Arc::new(d)) {
-                    Ok(()) => return,
-                    Err(SendError::Full) => Undeliverable::Full,
-                    Err(_) => Undeliverable::Gone,
+            Envelope::Deliver { id, from, to, d } => {
+                let key = (from, id);
+                let seen = self.seen.lock().get(&key);
+                let answer = match seen {
+                    Some(answer) => answer,
+                    None => {
+                        let answer = match self.hub.deliver(&to, Arc::new(d)) {
+                            Ok(()) => Answer::Delivered,
+                            Err(SendError::Full) => Answer::Full,
+                            Err(_) => Answer::Gone,
+                        };
+                        let keep = self.cfg.call_timeout + CLOCK_MARGIN * 2;
+                        self.seen.lock().insert(key.clone(), answer.clone(), keep);
+                        answer
+                    }
                 };
-                if let Some(reply) = reply {
-                    self.answer(reply, to, refused);
-                }
+                self.answer(key.0, id, answer);
             }
-            Envelope::Probe { to, reply } => {
-                for session in to.into_iter().filter(|s| !self.hub.contains(s)) {
-                    self.answer(reply.clone(), session, Undeliverable::Gone);
+            Envelope::Probe { id, from, to } => {
+                let sessions = to.into_iter().filter(|s| !self.hub.contains(s)).collect();
+                self.answer(from, id, Answer::Missing { sessions });
+            }
+            Envelope::Answer { id, answer } => {
+                if let Some(tx) = self.pending.lock().remove(&id) {
+                    let _ = tx.send(answer);
                 }
             }
         }
-    }
-
-    /// Tells the sender of a frame to `to` why it was not delivered.
-    fn answer(self: &Arc<Self>, reply: Reply, to: SessionId, reason: Undeliverable) {
-        let inner = self.clone();
-        tokio::spawn(async move {
-            let envelope = Envelope::Deliver {
-                to: reply.session,
-                d: Delivery::Undelivered {
-                    to,
-                    reason,
-                    then: reply.then,
-                },
-                reply: None,
-            };
-            let _ = inner.to_replica(&reply.replica, &envelope).await;
-        });
     }
 }
 
@@ -825,7 +922,6 @@ impl Router for RedisRouter {
         &'a self,
         to: &'a SessionId,
         delivery: Delivery,
-        then: Then,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         async move {
             let inner = &self.inner;
@@ -834,20 +930,20 @@ impl Router for RedisRouter {
                 // Ours (or not an id any replica handed out): the hub has the answer.
                 _ => return inner.hub.deliver(to, Arc::new(delivery)),
             };
-            let reply = match (delivery.sender(), &then) {
-                (_, Then::Ignore) | (None, _) => None,
-                (Some(sender), _) => Some(Reply {
-                    replica: inner.replica.clone(),
-                    session: sender.clone(),
-                    then,
-                }),
-            };
-            let envelope = Envelope::Deliver {
-                to: to.clone(),
-                d: delivery,
-                reply,
-            };
-            inner.to_replica(owner, &envelope).await
+            let to = to.clone();
+            let answer = inner
+                .ask(owner, |id, from| Envelope::Deliver {
+                    id,
+                    from,
+                    to,
+                    d: delivery,
+                })
+                .await?;
+            match answer {
+                Answer::Delivered => Ok(()),
+                Answer::Full => Err(SendError::Full),
+                Answer::Gone | Answer::Missing { .. } => Err(SendError::Gone),
+            }
         }
         .boxed()
     }
@@ -882,9 +978,7 @@ impl Router for RedisRouter {
                 let replaced = Delivery::Replaced {
                     camera: camera.to_owned(),
                 };
-                let _ = self
-                    .send(&SessionId::from(previous), replaced, Then::Ignore)
-                    .await;
+                let _ = self.send(&SessionId::from(previous), replaced).await;
             }
             let event = CameraEvent::Online {
                 session: session.clone(),
@@ -970,38 +1064,38 @@ impl Router for RedisRouter {
         .boxed()
     }
 
-    fn alive<'a>(
-        &'a self,
-        sessions: &'a [SessionId],
-        asker: &'a SessionId,
-    ) -> BoxFuture<'a, Vec<bool>> {
+    fn alive<'a>(&'a self, sessions: &'a [SessionId]) -> BoxFuture<'a, Vec<bool>> {
         async move {
             let inner = &self.inner;
-            let mut alive = Vec::with_capacity(sessions.len());
-            let mut remote: HashMap<&str, Vec<SessionId>> = HashMap::new();
-            for s in sessions {
+            let mut alive = vec![true; sessions.len()];
+            let mut remote: HashMap<&str, Vec<usize>> = HashMap::new();
+            for (i, s) in sessions.iter().enumerate() {
                 match owner_of(s) {
                     Some(owner) if owner != inner.replica => {
-                        let up = inner.replica_alive(owner).await;
-                        if up {
-                            remote.entry(owner).or_default().push(s.clone());
-                        }
-                        alive.push(up);
+                        remote.entry(owner).or_default().push(i)
                     }
-                    _ => alive.push(inner.hub.contains(s)),
+                    _ => alive[i] = inner.hub.contains(s),
                 }
             }
-            // Alive replicas are asked about their sessions; a missing one is answered later.
-            for (owner, to) in remote {
-                let envelope = Envelope::Probe {
-                    to,
-                    reply: Reply {
-                        replica: inner.replica.clone(),
-                        session: asker.clone(),
-                        then: Then::Probe,
-                    },
-                };
-                let _ = inner.to_replica(owner, &envelope).await;
+            // Each owner says which of its sessions are gone; no answer leaves them alive.
+            for (owner, indices) in remote {
+                let to: Vec<SessionId> = indices.iter().map(|&i| sessions[i].clone()).collect();
+                match inner
+                    .ask(owner, |id, from| Envelope::Probe { id, from, to })
+                    .await
+                {
+                    Ok(Answer::Missing { sessions: gone }) => {
+                        for &i in &indices {
+                            alive[i] = !gone.contains(&sessions[i]);
+                        }
+                    }
+                    Err(SendError::Gone) => {
+                        for &i in &indices {
+                            alive[i] = false;
+                        }
+                    }
+                    _ => {}
+                }
             }
             alive
         }

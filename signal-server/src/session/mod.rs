@@ -23,8 +23,7 @@ use crate::config::SignalConfig;
 use crate::limits::{Liveness, LivenessAction, RateDecision, RateLimiter};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientFrame, ErrorCode, Ref, RelayBody, ServerFrame, close};
-pub use crate::router::Then;
-use crate::router::{Delivery, RelayKind, RouterError, SendError, SessionId, now_us};
+use crate::router::{Delivery, RouterError, SendError, SessionId, now_us};
 
 pub use view::{Effect, View, view_change};
 
@@ -141,6 +140,48 @@ pub enum Command {
     Alive {
         sessions: Vec<SessionId>,
     },
+}
+
+/// What a [`Command::Send`]'s result means to the session that sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// Nothing: a notice whose loss the peer learns of another way.
+    Ignore,
+    /// A relayed offer, answer or candidate: its outcome answers the client's frame.
+    Relay {
+        kind: RelayKind,
+        reference: Option<Ref>,
+        /// The peer is the session of this watched camera (a viewer's frame).
+        camera: Option<String>,
+    },
+    /// A join sent to the session of `camera`.
+    Join { camera: String },
+}
+
+/// The relayed frame types, as metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayKind {
+    Offer,
+    Answer,
+    Candidate,
+}
+
+impl RelayKind {
+    pub fn of(kind: &str) -> Self {
+        match kind {
+            "offer" => RelayKind::Offer,
+            "answer" => RelayKind::Answer,
+            _ => RelayKind::Candidate,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayKind::Offer => "offer",
+            RelayKind::Answer => "answer",
+            RelayKind::Candidate => "candidate",
+        }
+    }
 }
 
 /// The result of a [`Command`].
@@ -569,9 +610,6 @@ impl Session {
                     "replaced by a newer connection",
                 ));
             }
-            Delivery::Undelivered { to, reason, then } => {
-                self.on_sent(to.clone(), then.clone(), Err((*reason).into()));
-            }
             Delivery::CameraState { camera, session } => {
                 let Some(watch) = self.watches.iter_mut().find(|w| w.camera == *camera) else {
                     return;
@@ -650,14 +688,6 @@ impl Session {
     fn on_sent(&mut self, to: SessionId, then: Then, result: Result<(), SendError>) {
         match then {
             Then::Ignore => {}
-            Then::Probe => {
-                if result == Err(SendError::Gone) && !self.ended && self.viewers.contains(&to) {
-                    self.viewers.retain(|v| *v != to);
-                    self.send(&ServerFrame::PeerLeft {
-                        peer: to.to_string(),
-                    });
-                }
-            }
             Then::Join { camera } => {
                 if result == Err(SendError::Gone) {
                     self.route(Command::CameraGone {

@@ -17,6 +17,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod cluster;
+
 pub const SECRET: &[u8] = b"test-secret-0123456789abcdef-0123456789";
 /// Every wait in these tests; generous for a loaded 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(15);
