@@ -430,3 +430,48 @@ fn tls_connections_share_the_caps_and_a_stalled_handshake_meets_the_deadline() {
     tls_binding_ok(FIRST, tls, &der);
     wait_metric(&server, GAUGE, 0.0, Duration::from_secs(20));
 }
+
+#[test]
+fn two_thousand_idle_connections_from_one_address_are_capped_and_closed_by_the_deadline() {
+    raise_nofile_limit();
+    // The default caps (256 per address, 10,000 in all); only the first-message deadline is
+    // shortened (default 10 s) so the test does not wait for it.
+    let server = TurnServer::start(ServerOptions {
+        env: vec![("ICEWAY_TURN__STREAM_FIRST_MESSAGE_TIMEOUT", "2s".into())],
+        ..Default::default()
+    });
+    let pid = server.proc.pid();
+    let (cpu0, rss0) = (cpu_seconds(pid), rss_kb(pid));
+    let started = Instant::now();
+    let (mut idle, reset) = connect_many(FIRST, server.addr, 2000);
+    let rss_peak = rss_kb(pid);
+    // A newcomer from another address is served meanwhile.
+    let mut newcomer = StreamClient::connect(SECOND, server.addr);
+    newcomer.binding_ok();
+    newcomer.allocate();
+    // Ten times the deadline: a bound on the wait, not a measure of speed.
+    let closed = reset + wait_closed(&mut idle, 2000 - reset, Duration::from_secs(20));
+    assert_eq!(
+        closed, 2000,
+        "every idle connection is closed by the server"
+    );
+    // Each one either met the per-address cap at accept or the deadline after it (while the
+    // 2,000 are opened, the first ones' deadlines pass and free places for later ones).
+    let capped = server.metric(&rejected("per_ip_cap"));
+    let timed_out = server.metric(&rejected("first_message_timeout"));
+    assert_eq!(
+        capped + timed_out,
+        2000.0,
+        "{capped} capped, {timed_out} timed out"
+    );
+    println!(
+        "hostile case \"2000 idle TCP connections from one address\": {capped} refused at \
+         accept, {timed_out} closed at the deadline; server CPU {:.2} s over {:.2} s wall, RSS \
+         {rss0} KiB -> {rss_peak} KiB at the peak, {} KiB after",
+        cpu_seconds(pid) - cpu0,
+        started.elapsed().as_secs_f64(),
+        rss_kb(pid)
+    );
+    drop(newcomer);
+    wait_metric(&server, GAUGE, 0.0, Duration::from_secs(20));
+}
