@@ -97,10 +97,58 @@ pub struct RateLimit {
     pub trust_forwarded_for: bool,
 }
 
-struct Limiter {
+/// A token bucket per client IP, pruned now and then so a scan of many source addresses
+/// cannot grow it without bound. Shared by the credential API and `iceway-signal`'s upgrades.
+pub struct IpLimiter {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     trust_forwarded_for: bool,
     checks: AtomicU64,
+}
+
+impl std::fmt::Debug for IpLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpLimiter")
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IpLimiter {
+    pub fn new(limit: RateLimit) -> Self {
+        let quota = Quota::per_minute(limit.per_minute).allow_burst(limit.burst);
+        Self {
+            limiter: RateLimiter::keyed(quota),
+            trust_forwarded_for: limit.trust_forwarded_for,
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// The client of a request: see [`client_ip`].
+    pub fn client(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> IpAddr {
+        client_ip(headers, peer, self.trust_forwarded_for)
+    }
+
+    /// `Err(seconds)`: over the limit, retry after that long (at least 1).
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter.check_key(&ip).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.limiter.clock().now());
+            (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+        })
+    }
+
+    /// The 429 for [`check`](Self::check)'s `Err`.
+    pub fn refusal(secs: u64) -> Problem {
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests; retry in {secs} s"),
+        )
+        .with_retry_after(secs)
+    }
 }
 
 /// Everything the API handlers share.
@@ -109,7 +157,7 @@ pub struct ApiState {
     pub verifier: Arc<AppTokenVerifier>,
     pub ice: Arc<IceServers>,
     metrics: Option<ApiMetrics>,
-    limiter: Option<Arc<Limiter>>,
+    limiter: Option<Arc<IpLimiter>>,
     cors_origins: Vec<String>,
 }
 
@@ -145,12 +193,7 @@ impl ApiState {
     /// `into_make_service_with_connect_info::<SocketAddr>()`. Without it, all clients share
     /// one bucket.
     pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
-        let quota = Quota::per_minute(limit.per_minute).allow_burst(limit.burst);
-        self.limiter = Some(Arc::new(Limiter {
-            limiter: RateLimiter::keyed(quota),
-            trust_forwarded_for: limit.trust_forwarded_for,
-            checks: AtomicU64::new(0),
-        }));
+        self.limiter = Some(Arc::new(IpLimiter::new(limit)));
         self
     }
 
@@ -394,10 +437,15 @@ async fn method_not_allowed() -> Response {
     resp
 }
 
-fn client_ip(req: &Request, trust_forwarded_for: bool) -> IpAddr {
+/// The client's IP: the TCP peer, or with `trust_forwarded_for` (only behind an ingress that
+/// sets it) the last `X-Forwarded-For` entry. Without either, all clients share one key.
+pub fn client_ip(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    trust_forwarded_for: bool,
+) -> IpAddr {
     if trust_forwarded_for {
-        let last = req
-            .headers()
+        let last = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -408,36 +456,20 @@ fn client_ip(req: &Request, trust_forwarded_for: bool) -> IpAddr {
             return ip;
         }
     }
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |addr| addr.ip())
 }
 
 async fn rate_limit(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let Some(l) = &state.limiter else {
         return next.run(req).await;
     };
-    // The keyed store keeps one entry per client ever seen; prune now and then so a scan of
-    // many source addresses cannot grow it without bound.
-    if l.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
-        l.limiter.retain_recent();
-        l.limiter.shrink_to_fit();
-    }
-    let ip = client_ip(&req, l.trust_forwarded_for);
-    match l.limiter.check_key(&ip) {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    match l.check(l.client(req.headers(), peer)) {
         Ok(()) => next.run(req).await,
-        Err(not_until) => {
-            let wait = not_until.wait_time_from(l.limiter.clock().now());
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("too many requests; retry in {} s", secs.max(1)),
-            )
-            .with_retry_after(secs.max(1))
-            .into_response()
-        }
+        Err(secs) => IpLimiter::refusal(secs).into_response(),
     }
 }
 

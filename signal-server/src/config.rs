@@ -73,6 +73,9 @@ pub struct SignalConfig {
 
     /// Redis for scale-out; unset: one process holds all state in memory.
     pub redis_url: Option<String>,
+    /// A file holding the Redis URL, for one with a password (argv and the environment are
+    /// visible to other users of the host, a mounted Secret is not). Exclusive with `redis_url`.
+    pub redis_url_file: Option<PathBuf>,
     pub redis_prefix: String,
     /// Lifetime of a camera's presence key; refreshed every third of it. A camera on a replica
     /// that dies is seen offline after at most this long.
@@ -109,6 +112,25 @@ pub struct SignalConfig {
     pub max_connections_per_user: usize,
     pub max_viewers_per_camera: usize,
     pub max_watches_per_connection: usize,
+    /// Sockets per client address (IPv6: per /64); 0 turns the cap off. High by default: a
+    /// carrier-grade NAT puts hundreds of phones behind one address.
+    pub max_connections_per_ip: usize,
+    /// WebSocket upgrades per minute per client address, and the burst above it.
+    pub upgrades_per_minute: u32,
+    pub upgrade_burst: u32,
+    /// Credential API (`/v1/ice-servers`, `/v1/turn-credentials`) requests per minute per client
+    /// address, and the burst: the same limit as `auth.rate_limit`. 0 turns it off.
+    pub api_per_minute: u32,
+    pub api_burst: u32,
+    /// Take the client address from the last `X-Forwarded-For` entry (only behind a trusted
+    /// ingress that sets it) for the per-address limits.
+    pub trust_forwarded_for: bool,
+    /// Browser origins (`https://app.example`) whose pages may open a WebSocket here, besides
+    /// this server's own origin; `*` allows any. Clients that send no `Origin` (native apps)
+    /// are not affected.
+    pub allowed_origins: Vec<String>,
+    /// Browser origins allowed to call the credential API (CORS), as `auth.cors.origins`.
+    pub cors_origins: Vec<String>,
     /// A socket that cannot take a frame for this long is closed.
     #[serde(with = "iceway_service::duration")]
     pub write_timeout: Duration,
@@ -125,6 +147,7 @@ impl Default for SignalConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             web_root: PathBuf::from("client/web"),
             redis_url: None,
+            redis_url_file: None,
             redis_prefix: "iceway:".to_owned(),
             presence_ttl: Duration::from_secs(30),
             replica_ttl: Duration::from_secs(10),
@@ -140,13 +163,26 @@ impl Default for SignalConfig {
             max_connections_per_user: 16,
             max_viewers_per_camera: 8,
             max_watches_per_connection: 32,
+            max_connections_per_ip: 256,
+            upgrades_per_minute: 600,
+            upgrade_burst: 200,
+            api_per_minute: 120,
+            api_burst: 30,
+            trust_forwarded_for: false,
+            allowed_origins: Vec::new(),
+            cors_origins: Vec::new(),
             write_timeout: Duration::from_secs(10),
             token_refresh_lead: Duration::from_secs(60),
         }
     }
 }
 
-const LIST_KEYS: [&str; 2] = ["jwt.keys", "turn_credentials.urls"];
+const LIST_KEYS: [&str; 4] = [
+    "jwt.keys",
+    "turn_credentials.urls",
+    "signal.allowed_origins",
+    "signal.cors_origins",
+];
 
 impl Config {
     /// Defaults → `--config` → environment (`None`: the process's) → `cli`, then validated.
@@ -220,6 +256,27 @@ impl Config {
 }
 
 impl SignalConfig {
+    /// The Redis URL, from `redis_url` or read from `redis_url_file`.
+    pub fn resolved_redis_url(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.redis_url_file else {
+            return Ok(self.redis_url.clone());
+        };
+        let key = "signal.redis_url_file";
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?;
+        let url = text.trim().to_owned();
+        if !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+            && !url.starts_with("unix://")
+        {
+            return Err(ConfigError::invalid(
+                key,
+                "the file must hold a redis://, rediss:// or unix:// URL",
+            ));
+        }
+        Ok(Some(url))
+    }
+
     /// Refuses settings that cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let key = |k: &str| format!("signal.{k}");
@@ -265,6 +322,25 @@ impl SignalConfig {
                 return Err(ConfigError::invalid(key(k), "must be at least 1"));
             }
         }
+        if self.upgrades_per_minute == 0 || self.upgrade_burst == 0 {
+            return Err(ConfigError::invalid(
+                key("upgrades_per_minute"),
+                "upgrades_per_minute and upgrade_burst must be at least 1",
+            ));
+        }
+        if self.api_per_minute > 0 && self.api_burst == 0 {
+            return Err(ConfigError::invalid(key("api_burst"), "must be at least 1"));
+        }
+        if self.redis_url.is_some() && self.redis_url_file.is_some() {
+            return Err(ConfigError::invalid(
+                key("redis_url_file"),
+                "set redis_url or redis_url_file, not both",
+            ));
+        }
+        iceway_auth::api::validate_cors_origins(&self.cors_origins)
+            .map_err(|e| ConfigError::invalid(key("cors_origins"), e))?;
+        iceway_auth::api::validate_cors_origins(&self.allowed_origins)
+            .map_err(|e| ConfigError::invalid(key("allowed_origins"), e))?;
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
@@ -305,6 +381,29 @@ mod tests {
         <Cli as clap::Parser>::parse_from(
             std::iter::once("iceway-signal").chain(args.iter().copied()),
         )
+    }
+
+    #[test]
+    fn the_redis_url_can_come_from_a_file_never_from_both() {
+        let mut f = tempfile::NamedTempFile::new().expect("temp");
+        f.write_all(b"redis://:s3cret@redis:6379/0\n").expect("write");
+        let mut cfg = SignalConfig {
+            redis_url_file: Some(f.path().to_owned()),
+            ..SignalConfig::default()
+        };
+        cfg.validate().expect("a file alone is fine");
+        assert_eq!(
+            cfg.resolved_redis_url().expect("read").as_deref(),
+            Some("redis://:s3cret@redis:6379/0")
+        );
+        cfg.redis_url = Some("redis://other:6379/0".into());
+        let e = cfg.validate().expect_err("both");
+        assert!(e.to_string().contains("signal.redis_url_file"), "{e}");
+        let mut bad = tempfile::NamedTempFile::new().expect("temp");
+        bad.write_all(b"http://not-redis\n").expect("write");
+        cfg.redis_url = None;
+        cfg.redis_url_file = Some(bad.path().to_owned());
+        assert!(cfg.resolved_redis_url().is_err());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! rule is a plain unit test.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,19 +55,28 @@ impl RateLimiter {
 
 /// Live connections per user on this process. A guard releases its slot when dropped, so a
 /// connection task that ends any way at all gives the slot back.
-#[derive(Clone, Debug)]
-pub struct UserConnections {
-    max: usize,
-    counts: Arc<Mutex<HashMap<Arc<str>, usize>>>,
-}
-
 #[derive(Debug)]
-pub struct UserSlot {
-    user: Arc<str>,
-    counts: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+pub struct Connections<K: Eq + Hash + Clone> {
+    max: usize,
+    counts: Arc<Mutex<HashMap<K, usize>>>,
 }
 
-impl UserConnections {
+/// One connection counted against its key; dropped, it is given back.
+#[derive(Debug)]
+pub struct Slot<K: Eq + Hash + Clone> {
+    key: K,
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+}
+
+/// Connections per user (`sub`).
+pub type UserConnections = Connections<Arc<str>>;
+pub type UserSlot = Slot<Arc<str>>;
+/// Connections per client address (IPv6 per /64, see [`ip_key`]).
+pub type IpConnections = Connections<IpAddr>;
+pub type IpSlot = Slot<IpAddr>;
+
+impl<K: Eq + Hash + Clone> Connections<K> {
+    /// `max` 0: no cap.
     pub fn new(max: usize) -> Self {
         Self {
             max,
@@ -73,16 +84,16 @@ impl UserConnections {
         }
     }
 
-    /// A slot for `user`, or `None` if the user already has `max` connections here.
-    pub fn acquire(&self, user: &Arc<str>) -> Option<UserSlot> {
+    /// A slot for `key`, or `None` if it already has `max` connections here.
+    pub fn acquire(&self, key: &K) -> Option<Slot<K>> {
         let mut counts = self.counts.lock();
-        let n = counts.entry(user.clone()).or_insert(0);
-        if *n >= self.max {
+        let n = counts.entry(key.clone()).or_insert(0);
+        if self.max > 0 && *n >= self.max {
             return None;
         }
         *n += 1;
-        Some(UserSlot {
-            user: user.clone(),
+        Some(Slot {
+            key: key.clone(),
             counts: self.counts.clone(),
         })
     }
@@ -93,15 +104,30 @@ impl UserConnections {
     }
 }
 
-impl Drop for UserSlot {
+impl<K: Eq + Hash + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut counts = self.counts.lock();
-        if let Some(n) = counts.get_mut(&self.user) {
+        if let Some(n) = counts.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(&self.user);
+                counts.remove(&self.key);
             }
         }
+    }
+}
+
+/// The key a client address is counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its
+/// /64, which one subscriber usually holds whole.
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 

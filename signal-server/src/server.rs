@@ -1,17 +1,18 @@
 //! The listener: `/v1/ws` upgrades, `/v1/ice-servers`, the browser pages, and the drain.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use iceway_auth::api::ApiState;
+use iceway_auth::api::{ApiMetrics, ApiState, IpLimiter, RateLimit};
 use iceway_service::{Problem, Shutdown};
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Credentials, SignalConfig};
-use crate::limits::UserConnections;
+use crate::limits::{IpConnections, IpSlot, UserConnections, ip_key};
 use crate::metrics::Metrics;
 use crate::router::{MemoryRouter, RedisRouter, RedisRouterConfig, Router};
 use crate::session::Rules;
@@ -59,8 +60,14 @@ pub(crate) struct Shared {
     pub router: Arc<dyn Router>,
     pub metrics: Metrics,
     pub users: UserConnections,
+    /// Sockets per client address.
+    pub per_ip: IpConnections,
+    /// WebSocket upgrades per client address.
+    pub upgrades: IpLimiter,
     /// The session rules' limits and counters.
     pub rules: Arc<Rules>,
+    /// The credential API's series, as `iceway-auth` has them.
+    api_metrics: ApiMetrics,
     /// Cancelled when the drain's grace period is over: every socket closes with 1001.
     pub close_all: CancellationToken,
     /// Open WebSockets, authenticated or not, against `max_connections`.
@@ -128,7 +135,8 @@ impl SignalServer {
             (config.max_connections as u64).saturating_add(256),
             "signal.max_connections",
         );
-        let router: Arc<dyn Router> = match &config.redis_url {
+        let redis_url = config.resolved_redis_url()?;
+        let router: Arc<dyn Router> = match &redis_url {
             Some(url) => Arc::new(
                 RedisRouter::connect(RedisRouterConfig {
                     url: url.clone(),
@@ -150,8 +158,18 @@ impl SignalServer {
                     addr: config.listen,
                     source,
                 })?;
+        let per_minute = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let upgrades = IpLimiter::new(RateLimit {
+            per_minute: per_minute(config.upgrades_per_minute),
+            burst: per_minute(config.upgrade_burst),
+            trust_forwarded_for: config.trust_forwarded_for,
+        });
+        let api_metrics = ApiMetrics::register(registry)?;
         let shared = Arc::new(Shared {
             users: UserConnections::new(config.max_connections_per_user),
+            per_ip: IpConnections::new(config.max_connections_per_ip),
+            upgrades,
+            api_metrics,
             rules: Arc::new(Rules::new(
                 config.clone(),
                 metrics.clone(),
@@ -187,7 +205,17 @@ impl SignalServer {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         };
-        let api = ApiState::new(shared.creds.verifier.clone(), shared.creds.ice.clone());
+        // The credential API as iceway-auth serves it: the same rate limit, CORS and metrics.
+        let mut api = ApiState::new(shared.creds.verifier.clone(), shared.creds.ice.clone())
+            .with_metrics(shared.api_metrics.clone())
+            .with_cors_origins(shared.config.cors_origins.clone());
+        if let Some(per_minute) = NonZeroU32::new(shared.config.api_per_minute) {
+            api = api.with_rate_limit(RateLimit {
+                per_minute,
+                burst: NonZeroU32::new(shared.config.api_burst).unwrap_or(NonZeroU32::MIN),
+                trust_forwarded_for: shared.config.trust_forwarded_for,
+            });
+        }
         let app = axum::Router::new()
             .route("/v1/ws", get(upgrade))
             .with_state(state)
@@ -195,7 +223,11 @@ impl SignalServer {
             .merge(crate::web::routes(&shared.config.web_root));
 
         let addr = self.listener.local_addr().map_err(SignalError::Serve)?;
-        tracing::info!(%addr, redis = shared.config.redis_url.is_some(), "signal listening");
+        tracing::info!(
+            %addr,
+            redis = shared.config.redis_url.is_some() || shared.config.redis_url_file.is_some(),
+            "signal listening"
+        );
         shutdown.set_ready();
         // Readiness follows the backplane: while Redis is unreachable new sockets are better
         // sent to a replica that can route them; this one keeps serving the ones it holds.
@@ -229,6 +261,7 @@ impl SignalServer {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
@@ -251,10 +284,30 @@ struct AppState {
 
 async fn upgrade(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let shared = &app.shared;
+    if let Err(problem) = origin_allowed(&headers, &shared.config.allowed_origins) {
+        shared.metrics.connection("origin");
+        return problem.into_response();
+    }
+    let ip = ip_key(shared.upgrades.client(&headers, Some(peer)));
+    if let Err(secs) = shared.upgrades.check(ip) {
+        shared.metrics.connection("rate_limited");
+        return IpLimiter::refusal(secs).into_response();
+    }
+    let Some(ip_slot) = shared.per_ip.acquire(&ip) else {
+        shared.metrics.connection("ip_limit");
+        return Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ip_limit",
+            "too many connections from this address",
+        )
+        .with_retry_after(5)
+        .into_response();
+    };
     if app.shutdown.is_draining() {
         shared.metrics.connection("draining");
         return Problem::new(
@@ -293,8 +346,85 @@ async fn upgrade(
         .on_upgrade(move |socket| {
             let connection = crate::connection::serve(socket, bearer, shared);
             tracker.track_future(async move {
-                let _slot = slot;
+                let _slots: (OpenSlot, IpSlot) = (slot, ip_slot);
                 connection.await;
             })
         })
+}
+
+/// Browsers send `Origin` on a WebSocket upgrade, and a page of any site may open one: without
+/// this check a page elsewhere could act with a token it got hold of. Allowed: no `Origin`
+/// (native clients), this server's own origin (its `Host`), or one of `allowed` (`*`: any).
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> Result<(), Problem> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    let own = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| {
+            origin
+                .split_once("://")
+                .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && rest == host)
+        });
+    if own
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/') == origin)
+    {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        format!("pages from {origin} may not open a socket here (signal.allowed_origins)"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, host.parse().expect("host"));
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, o.parse().expect("origin"));
+        }
+        h
+    }
+
+    #[test]
+    fn only_native_clients_this_origin_and_configured_origins_may_upgrade() {
+        let none: [String; 0] = [];
+        assert!(origin_allowed(&headers(None, "sig.example"), &none).is_ok());
+        assert!(
+            origin_allowed(&headers(Some("https://sig.example"), "sig.example"), &none).is_ok()
+        );
+        assert!(
+            origin_allowed(
+                &headers(Some("http://127.0.0.1:8080"), "127.0.0.1:8080"),
+                &none
+            )
+            .is_ok()
+        );
+        assert!(
+            origin_allowed(&headers(Some("https://evil.example"), "sig.example"), &none).is_err()
+        );
+        assert!(
+            origin_allowed(
+                &headers(Some("https://sig.example.evil"), "sig.example"),
+                &none
+            )
+            .is_err()
+        );
+        assert!(origin_allowed(&headers(Some("null"), "sig.example"), &none).is_err());
+        let app = ["https://app.example".to_owned()];
+        assert!(origin_allowed(&headers(Some("https://app.example"), "sig.example"), &app).is_ok());
+        let any = ["*".to_owned()];
+        assert!(
+            origin_allowed(&headers(Some("https://evil.example"), "sig.example"), &any).is_ok()
+        );
+    }
 }

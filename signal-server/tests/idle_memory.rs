@@ -47,6 +47,10 @@ async fn idle_connection_memory() {
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .args(["--jwt-secret-file", secret.path().to_str().unwrap()])
         .env("ICEWAY_SIGNAL__MAX_CONNECTIONS_PER_USER", "100000")
+        // Every socket comes from 127.0.0.1.
+        .env("ICEWAY_SIGNAL__MAX_CONNECTIONS_PER_IP", "0")
+        .env("ICEWAY_SIGNAL__UPGRADES_PER_MINUTE", "6000000")
+        .env("ICEWAY_SIGNAL__UPGRADE_BURST", "100000")
         .envs(
             std::env::var("MALLOC_ARENA_MAX")
                 .ok()

@@ -594,3 +594,119 @@ async fn a_token_is_refreshed_on_the_open_socket_and_a_socket_without_one_closes
     camera.expect("peer-left").await;
     camera.ping_pong().await;
 }
+
+/// Upgrades with an `Origin` header (or none); the HTTP status of a refused one.
+async fn upgrade_with(url: &str, origin: Option<&str>) -> Result<Client, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", viewer_token("alice", &[]))
+            .parse()
+            .unwrap(),
+    );
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => {
+            let mut c = Client {
+                ws,
+                session: String::new(),
+            };
+            c.expect("welcome").await;
+            Ok(c)
+        }
+        Err(tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("upgrade: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn pages_of_other_origins_and_addresses_past_their_cap_cannot_open_sockets() {
+    let server = TestServer::start_with(|c| {
+        c.signal.max_connections_per_ip = 3;
+        c.signal.allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let url = server.url();
+    assert_eq!(
+        upgrade_with(&url, Some("https://evil.example")).await.err(),
+        Some(403)
+    );
+    let own = format!("http://{}", server.addr);
+    let mut open = vec![
+        upgrade_with(&url, Some(&own))
+            .await
+            .expect("its own origin"),
+        upgrade_with(&url, Some("https://app.example"))
+            .await
+            .expect("a configured origin"),
+        upgrade_with(&url, None).await.expect("a native client"),
+    ];
+    assert_eq!(
+        upgrade_with(&url, None).await.err(),
+        Some(429),
+        "past the cap"
+    );
+    // A socket that ends gives its place back.
+    open.pop().unwrap().ws.close(None).await.unwrap();
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = upgrade_with(&url, None).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "the place came back");
+    let m = server.metrics();
+    assert!(
+        m.contains(r#"iceway_signal_connections_total{result="origin"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"iceway_signal_connections_total{result="ip_limit"}"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn upgrades_and_credential_requests_are_rate_limited_per_address() {
+    let server = TestServer::start_with(|c| {
+        c.signal.upgrades_per_minute = 1;
+        c.signal.upgrade_burst = 3;
+        c.signal.api_per_minute = 1;
+        c.signal.api_burst = 2;
+        c.signal.cors_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let url = server.url();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(upgrade_with(&url, None).await.expect("within the burst"));
+    }
+    assert_eq!(upgrade_with(&url, None).await.err(), Some(429));
+
+    // The credential API mounted here is limited, counted and CORS-enabled as in iceway-auth.
+    let http = reqwest::Client::new();
+    let get = || {
+        http.get(format!("http://{}/v1/ice-servers", server.addr))
+            .bearer_auth(viewer_token("alice", &[]))
+            .header("origin", "https://app.example")
+            .send()
+    };
+    for _ in 0..2 {
+        let r = get().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
+    }
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let m = server.metrics();
+    assert!(m.contains("iceway_auth_requests_total"), "{m}");
+}
