@@ -386,7 +386,8 @@ mod tests {
     #[test]
     fn the_redis_url_can_come_from_a_file_never_from_both() {
         let mut f = tempfile::NamedTempFile::new().expect("temp");
-        f.write_all(b"redis://:s3cret@redis:6379/0\n").expect("write");
+        f.write_all(b"redis://:s3cret@redis:6379/0\n")
+            .expect("write");
         let mut cfg = SignalConfig {
             redis_url_file: Some(f.path().to_owned()),
             ..SignalConfig::default()

@@ -27,6 +27,9 @@ struct State {
 #[derive(Debug, Default)]
 struct Watch {
     known: Known,
+    /// The newest presence epoch seen for the camera (online or offline): a report with an
+    /// older one is stale and dropped. 0 where presence has no epochs (one process).
+    epoch: u64,
     viewers: Vec<SessionId>,
 }
 
@@ -111,18 +114,29 @@ impl Hub {
 
     /// Records the presence of `camera` and tells its watchers if it changed.
     pub fn observe(&self, camera: &str, session: Option<SessionId>) {
-        self.observe_if(camera, None, session);
+        self.observe_if(camera, None, session, None);
     }
 
-    /// As [`observe`](Self::observe), but only if what is known still equals `expected`: a
-    /// lookup answered after a newer event must not undo that event.
-    pub fn observe_if(&self, camera: &str, expected: Option<&Known>, session: Option<SessionId>) {
+    /// As [`observe`](Self::observe), with the presence's epoch if known (a missing key has
+    /// none): dropped if an event or read of a newer epoch was seen (two publishes racing on two replicas, a refresh racing an
+    /// unpublish), and only applied if what is known still equals `expected`: a lookup
+    /// answered after a newer event must not undo that event.
+    pub fn observe_if(
+        &self,
+        camera: &str,
+        expected: Option<&Known>,
+        session: Option<SessionId>,
+        epoch: Option<u64>,
+    ) {
         let mut state = self.state.lock();
         let Some(watch) = state.watches.get_mut(camera) else {
             return;
         };
-        if expected.is_some_and(|e| *e != watch.known) {
+        if epoch.is_some_and(|e| e < watch.epoch) || expected.is_some_and(|e| *e != watch.known) {
             return;
+        }
+        if let Some(e) = epoch {
+            watch.epoch = e;
         }
         if watch.known.as_ref() == Some(&session) {
             return;
@@ -138,10 +152,11 @@ impl Hub {
         }
     }
 
-    /// An offline event for `session`: applies only if it is the session known online.
-    pub fn observe_offline(&self, camera: &str, session: &str) {
+    /// An offline event for `session` of `epoch`: applies only if it is the session known
+    /// online, and not older than what was seen.
+    pub fn observe_offline(&self, camera: &str, session: &str, epoch: Option<u64>) {
         let expected: Known = Some(Some(SessionId::from(session)));
-        self.observe_if(camera, Some(&expected), None);
+        self.observe_if(camera, Some(&expected), None, epoch);
     }
 }
 
@@ -199,13 +214,13 @@ mod tests {
         hub.observe("cam", Some(Arc::from("c1")));
         assert_eq!(state(&mut rx), Some(Some("c1".into())));
         assert_eq!(state(&mut rx), None, "no repeat for an unchanged presence");
-        hub.observe_offline("cam", "c0");
+        hub.observe_offline("cam", "c0", None);
         assert_eq!(
             state(&mut rx),
             None,
             "offline of a stale session is ignored"
         );
-        hub.observe_offline("cam", "c1");
+        hub.observe_offline("cam", "c1", None);
         assert_eq!(state(&mut rx), Some(None));
     }
 
@@ -217,7 +232,7 @@ mod tests {
         assert_eq!(state(&mut rx), None, "unknown presence is not reported");
         let before = hub.known("cam").expect("watched");
         hub.observe("cam", Some(Arc::from("c2")));
-        hub.observe_if("cam", Some(&before), None);
+        hub.observe_if("cam", Some(&before), None, None);
         assert_eq!(state(&mut rx), Some(Some("c2".into())));
         assert_eq!(state(&mut rx), None);
     }
@@ -255,6 +270,25 @@ mod tests {
         assert!(!rx.is_closed());
         hub.deliver(&camera, frame("v2"))
             .expect("another viewer still reaches the camera");
+    }
+
+    #[test]
+    fn a_report_of_an_older_epoch_is_dropped() {
+        let hub = Hub::default();
+        let (v, mut rx) = session(&hub, "v");
+        hub.add_watcher("cam", &v, Some(None));
+        assert_eq!(state(&mut rx), Some(None));
+        // Two publishes race on two replicas: the newer one's event arrives first.
+        hub.observe_if("cam", None, Some(Arc::from("b")), Some(20));
+        hub.observe_if("cam", None, Some(Arc::from("a")), Some(10));
+        assert_eq!(state(&mut rx), Some(Some("b".into())));
+        assert_eq!(state(&mut rx), None, "the older publish does not win");
+        // An offline event of the older session, or a stale read, changes nothing either.
+        hub.observe_offline("cam", "a", Some(10));
+        hub.observe_if("cam", None, None, Some(15));
+        assert_eq!(state(&mut rx), None);
+        hub.observe_offline("cam", "b", Some(20));
+        assert_eq!(state(&mut rx), Some(None));
     }
 
     #[test]

@@ -49,34 +49,64 @@ const SEEN_LIMIT: usize = 65_536;
 /// How long a replica's liveness, once read, is taken as still true.
 const LIVENESS_CACHE: Duration = Duration::from_secs(1);
 
-/// Refreshes the presence keys of this replica's cameras: 1 refreshed, 2 re-created (it had
-/// expired, e.g. after a Redis outage; watchers must hear it is online again), 0 taken over by
-/// a newer session of the camera.
-const REFRESH_SCRIPT: &str = r"
+/// Publishes a camera: KEYS presence key and tombstone; ARGV session, TTL (ms), camera
+/// channel. The new presence gets an epoch (a fencing token) above any the key or its
+/// tombstone held, from Redis's clock so that it survives a Redis restart; the key and the
+/// online event change together. Returns the previous value (or "") and the epoch.
+const PUBLISH_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local e = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local prev = redis.call('GET', KEYS[1])
+local floor = tonumber(redis.call('GET', KEYS[2]) or '0')
+if prev then
+  local pe = tonumber(string.match(prev, '^(%d+) ') or '0')
+  if pe > floor then floor = pe end
+end
+if e <= floor then e = floor + 1 end
+local es = string.format('%d', e)
+redis.call('SET', KEYS[1], es .. ' ' .. ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], '{"k":"online","session":"' .. ARGV[1] .. '","epoch":' .. es .. '}')
+return {prev or '', es}
+"#;
+
+/// Refreshes this replica's cameras: KEYS presence key and tombstone per camera; ARGV the
+/// TTL, then session, epoch and camera channel per camera. Per camera: 1 refreshed, 2
+/// re-created (it had expired, e.g. Redis restarted empty; watchers hear it is online again),
+/// 0 taken over by a newer session or released since (its tombstone is as new as this epoch:
+/// a refresh racing an unpublish does not bring the camera back).
+const REFRESH_SCRIPT: &str = r#"
 local out = {}
-for i, k in ipairs(KEYS) do
-  local s = ARGV[i + 1]
-  local v = redis.call('GET', k)
-  if v == s then
-    redis.call('PEXPIRE', k, ARGV[1])
+for i = 1, #KEYS / 2 do
+  local pk, gk = KEYS[2 * i - 1], KEYS[2 * i]
+  local s, e, ch = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local want = e .. ' ' .. s
+  local v = redis.call('GET', pk)
+  if v == want then
+    redis.call('PEXPIRE', pk, ARGV[1])
     out[i] = 1
-  elseif not v then
-    redis.call('SET', k, s, 'PX', ARGV[1])
+  elseif not v and tonumber(redis.call('GET', gk) or '0') < tonumber(e) then
+    redis.call('SET', pk, want, 'PX', ARGV[1])
+    redis.call('PUBLISH', ch, '{"k":"online","session":"' .. s .. '","epoch":' .. e .. '}')
     out[i] = 2
   else
     out[i] = 0
   end
 end
 return out
-";
+"#;
 
-/// Deletes a presence key only if it still names the given session.
-const RELEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
+/// Releases a camera if its presence still names ARGV session: deletes the key, leaves a
+/// tombstone with its epoch for a TTL (ms), and sends the offline event, together.
+const RELEASE_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local e, s = string.match(v, '^(%d+) (.+)$')
+if s ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], e, 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], '{"k":"offline","session":"' .. s .. '","epoch":' .. e .. '}')
+return 1
+"#;
 
 /// Publishes ARGV[3] on channel ARGV[2] unless Redis's clock is past ARGV[1] (Unix µs):
 /// -1 expired, else the number of subscribers that got it.
@@ -107,8 +137,22 @@ pub struct RedisRouterConfig {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 enum CameraEvent {
-    Online { session: SessionId },
-    Offline { session: SessionId },
+    Online {
+        session: SessionId,
+        #[serde(default)]
+        epoch: u64,
+    },
+    Offline {
+        session: SessionId,
+        #[serde(default)]
+        epoch: u64,
+    },
+}
+
+/// A presence key's value: `"<epoch> <session>"`.
+fn parse_presence(value: &str) -> Option<(SessionId, u64)> {
+    let (epoch, session) = value.split_once(' ')?;
+    Some((SessionId::from(session), epoch.parse().ok()?))
 }
 
 /// What a replica's channel carries.
@@ -199,8 +243,8 @@ struct Inner {
     client: redis::Client,
     conn: ConnectionManager,
     hub: Hub,
-    /// Cameras published on this replica and their sessions, for the TTL refresh.
-    cameras: Mutex<HashMap<String, SessionId>>,
+    /// Cameras published on this replica, their sessions and presence epochs, for the refresh.
+    cameras: Mutex<HashMap<String, (SessionId, u64)>>,
     /// Camera-channel changes, applied in order by the pub/sub task (the only one that
     /// touches the subscriptions, so no lock is held across network I/O).
     sync: mpsc::UnboundedSender<SyncCamera>,
@@ -218,6 +262,7 @@ struct Inner {
     /// Frames delivered here lately, by sending replica and id, with their answer: a copy sent
     /// again gets the same answer and is not delivered twice.
     seen: Mutex<Seen>,
+    publish: Script,
     refresh: Script,
     release: Script,
     send: Script,
@@ -272,6 +317,7 @@ impl RedisRouter {
             next_id: AtomicU64::new(1),
             pending: Mutex::default(),
             seen: Mutex::default(),
+            publish: Script::new(PUBLISH_SCRIPT),
             refresh: Script::new(REFRESH_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
             send: Script::new(SEND_SCRIPT),
@@ -336,6 +382,10 @@ impl Inner {
 
     fn presence_key(&self, camera: &str) -> String {
         format!("{}cam:{camera}", self.cfg.prefix)
+    }
+
+    fn tombstone_key(&self, camera: &str) -> String {
+        format!("{}gone:{camera}", self.cfg.prefix)
     }
 
     fn ms(d: Duration) -> u64 {
@@ -556,37 +606,19 @@ impl Inner {
         });
     }
 
-    async fn publish_event(&self, camera: &str, event: &CameraEvent) {
-        let Ok(payload) = serde_json::to_string(event) else {
-            return;
-        };
-        let _ = self
-            .call(
-                "PUBLISH event",
-                redis::cmd("PUBLISH")
-                    .arg(self.camera_channel(camera))
-                    .arg(payload)
-                    .query_async::<i64>(&mut self.conn.clone()),
-            )
-            .await;
-    }
-
     async fn release(&self, camera: &str, session: &SessionId) {
-        let released = self
+        let _ = self
             .call(
                 "release presence",
                 self.release
                     .key(self.presence_key(camera))
+                    .key(self.tombstone_key(camera))
                     .arg(&**session)
+                    .arg(Self::ms(self.cfg.presence_ttl))
+                    .arg(self.camera_channel(camera))
                     .invoke_async::<i64>(&mut self.conn.clone()),
             )
             .await;
-        if released == Ok(1) {
-            let event = CameraEvent::Offline {
-                session: session.clone(),
-            };
-            self.publish_event(camera, &event).await;
-        }
     }
 
     /// Asks the pub/sub task to match the camera's channel subscription to its watchers here;
@@ -626,18 +658,22 @@ impl Inner {
                 return;
             };
             for ((camera, known), value) in chunk.iter().zip(values) {
-                let value = value.map(SessionId::from);
+                let value = value.as_deref().and_then(parse_presence);
                 let owner_alive = match &value {
-                    Some(s) => self.session_alive(s).await,
+                    Some((s, _)) => self.session_alive(s).await,
                     None => true,
                 };
                 match (known, value) {
-                    (Some(Some(s)), Some(v)) if *s == v && !owner_alive => {
+                    (Some(Some(s)), Some((v, epoch))) if *s == v && !owner_alive => {
                         self.release(camera, &v).await;
-                        self.hub.observe_if(camera, Some(known), None);
+                        self.hub.observe_if(camera, Some(known), None, Some(epoch));
                     }
                     (Some(Some(s)), None) if !self.settled() || self.restoring(s).await => {}
-                    (_, value) => self.hub.observe_if(camera, Some(known), value),
+                    (_, None) => self.hub.observe_if(camera, Some(known), None, None),
+                    (_, Some((v, epoch))) => {
+                        self.hub
+                            .observe_if(camera, Some(known), Some(v), Some(epoch));
+                    }
                 }
             }
         }
@@ -662,17 +698,22 @@ impl Inner {
 
     /// Refreshes the TTL of this replica's cameras.
     async fn refresh(&self) {
-        let cameras: Vec<(String, SessionId)> = self
+        let cameras: Vec<(String, SessionId, u64)> = self
             .cameras
             .lock()
             .iter()
-            .map(|(c, s)| (c.clone(), s.clone()))
+            .map(|(c, (s, e))| (c.clone(), s.clone(), *e))
             .collect();
         for chunk in cameras.chunks(SWEEP_CHUNK) {
             let mut invocation = self.refresh.prepare_invoke();
             invocation.arg(Self::ms(self.cfg.presence_ttl));
-            for (camera, session) in chunk {
-                invocation.key(self.presence_key(camera)).arg(&**session);
+            for (camera, session, epoch) in chunk {
+                invocation
+                    .key(self.presence_key(camera))
+                    .key(self.tombstone_key(camera))
+                    .arg(&**session)
+                    .arg(*epoch)
+                    .arg(self.camera_channel(camera));
             }
             let Ok(statuses) = self
                 .call(
@@ -683,34 +724,27 @@ impl Inner {
             else {
                 continue;
             };
-            for ((camera, session), status) in chunk.iter().zip(statuses) {
-                match status {
-                    2 => {
-                        let event = CameraEvent::Online {
-                            session: session.clone(),
-                        };
-                        self.publish_event(camera, &event).await;
-                    }
-                    0 => {
-                        self.forget_camera(camera, session);
-                        let _ = self.hub.deliver(
-                            session,
-                            Arc::new(Delivery::Replaced {
-                                camera: camera.clone(),
-                            }),
-                        );
-                    }
-                    _ => {}
+            for ((camera, session, _), status) in chunk.iter().zip(statuses) {
+                if status == 0 && self.forget_camera(camera, session) {
+                    let _ = self.hub.deliver(
+                        session,
+                        Arc::new(Delivery::Replaced {
+                            camera: camera.clone(),
+                        }),
+                    );
                 }
             }
         }
     }
 
-    fn forget_camera(&self, camera: &str, session: &SessionId) {
+    /// Forgets `camera` if `session` still publishes it here; returns whether it did.
+    fn forget_camera(&self, camera: &str, session: &SessionId) -> bool {
         let mut cameras = self.cameras.lock();
-        if cameras.get(camera) == Some(session) {
+        if cameras.get(camera).is_some_and(|(s, _)| s == session) {
             cameras.remove(camera);
+            return true;
         }
+        false
     }
 
     /// A message on one of this replica's channels.
@@ -728,8 +762,13 @@ impl Inner {
             }
         } else if let Some(camera) = rest.strip_prefix("c:") {
             match serde_json::from_slice::<CameraEvent>(msg.get_payload_bytes()) {
-                Ok(CameraEvent::Online { session }) => self.hub.observe(camera, Some(session)),
-                Ok(CameraEvent::Offline { session }) => self.hub.observe_offline(camera, &session),
+                Ok(CameraEvent::Online { session, epoch }) => {
+                    self.hub
+                        .observe_if(camera, None, Some(session), Some(epoch));
+                }
+                Ok(CameraEvent::Offline { session, epoch }) => {
+                    self.hub.observe_offline(camera, &session, Some(epoch));
+                }
                 Err(e) => {
                     self.error("decode camera event", e);
                 }
@@ -958,32 +997,30 @@ impl Router for RedisRouter {
             if !inner.healthy() {
                 return Err(RouterError("backplane unavailable".into()));
             }
-            let previous = inner
+            let published = inner
                 .call(
-                    "SET presence",
-                    redis::cmd("SET")
-                        .arg(inner.presence_key(camera))
+                    "publish presence",
+                    inner
+                        .publish
+                        .key(inner.presence_key(camera))
+                        .key(inner.tombstone_key(camera))
                         .arg(&**session)
-                        .arg("PX")
                         .arg(Inner::ms(inner.cfg.presence_ttl))
-                        .arg("GET")
-                        .query_async::<Option<String>>(&mut inner.conn.clone()),
+                        .arg(inner.camera_channel(camera))
+                        .invoke_async::<(String, u64)>(&mut inner.conn.clone()),
                 )
                 .await?;
+            let (previous, epoch) = published;
             inner
                 .cameras
                 .lock()
-                .insert(camera.to_owned(), session.clone());
-            if let Some(previous) = previous.filter(|p| **p != **session) {
+                .insert(camera.to_owned(), (session.clone(), epoch));
+            if let Some((previous, _)) = parse_presence(&previous).filter(|(p, _)| p != session) {
                 let replaced = Delivery::Replaced {
                     camera: camera.to_owned(),
                 };
-                let _ = self.send(&SessionId::from(previous), replaced).await;
+                let _ = self.send(&previous, replaced).await;
             }
-            let event = CameraEvent::Online {
-                session: session.clone(),
-            };
-            inner.publish_event(camera, &event).await;
             Ok(())
         }
         .boxed()
@@ -1005,7 +1042,7 @@ impl Router for RedisRouter {
         async move {
             let inner = &self.inner;
             // A camera published here is known without Redis, outage or not.
-            let local = inner.cameras.lock().get(camera).cloned();
+            let local = inner.cameras.lock().get(camera).map(|(s, _)| s.clone());
             if let Some(session) = local {
                 inner.hub.add_watcher(camera, viewer, Some(Some(session)));
                 let _ = inner.sync.send(SyncCamera {
@@ -1033,9 +1070,14 @@ impl Router for RedisRouter {
             match read.await {
                 Ok(value) => {
                     let known = None;
-                    inner
-                        .hub
-                        .observe_if(camera, Some(&known), value.map(SessionId::from));
+                    match value.as_deref().and_then(parse_presence) {
+                        Some((s, epoch)) => {
+                            inner
+                                .hub
+                                .observe_if(camera, Some(&known), Some(s), Some(epoch));
+                        }
+                        None => inner.hub.observe_if(camera, Some(&known), None, None),
+                    }
                     Ok(())
                 }
                 Err(e) => {
@@ -1100,5 +1142,85 @@ impl Router for RedisRouter {
             alive
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    async fn redis() -> (iceway_testkit::Proc, String) {
+        iceway_testkit::require(
+            "redis-server",
+            "apt-get install -y --no-install-recommends redis-server",
+        );
+        let port = iceway_testkit::free_port();
+        let proc = iceway_testkit::Proc::spawn(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null()),
+            "redis-server",
+        );
+        let url = format!("redis://127.0.0.1:{port}/");
+        let client = redis::Client::open(url.as_str()).expect("url");
+        iceway_testkit::wait_until("redis answers", Duration::from_secs(15), || async {
+            client.get_multiplexed_async_connection().await.is_ok()
+        })
+        .await;
+        (proc, url)
+    }
+
+    async fn router(url: &str) -> RedisRouter {
+        RedisRouter::connect(RedisRouterConfig {
+            url: url.to_owned(),
+            prefix: "t:".into(),
+            presence_ttl: Duration::from_secs(30),
+            replica_ttl: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(5),
+            backplane_errors: IntCounter::new("e", "e").expect("counter"),
+        })
+        .await
+        .expect("connect")
+    }
+
+    #[tokio::test]
+    async fn a_refresh_racing_an_unpublish_does_not_bring_the_camera_back() {
+        let (_redis, url) = redis().await;
+        let r = router(&url).await;
+        let session = r.new_session_id();
+        r.register(&session, Mailbox::new())
+            .await
+            .expect("register");
+        r.publish("cam1", &session).await.expect("publish");
+        // The refresh took its list of cameras just before the camera left.
+        let snapshot = r.inner.cameras.lock().clone();
+        r.unpublish("cam1", &session).await;
+        *r.inner.cameras.lock() = snapshot;
+        r.inner.refresh().await;
+        let value: Option<String> = redis::cmd("GET")
+            .arg(r.inner.presence_key("cam1"))
+            .query_async(&mut r.inner.conn.clone())
+            .await
+            .expect("GET");
+        assert_eq!(value, None, "the departed camera is not re-created");
+        assert!(r.inner.cameras.lock().is_empty(), "and is forgotten");
+    }
+
+    #[tokio::test]
+    async fn each_publish_gets_a_newer_epoch_than_the_last_even_across_a_release() {
+        let (_redis, url) = redis().await;
+        let (a, b) = (router(&url).await, router(&url).await);
+        let (sa, sb) = (a.new_session_id(), b.new_session_id());
+        a.publish("cam1", &sa).await.expect("publish on a");
+        let ea = a.inner.cameras.lock()["cam1"].1;
+        b.publish("cam1", &sb).await.expect("publish on b");
+        let eb = b.inner.cameras.lock()["cam1"].1;
+        assert!(eb > ea, "{eb} > {ea}");
+        b.unpublish("cam1", &sb).await;
+        a.publish("cam1", &sa).await.expect("publish again");
+        let again = a.inner.cameras.lock()["cam1"].1;
+        assert!(again > eb, "{again} > {eb}");
     }
 }
