@@ -54,6 +54,9 @@ async function start() {
 
   signal = new Signal({ url: params.signalUrl, token: params.token });
   signal.addEventListener('state', (ev) => onSignalState(ev.detail));
+  signal.addEventListener('token-expiring', () => {
+    say('Your access link expires in a minute: ask the app for a new one to keep going.', 'warn');
+  });
   signal.addEventListener('frame', (ev) => onFrame(ev.detail).catch((e) => say(`Error: ${e.message}`, 'bad')));
   signal.addEventListener('fatal', (ev) => {
     say(ev.detail.message, 'bad');
@@ -80,6 +83,11 @@ function onSignalState(state) {
 
 async function onFrame(f) {
   switch (f.type) {
+    case 'token-refreshed':
+      // A fresh token came with fresh TURN credentials; later fetches use the new token.
+      ice.token = signal.token;
+      ice.set(f.iceServers);
+      break;
     case 'welcome':
       ice.set(f.iceServers);
       signal.send({ type: 'publish' });
@@ -107,7 +115,8 @@ async function onFrame(f) {
       break;
     case 'error':
       if (f.code === 'peer-gone') {
-        if (f.ref && peers.has(f.ref)) removeViewer(f.ref);
+        // `peer` names the session that is gone (`ref` is the frame that found out).
+        if (f.peer && peers.has(f.peer)) removeViewer(f.peer);
         return;
       }
       say(explain(f.code, params.token, f.message), f.code === 'rate-limited' ? 'warn' : 'bad');

@@ -111,15 +111,21 @@ const FATAL_CLOSE = new Set([4001, 4003, 4010]);
 
 /**
  * The signaling connection. Emits 'frame' (detail: the parsed frame), 'state' (detail: one of
- * connecting | open | reconnecting | closed) and 'fatal' (detail: {code, message}) events.
+ * connecting | open | reconnecting | closed), 'fatal' (detail: {code, message}) and
+ * 'token-expiring' (detail: {exp}, when no token provider could refresh it) events.
  * Reconnects with capped backoff after drops, signal-server restarts (close 1001) and network
- * changes; gives up only on unauthorized / forbidden, which a retry cannot fix.
+ * changes; gives up only on unauthorized / forbidden / replaced, which a retry cannot fix.
+ *
+ * Before the token expires the server sends `token-expiring`; `tokenProvider` (an async function
+ * returning a fresh token; by default `window.icewayRefreshToken`, which an app embedding the page
+ * in a WebView can define) is asked for one, and it is sent on the open socket.
  */
 export class Signal extends EventTarget {
-  constructor({ url, token }) {
+  constructor({ url, token, tokenProvider }) {
     super();
     this.url = url;
     this.token = token;
+    this.tokenProvider = tokenProvider;
     this.ws = null;
     this.welcome = null;
     this.attempt = 0;
@@ -180,6 +186,8 @@ export class Signal extends EventTarget {
       } else if (frame.type === 'pong') {
         this.lastPong = Date.now();
         return;
+      } else if (frame.type === 'token-expiring') {
+        this.refreshToken(frame);
       }
       this.dispatchEvent(new CustomEvent('frame', { detail: frame }));
     };
@@ -201,6 +209,23 @@ export class Signal extends EventTarget {
     ws.onerror = () => {
       // onclose follows and decides about retrying.
     };
+  }
+
+  async refreshToken(frame) {
+    const provider = this.tokenProvider || globalThis.icewayRefreshToken;
+    if (typeof provider === 'function') {
+      try {
+        const token = await provider();
+        if (token && this.ws && this.ws.readyState === WebSocket.OPEN) {
+          this.token = token;
+          this.ws.send(JSON.stringify({ type: 'auth', token, ref: 'token-refresh' }));
+          return;
+        }
+      } catch (e) {
+        console.warn('the token provider failed', e);
+      }
+    }
+    this.dispatchEvent(new CustomEvent('token-expiring', { detail: { exp: frame.exp } }));
   }
 
   scheduleReconnect() {

@@ -62,6 +62,9 @@ function start() {
   ui.who.textContent = `${claims.sub} → ${params.camera}`;
   signal = new Signal({ url: params.signalUrl, token: params.token });
   signal.addEventListener('state', (ev) => onSignalState(ev.detail));
+  signal.addEventListener('token-expiring', () => {
+    say('Your access link expires in a minute: ask the app for a new one to keep going.', 'warn');
+  });
   signal.addEventListener('frame', (ev) => onFrame(ev.detail).catch((e) => say(`Error: ${e.message}`, 'bad')));
   signal.addEventListener('fatal', (ev) => fail(ev.detail.message));
   signal.start();
@@ -93,6 +96,11 @@ function onSignalState(state) {
 
 async function onFrame(f) {
   switch (f.type) {
+    case 'token-refreshed':
+      // A fresh token came with fresh TURN credentials; later fetches use the new token.
+      ice.token = signal.token;
+      ice.set(f.iceServers);
+      break;
     case 'welcome':
       ice.set(f.iceServers);
       signal.send({ type: 'watch', camera: params.camera });
