@@ -38,6 +38,10 @@ struct Cli {
     /// App token (JWT) with role camera or viewer.
     #[arg(long, global = true, env = "ICEWAY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the app token, read again at each reconnect and when the server asks for
+    /// a fresh token before `exp`: keep it current and the client outlives any one token.
+    #[arg(long, global = true, env = "ICEWAY_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Use only TURN relay candidates (iceTransportPolicy "relay").
     #[arg(long, global = true)]
     relay_only: bool,
@@ -93,10 +97,14 @@ fn main() -> ExitCode {
     // wss:// goes through rustls; name its provider so a second one elsewhere in the build
     // cannot make the choice ambiguous at run time.
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
-    let Some(token) = cli.token.clone() else {
-        eprintln!("error: --token (or ICEWAY_TOKEN) is required");
+    let token = cli
+        .token
+        .clone()
+        .unwrap_or_else(|| iceway_client::signaling::current_token(cli.token_file.as_deref(), ""));
+    if token.is_empty() {
+        eprintln!("error: --token or --token-file (ICEWAY_TOKEN, ICEWAY_TOKEN_FILE) is required");
         return ExitCode::from(EXIT_ERROR);
-    };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -149,6 +157,7 @@ async fn run(cli: Cli, token: String, ice_servers: Option<Vec<IceServer>>) -> Ex
             let opts = CameraOptions {
                 signal_url: cli.signal,
                 token,
+                token_file: cli.token_file,
                 clip: Arc::new(clip),
                 relay_only: cli.relay_only,
                 bind: cli.bind,
@@ -168,6 +177,7 @@ async fn run(cli: Cli, token: String, ice_servers: Option<Vec<IceServer>>) -> Ex
             let opts = ViewerOptions {
                 signal_url: cli.signal,
                 token,
+                token_file: cli.token_file,
                 camera,
                 relay_only: cli.relay_only,
                 bind: cli.bind,

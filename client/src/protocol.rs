@@ -81,6 +81,14 @@ pub enum ServerFrame {
         sdp_mline_index: Option<u16>,
     },
     Pong,
+    /// The token expires at `exp`: send a fresh one as `auth` on this socket.
+    TokenExpiring {
+        exp: u64,
+    },
+    /// A fresh token was accepted.
+    TokenRefreshed {
+        exp: u64,
+    },
     Error {
         code: String,
         #[serde(default)]

@@ -2,6 +2,7 @@
 //! clients, DESIGN §3), wait for `welcome`, then exchange frames through channels. A writer task
 //! keeps the heartbeat; a reader task hands parsed frames on and reports how the socket closed.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -93,6 +94,25 @@ pub async fn connect(
     url: &str,
     token: &str,
 ) -> Result<(Welcome, SignalSender, mpsc::UnboundedReceiver<Incoming>), SignalError> {
+    connect_refreshing(url, token, None).await
+}
+
+/// The token to connect with: the one in `file` if it is set and readable, else `fallback`.
+/// A sidecar or the operator keeps the file current; it is read again at each use.
+pub fn current_token(file: Option<&Path>, fallback: &str) -> String {
+    file.and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| fallback.to_owned())
+}
+
+/// As [`connect`]; when the server sends `token-expiring`, the token in `token_file` is read
+/// again and sent on the open socket, so the connection outlives the token it started with.
+pub async fn connect_refreshing(
+    url: &str,
+    token: &str,
+    token_file: Option<PathBuf>,
+) -> Result<(Welcome, SignalSender, mpsc::UnboundedReceiver<Incoming>), SignalError> {
     if !(url.starts_with("ws://") || url.starts_with("wss://")) {
         return Err(SignalError::BadUrl(url.to_owned()));
     }
@@ -167,6 +187,8 @@ pub async fn connect(
 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ClientFrame>();
     let (in_tx, in_rx) = mpsc::unbounded_channel::<Incoming>();
+    let refresh_tx = out_tx.clone();
+    let mut current = token.to_owned();
     let heartbeat = welcome.heartbeat;
 
     tokio::spawn(async move {
@@ -196,6 +218,19 @@ pub async fn connect(
             match msg {
                 Ok(Message::Text(text)) => match ServerFrame::parse(&text) {
                     Ok(ServerFrame::Pong) => {}
+                    Ok(ServerFrame::TokenExpiring { exp }) => {
+                        let fresh = current_token(token_file.as_deref(), &current);
+                        if fresh != current {
+                            tracing::info!(
+                                exp,
+                                "token expiring: sending the one in the token file"
+                            );
+                            current = fresh.clone();
+                            let _ = refresh_tx.send(ClientFrame::Auth { token: fresh });
+                        } else {
+                            tracing::warn!(exp, "token expiring and no fresher one to send");
+                        }
+                    }
                     Ok(frame) => {
                         if in_tx.send(Incoming::Frame(frame)).is_err() {
                             return;

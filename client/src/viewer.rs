@@ -24,6 +24,9 @@ use crate::signaling::{self, Incoming, SignalError, SignalSender};
 pub struct ViewerOptions {
     pub signal_url: String,
     pub token: String,
+    /// A file holding the current token, read again at each connect and when the server asks
+    /// for a fresh one before `exp` (see `signaling::connect_refreshing`).
+    pub token_file: Option<std::path::PathBuf>,
     pub camera: String,
     pub relay_only: bool,
     pub bind: Option<std::net::IpAddr>,
@@ -84,8 +87,9 @@ pub async fn run(
     let mut attempt = 0u32;
 
     'reconnect: loop {
+        let token = signaling::current_token(opts.token_file.as_deref(), &opts.token);
         let connected = tokio::select! {
-            r = signaling::connect(&opts.signal_url, &opts.token) => r,
+            r = signaling::connect_refreshing(&opts.signal_url, &token, opts.token_file.clone()) => r,
             _ = stop.cancelled() => break 'reconnect,
             _ = tokio::time::sleep_until(deadline) => break 'reconnect,
         };

@@ -81,6 +81,7 @@ fn camera_opts(dev: &Dev) -> CameraOptions {
     CameraOptions {
         signal_url: dev.get("signal_url"),
         token: dev.get("camera_token"),
+        token_file: None,
         clip: Arc::new(Clip::builtin()),
         relay_only: true,
         bind: None,
@@ -93,6 +94,7 @@ fn viewer_opts(dev: &Dev, frames: u64) -> ViewerOptions {
     ViewerOptions {
         signal_url: dev.get("signal_url"),
         token: dev.get("viewer_token"),
+        token_file: None,
         camera: dev.get("camera_id"),
         relay_only: true,
         bind: None,
