@@ -184,6 +184,7 @@ async fn run(cli: Cli, token: String, ice_servers: Option<Vec<IceServer>>) -> Ex
                 ice_servers,
                 frames,
                 timeout,
+                progress: None,
             };
             match viewer::run(opts, stop).await {
                 Ok(report) => {

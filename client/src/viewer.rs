@@ -35,6 +35,9 @@ pub struct ViewerOptions {
     /// Success once this many video frames were reassembled.
     pub frames: u64,
     pub timeout: Duration,
+    /// Mirrors the count of frames reassembled so far, for a caller watching the call live
+    /// (tests: does media keep flowing through a fault?).
+    pub progress: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +148,9 @@ pub async fn run(
                 _ = stop.cancelled() => { close(call.take()).await; break 'reconnect; }
                 _ = tokio::time::sleep_until(deadline) => { close(call.take()).await; break 'reconnect; }
                 changed = frames_rx.changed() => {
+                    if let Some(p) = &opts.progress {
+                        p.store(*frames_rx.borrow(), std::sync::atomic::Ordering::Relaxed);
+                    }
                     if changed.is_ok() && *frames_rx.borrow() >= opts.frames {
                         state.selected_pair = match call.as_ref() {
                             Some(c) => peer::selected_pair(&c.pc).await,

@@ -101,6 +101,7 @@ fn viewer_opts(dev: &Dev, frames: u64) -> ViewerOptions {
         ice_servers: None,
         frames,
         timeout: Duration::from_secs(45),
+        progress: None,
     }
 }
 
