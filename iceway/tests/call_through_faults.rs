@@ -58,10 +58,9 @@ impl Redis {
                 .stdout(Stdio::null()),
             "redis-server",
         ));
-        let client = redis_client(&self.url());
-        wait_until("redis-server answers", WAIT, || {
-            let client = client.clone();
-            async move { std::net::TcpStream::connect(client).is_ok() }
+        let addr = redis_addr(&self.url());
+        wait_until("redis-server answers", WAIT, || async move {
+            std::net::TcpStream::connect(addr).is_ok()
         })
         .await;
     }
@@ -78,7 +77,7 @@ impl Redis {
 }
 
 /// The address to probe for Redis being up.
-fn redis_client(url: &str) -> SocketAddr {
+fn redis_addr(url: &str) -> SocketAddr {
     url.trim_start_matches("redis://")
         .trim_end_matches('/')
         .parse()
