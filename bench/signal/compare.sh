@@ -43,11 +43,20 @@ export ICEWAY_SIGNAL__UPGRADES_PER_MINUTE=6000000
 export ICEWAY_SIGNAL__UPGRADE_BURST=40000
 ulimit -n 20000 2>/dev/null || true
 
+# An older binary refuses configuration keys it does not know: BASELINE_UNSET lists the
+# variables above to leave out of its environment (default: the per-address limits, which
+# such a binary does not have).
+BASELINE_UNSET=${BASELINE_UNSET-ICEWAY_SIGNAL__MAX_CONNECTIONS_PER_IP ICEWAY_SIGNAL__UPGRADES_PER_MINUTE ICEWAY_SIGNAL__UPGRADE_BURST}
+
 # run_one ROUND PHASE NAME BIN PAIRS RATE
 run_one() {
   local round=$1 phase=$2 name=$3 bin=$4 pairs=$5 rate=$6 port
+  local -a unset=()
+  if [ "$name" = baseline ]; then
+    for v in $BASELINE_UNSET; do unset+=(-u "$v"); done
+  fi
   port=$(free_port)
-  "$bin" --listen "127.0.0.1:$port" --admin "127.0.0.1:$(free_port)" \
+  env "${unset[@]}" "$bin" --listen "127.0.0.1:$port" --admin "127.0.0.1:$(free_port)" \
     --jwt-secret-file "$WORK/jwt" >"$OUT/r${round}_${phase}__${name}.server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 150); do
