@@ -394,7 +394,13 @@ impl Session {
 
     /// The next thing for the connection to do, in order.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        let next = self.out.pop_front();
+        if next.is_none() && self.out.capacity() > 0 {
+            // Drained: an idle connection (nearly all of them) keeps no queue. Allocating
+            // one again per wake-up costs far less than a relayed frame's parse and write.
+            self.out = VecDeque::new();
+        }
+        next
     }
 
     /// When [`on_timeout`](Self::on_timeout) is next due.
