@@ -8,7 +8,6 @@
 //! redis-server`).
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,70 +18,12 @@ use iceway_client::media::Clip;
 use iceway_client::viewer::{self, ViewerOptions};
 use iceway_service::Shutdown;
 use iceway_signal::{Config as SignalServerConfig, SignalServer};
-use iceway_testkit::{Proc, free_port, wait_until};
+use iceway_testkit::{RedisServer, wait_until};
 use iceway_turn::config::{Config as TurnServerConfig, TurnConfig};
 use iceway_turn::server::TurnServer;
 use tokio_util::sync::CancellationToken;
 
 const JWT: &[u8] = b"call-through-faults-jwt-secret-0123456789";
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Redis {
-    port: u16,
-    proc: Option<Proc>,
-}
-
-impl Redis {
-    async fn start() -> Self {
-        iceway_testkit::require(
-            "redis-server",
-            "apt-get install -y --no-install-recommends redis-server",
-        );
-        let mut r = Self {
-            port: free_port(),
-            proc: None,
-        };
-        r.spawn().await;
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    async fn spawn(&mut self) {
-        self.proc = Some(Proc::spawn(
-            Command::new("redis-server")
-                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-                .stdout(Stdio::null()),
-            "redis-server",
-        ));
-        let addr = redis_addr(&self.url());
-        wait_until("redis-server answers", WAIT, || async move {
-            std::net::TcpStream::connect(addr).is_ok()
-        })
-        .await;
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.proc.as_ref().expect("running").pid();
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-}
-
-/// The address to probe for Redis being up.
-fn redis_addr(url: &str) -> SocketAddr {
-    url.trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("addr")
-}
 
 fn token(role: Role, sub: &str, cams: &[&str]) -> String {
     let cams = cams.iter().map(|c| (*c).to_owned()).collect();
@@ -123,7 +64,11 @@ async fn turn(dir: &tempfile::TempDir) -> (SocketAddr, Shutdown) {
 }
 
 /// A signal replica in this process, routing through `redis` with short TTLs.
-async fn replica(dir: &tempfile::TempDir, redis: &Redis, turn: SocketAddr) -> (String, Shutdown) {
+async fn replica(
+    dir: &tempfile::TempDir,
+    redis: &RedisServer,
+    turn: SocketAddr,
+) -> (String, Shutdown) {
     let jwt = dir.path().join("jwt");
     std::fs::write(&jwt, JWT).expect("write jwt");
     let mut cfg = SignalServerConfig::default();
@@ -154,7 +99,7 @@ async fn frames_during(progress: &AtomicU64, fault: impl Future<Output = ()>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_keeps_flowing_while_redis_pauses_and_restarts_empty() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut redis = Redis::start().await;
+    let mut redis = RedisServer::start().await;
     let (turn_addr, _turn) = turn(&dir).await;
     let (url_a, _a) = replica(&dir, &redis, turn_addr).await;
     let (url_b, _b) = replica(&dir, &redis, turn_addr).await;
@@ -202,9 +147,9 @@ async fn media_keeps_flowing_while_redis_pauses_and_restarts_empty() {
     println!("call up after {:?}", started.elapsed());
 
     let paused = frames_during(&progress, async {
-        redis.signal("-STOP");
+        redis.pause();
         tokio::time::sleep(Duration::from_secs(8)).await;
-        redis.signal("-CONT");
+        redis.resume();
     })
     .await;
     // 30 fps for 8 s is 240; half of it is far above what a torn-down call would show.
@@ -215,8 +160,7 @@ async fn media_keeps_flowing_while_redis_pauses_and_restarts_empty() {
     );
 
     let restarted = frames_during(&progress, async {
-        drop(redis.proc.take());
-        redis.spawn().await;
+        redis.restart_empty().await;
         // Time for the replicas to reconnect and restore presence.
         tokio::time::sleep(Duration::from_secs(6)).await;
     })

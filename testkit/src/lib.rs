@@ -5,7 +5,8 @@
 //! - [`process`]: child processes killed (by their own pid) when the guard drops, with their
 //!   stderr lines kept for log-reading helpers;
 //! - [`ready`]: bounded waits until a server listens (TCP, STUN, a first line, any condition);
-//! - [`coturn`]: coturn's `turnserver` and its `turnutils_peer` echo peer.
+//! - [`coturn`]: coturn's `turnserver` and its `turnutils_peer` echo peer;
+//! - [`redis`]: a `redis-server` that can be paused, resumed and restarted empty.
 //!
 //! Binaries cargo builds (`env!("CARGO_BIN_EXE_…")`) exist only for their own crate's tests, so
 //! every launcher here takes a program path or a prepared [`std::process::Command`].
@@ -14,9 +15,11 @@ pub mod coturn;
 pub mod port;
 pub mod process;
 pub mod ready;
+pub mod redis;
 pub mod require;
 
 pub use port::{free_port, free_udp_port_pair};
 pub use process::{Proc, Server};
 pub use ready::{read_first_line, wait_for_stun, wait_for_tcp, wait_until};
+pub use redis::RedisServer;
 pub use require::{require, which};

@@ -13,73 +13,7 @@ use serde_json::json;
 
 use super::{Client, WAIT, camera_token, viewer_token};
 
-pub struct Redis {
-    pub url: String,
-    port: u16,
-    proc: Option<Proc>,
-}
-
-impl Redis {
-    pub async fn start() -> Self {
-        iceway_testkit::require(
-            "redis-server",
-            "apt-get install -y --no-install-recommends redis-server",
-        );
-        let port = free_port();
-        let mut redis = Self {
-            url: format!("redis://127.0.0.1:{port}/"),
-            port,
-            proc: None,
-        };
-        redis.spawn().await;
-        redis
-    }
-
-    async fn spawn(&mut self) {
-        self.proc = Some(Proc::spawn(
-            Command::new("redis-server")
-                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-                .stdout(Stdio::null()),
-            "redis-server",
-        ));
-        let client = redis::Client::open(self.url.as_str()).unwrap();
-        wait_until("redis-server answers PING", WAIT, || async {
-            match client.get_multiplexed_async_connection().await {
-                Ok(mut c) => redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            }
-        })
-        .await;
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.proc.as_ref().expect("redis running").pid();
-        let status = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {sig} {pid}");
-    }
-
-    /// SIGSTOP: connections stay open and nothing answers, as with a hung or overloaded Redis.
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    /// SIGKILL, then a new empty Redis on the same port.
-    pub async fn restart_empty(&mut self) {
-        drop(self.proc.take());
-        self.spawn().await;
-    }
-}
+pub use iceway_testkit::RedisServer as Redis;
 
 pub struct Replica {
     pub ws_url: String,
@@ -100,7 +34,7 @@ impl Replica {
         cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .args(["--jwt-secret-file", secret.path().to_str().unwrap()])
-            .args(["--redis-url", &redis.url])
+            .args(["--redis-url", &redis.url()])
             .args(["--turn-url", "stun:stun.test:3478"])
             .env("ICEWAY_SIGNAL__PRESENCE_TTL", "3s")
             .env("ICEWAY_SIGNAL__REPLICA_TTL", "2s")
