@@ -139,6 +139,10 @@ pub struct SignalConfig {
     /// plus the JWT leeway.
     #[serde(with = "iceway_service::duration")]
     pub token_refresh_lead: Duration,
+    /// How long a session whose socket dropped (no close frame) waits for its client to
+    /// reconnect and resume it; its peers are not told meanwhile. 0 turns resume off.
+    #[serde(with = "iceway_service::duration")]
+    pub resume_grace: Duration,
 }
 
 impl Default for SignalConfig {
@@ -173,6 +177,7 @@ impl Default for SignalConfig {
             cors_origins: Vec::new(),
             write_timeout: Duration::from_secs(10),
             token_refresh_lead: Duration::from_secs(60),
+            resume_grace: Duration::from_secs(30),
         }
     }
 }

@@ -11,55 +11,172 @@ use futures_util::SinkExt;
 use iceway_auth::{AppClaims, IceServer};
 
 use crate::limits::UserSlot;
-use crate::protocol::{self, ClientFrame, Parsed, close};
+use crate::protocol::{self, ClientFrame, Parsed, Resume, close};
 use crate::router::{Mailbox, Router, SessionId};
 use crate::server::Shared;
 use crate::session::{Command, End, Incoming, Output, Routed, Session, Token};
+
+/// What an upgrade brings besides the socket: a bearer token and a resume request, from the
+/// request's headers (native clients); browsers send both in their `auth` frame.
+#[derive(Debug, Default)]
+pub(crate) struct Hello {
+    pub bearer: Option<String>,
+    pub resume: Option<Resume>,
+}
 
 /// The task of one upgraded socket. Not an `async fn`: an async fn keeps its arguments in the
 /// task for its whole life, and the socket would then be held twice (argument and working
 /// copy); boxing it first keeps an idle connection's task small.
 pub(crate) fn serve(
     socket: WebSocket,
-    bearer: Option<String>,
+    hello: Hello,
     shared: Arc<Shared>,
 ) -> impl Future<Output = ()> + Send {
-    serve_boxed(Box::new(socket), bearer, shared)
+    serve_boxed(Box::new(socket), hello, shared)
 }
 
-async fn serve_boxed(mut socket: Box<WebSocket>, bearer: Option<String>, shared: Arc<Shared>) {
-    let (mut session, mailbox, _slot) = match Box::pin(admit(&mut socket, bearer, &shared)).await {
+/// A session whose socket dropped, waiting for its client to resume it.
+pub(crate) struct Detached {
+    session: Box<Session>,
+    mailbox: Arc<Mailbox>,
+    slot: UserSlot,
+    /// Tells this detachment's expiry from a later one's, should the session be resumed
+    /// and dropped again.
+    generation: u64,
+}
+
+async fn serve_boxed(mut socket: Box<WebSocket>, hello: Hello, shared: Arc<Shared>) {
+    let admitted = match Box::pin(admit(&mut socket, hello, &shared)).await {
         Ok(admitted) => admitted,
         Err(end) => {
             Box::pin(finish(&mut socket, end, &shared)).await;
             return;
         }
     };
+    let Admitted {
+        mut session,
+        mailbox,
+        slot,
+        resumed,
+    } = admitted;
     let role = session.role();
-    shared.metrics.connection("accepted");
+    shared
+        .metrics
+        .connection(if resumed { "resumed" } else { "accepted" });
     shared.metrics.connections.inc();
-    if role == iceway_auth::Role::Viewer {
+    if role == iceway_auth::Role::Viewer && !resumed {
         shared.metrics.viewers.inc();
     }
     let end = run(&mut socket, &mut session, &mailbox, &shared).await;
-    session.leave();
-    Box::pin(route_all(&mut session, &shared)).await;
-    shared.router.unregister(session.id()).await;
     shared.metrics.connections.dec();
-    if role == iceway_auth::Role::Viewer {
-        shared.metrics.viewers.dec();
+    let grace = shared.config.resume_grace;
+    if end == End::Gone && !grace.is_zero() && !shared.close_all.is_cancelled() {
+        // The socket dropped without a word (a phone changing networks): the session waits
+        // for its client, its peers are not told, and what is sent to it queues.
+        detach(session, mailbox, slot, &shared);
+        return;
     }
+    end_session(session, &shared).await;
+    drop(slot);
     Box::pin(finish(&mut socket, end, &shared)).await;
 }
 
-/// Authenticates, takes a per-user slot and registers the session with the router.
+struct Admitted {
+    session: Box<Session>,
+    mailbox: Arc<Mailbox>,
+    slot: UserSlot,
+    resumed: bool,
+}
+
+/// The session leaves: peers are told, the router forgets it.
+async fn end_session(mut session: Box<Session>, shared: &Arc<Shared>) {
+    let role = session.role();
+    session.leave();
+    Box::pin(route_all(&mut session, shared)).await;
+    shared.router.unregister(session.id()).await;
+    if role == iceway_auth::Role::Viewer {
+        shared.metrics.viewers.dec();
+    }
+}
+
+fn detach(session: Box<Session>, mailbox: Arc<Mailbox>, slot: UserSlot, shared: &Arc<Shared>) {
+    let id = session.id().clone();
+    let generation = shared.next_generation();
+    shared.detached.lock().insert(
+        id.clone(),
+        Detached {
+            session,
+            mailbox,
+            slot,
+            generation,
+        },
+    );
+    let shared = shared.clone();
+    let grace = shared.config.resume_grace;
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {}
+            // Draining: nobody will resume here; end it now so peers hear before we exit.
+            () = shared.close_all.cancelled() => {}
+        }
+        let expired = {
+            let mut detached = shared.detached.lock();
+            match detached.get(&id) {
+                Some(d) if d.generation == generation => detached.remove(&id),
+                _ => None,
+            }
+        };
+        if let Some(d) = expired {
+            expire(d, &shared).await;
+        }
+    });
+}
+
+/// The grace ran out: frames that waited for the session are answered `peer-gone` to their
+/// senders, and the session leaves.
+async fn expire(d: Detached, shared: &Arc<Shared>) {
+    let id = d.session.id().clone();
+    shared.router.unregister(&id).await;
+    while let Some(delivery) = d.mailbox.pop() {
+        if let crate::router::Delivery::Relay { from, .. } = &*delivery {
+            let gone = crate::router::Delivery::PeerGone { peer: id.clone() };
+            let _ = shared.router.send(from, gone).await;
+        }
+    }
+    shared.metrics.connection("resume_expired");
+    end_session(d.session, shared).await;
+    drop(d.slot);
+}
+
+/// Authenticates, then resumes the session asked for or starts a new one: takes a per-user
+/// slot and registers it with the router.
 async fn admit(
     socket: &mut WebSocket,
-    bearer: Option<String>,
+    hello: Hello,
     shared: &Arc<Shared>,
-) -> Result<(Box<Session>, Arc<Mailbox>, UserSlot), End> {
-    let claims = authenticate(socket, bearer, shared).await?;
-    let user: Arc<str> = Arc::from(claims.sub.as_str());
+) -> Result<Admitted, End> {
+    let (claims, resume) = authenticate(socket, hello, shared).await?;
+    let token = token_of(claims, shared);
+    let now = Instant::now();
+    if let Some(resume) = resume
+        && let Some(d) = take_detached(shared, &resume, &token)
+    {
+        let Detached {
+            mut session,
+            mailbox,
+            slot,
+            ..
+        } = d;
+        let secret = Some(shared.resume_secret(session.id()));
+        session.resumed(token, secret, now);
+        return Ok(Admitted {
+            session,
+            mailbox,
+            slot,
+            resumed: true,
+        });
+    }
+    let user: Arc<str> = Arc::from(token.sub.as_str());
     let Some(slot) = shared.users.acquire(&user) else {
         shared.metrics.connection("user_limit");
         return Err(End::Close(
@@ -74,42 +191,61 @@ async fn admit(
         shared.metrics.connection("backplane_error");
         return Err(End::Close(1011, "backplane unavailable"));
     }
-    let session = Session::new(
-        id,
-        token_of(claims, shared),
-        shared.rules.clone(),
-        Instant::now(),
-    );
-    Ok((Box::new(session), mailbox, slot))
+    let secret = (!shared.config.resume_grace.is_zero()).then(|| shared.resume_secret(&id));
+    let session = Session::new(id, token, secret, shared.rules.clone(), now);
+    Ok(Admitted {
+        session: Box::new(session),
+        mailbox,
+        slot,
+        resumed: false,
+    })
+}
+
+/// The detached session `resume` names, if its secret matches and `token` is for the same
+/// user and role; a mismatch leaves it where it was (and the client gets a new session).
+fn take_detached(shared: &Shared, resume: &Resume, token: &Token) -> Option<Detached> {
+    if !shared.resume_ok(&resume.session, &resume.token) {
+        return None;
+    }
+    let mut detached = shared.detached.lock();
+    if !detached
+        .get(resume.session.as_str())?
+        .session
+        .may_resume(token)
+    {
+        return None;
+    }
+    detached.remove(resume.session.as_str())
 }
 
 /// Verifies the `Authorization` token, or waits for an `auth` frame.
 async fn authenticate(
     socket: &mut WebSocket,
-    bearer: Option<String>,
+    hello: Hello,
     shared: &Shared,
-) -> Result<AppClaims, End> {
-    let token = match bearer {
-        Some(token) => token,
+) -> Result<(AppClaims, Option<Resume>), End> {
+    let (token, resume) = match hello.bearer {
+        Some(token) => (token, hello.resume),
         None => match tokio::time::timeout(shared.config.auth_timeout, socket.recv()).await {
             Err(_) => return Err(refuse(shared, "timeout", "no auth frame in time")),
             Ok(None | Some(Err(_))) => return Err(End::Gone),
             Ok(Some(Ok(Message::Text(text)))) => match protocol::parse(&text) {
                 Ok(Parsed {
-                    frame: ClientFrame::Auth { token },
+                    frame: ClientFrame::Auth { token, resume },
                     ..
-                }) => token,
+                }) => (token, resume),
                 _ => return Err(refuse(shared, "missing", "first frame must be auth")),
             },
-            Ok(Some(Ok(Message::Close(_)))) => return Err(End::Gone),
+            Ok(Some(Ok(Message::Close(_)))) => return Err(End::Left),
             Ok(Some(Ok(_))) => return Err(refuse(shared, "missing", "first frame must be auth")),
         },
     };
-    shared.creds.verifier.verify(&token).map_err(|e| {
+    let claims = shared.creds.verifier.verify(&token).map_err(|e| {
         shared.metrics.auth_failure(e.reason());
         shared.metrics.connection("unauthorized");
         End::Close(close::UNAUTHORIZED, "invalid token")
-    })
+    })?;
+    Ok((claims, resume))
 }
 
 fn refuse(shared: &Shared, reason: &'static str, why: &'static str) -> End {
@@ -263,7 +399,7 @@ async fn run(
                     Message::Binary(_) => Incoming::Binary,
                     Message::Ping(_) => Incoming::Ping,
                     Message::Pong(_) => Incoming::Pong,
-                    Message::Close(_) => return End::Gone,
+                    Message::Close(_) => return End::Left,
                 };
                 session.on_message(incoming, Instant::now());
             }
@@ -402,6 +538,11 @@ fn read_error(e: axum::Error) -> End {
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => End::Close(close::TOO_LARGE, "frame too large"),
         Some(tungstenite::Error::Utf8(_)) => End::Close(1007, "invalid UTF-8"),
+        // A socket that just ends (a phone leaving the Wi-Fi) is not a protocol error: its
+        // session may be resumed.
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => End::Gone,
         Some(tungstenite::Error::Protocol(_)) => End::Close(1002, "protocol error"),
         _ => End::Gone,
     }

@@ -36,6 +36,9 @@ pub enum ClientFrame {
     /// socket: a fresh token (after `token-expiring`) for the same `sub` and `role`.
     Auth {
         token: String,
+        /// At connect: take over this detached session instead of starting a new one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
     },
     /// A camera goes online under its own `sub`; `camera`, if given, must equal it.
     Publish {
@@ -81,6 +84,14 @@ impl ClientFrame {
             ClientFrame::Ping => "ping",
         }
     }
+}
+
+/// What a client reconnecting within the resume grace presents: the session it had and the
+/// `resume` secret its `welcome` carried.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub session: String,
+    pub token: String,
 }
 
 /// An ICE candidate as `RTCIceCandidateInit` carries it; relayed unchanged.
@@ -174,6 +185,19 @@ pub enum ServerFrame {
         ice_servers: Vec<IceServer>,
         /// Seconds between the client's `ping`s.
         heartbeat: u64,
+        /// The secret to resume this session with after a reconnect, within `resumeGrace`
+        /// seconds; absent when resume is off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
+        #[serde(
+            rename = "resumeGrace",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        resume_grace: Option<u64>,
+        /// This is the session asked for: peers kept it, and frames sent to it meanwhile follow.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
     },
     /// `session` is the camera's session, the `to` of a viewer's frames to it.
     CameraOnline {
@@ -556,7 +580,10 @@ mod tests {
         let cases = [
             (
                 json!({"type":"auth","token":"t"}),
-                ClientFrame::Auth { token: "t".into() },
+                ClientFrame::Auth {
+                    token: "t".into(),
+                    resume: None,
+                },
             ),
             (
                 json!({"type":"publish"}),
@@ -662,6 +689,9 @@ mod tests {
             role: Role::Viewer,
             ice_servers: vec![],
             heartbeat: 25,
+            resume: None,
+            resume_grace: None,
+            resumed: false,
         };
         let v: serde_json::Value = serde_json::from_str(&w.to_json()).expect("json");
         assert_eq!(

@@ -1,9 +1,10 @@
 //! The listener: `/v1/ws` upgrades, `/v1/ice-servers`, the browser pages, and the drain.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -20,10 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Credentials, SignalConfig};
+use crate::connection::{Detached, Hello};
 use crate::limits::{IpConnections, IpSlot, UserConnections, ip_key};
 use crate::metrics::Metrics;
+use crate::router::SessionId;
 use crate::router::{MemoryRouter, RedisRouter, RedisRouterConfig, Router};
 use crate::session::Rules;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 /// The WebSocket read buffer. tungstenite's default (128 KiB) per connection would dwarf
 /// everything else an idle connection holds; signaling frames are small, and a larger frame
@@ -72,6 +77,11 @@ pub(crate) struct Shared {
     pub close_all: CancellationToken,
     /// Open WebSockets, authenticated or not, against `max_connections`.
     open: AtomicUsize,
+    /// Sessions whose socket dropped, waiting for their client to resume them.
+    pub detached: parking_lot::Mutex<HashMap<SessionId, Detached>>,
+    generation: AtomicU64,
+    /// Keys the resume secrets: `HMAC(key, session id)`, so none is stored per session.
+    resume_key: [u8; 32],
 }
 
 struct OpenSlot(Arc<Shared>);
@@ -83,6 +93,32 @@ impl Drop for OpenSlot {
 }
 
 impl Shared {
+    pub fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn resume_mac(&self, session: &str) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.resume_key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(session.as_bytes());
+        mac
+    }
+
+    /// The secret a client resumes `session` with (in its `welcome`).
+    pub fn resume_secret(&self, session: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(self.resume_mac(session).finalize().into_bytes())
+    }
+
+    /// Whether `secret` is `session`'s, compared in constant time.
+    pub fn resume_ok(&self, session: &str, secret: &str) -> bool {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(secret)
+            .is_ok_and(|tag| self.resume_mac(session).verify_slice(&tag).is_ok())
+    }
+
     fn try_open(self: &Arc<Self>) -> Option<OpenSlot> {
         let max = self.config.max_connections;
         self.open
@@ -177,6 +213,9 @@ impl SignalServer {
             )),
             close_all: CancellationToken::new(),
             open: AtomicUsize::new(0),
+            detached: parking_lot::Mutex::default(),
+            generation: AtomicU64::new(0),
+            resume_key: rand::random(),
             router,
             metrics,
             creds,
@@ -334,6 +373,16 @@ async fn upgrade(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(|t| t.trim().to_owned());
+    // Native clients resuming a session: `Iceway-Resume: <session> <secret>`.
+    let resume = headers
+        .get("iceway-resume")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .map(|(session, token)| crate::protocol::Resume {
+            session: session.to_owned(),
+            token: token.trim().to_owned(),
+        });
+    let hello = Hello { bearer, resume };
     let max = shared.config.max_frame_bytes;
     let shared = shared.clone();
     let tracker = app.tracker.clone();
@@ -344,7 +393,7 @@ async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let connection = crate::connection::serve(socket, bearer, shared);
+            let connection = crate::connection::serve(socket, hello, shared);
             tracker.track_future(async move {
                 let _slots: (OpenSlot, IpSlot) = (slot, ip_slot);
                 connection.await;

@@ -18,7 +18,10 @@ fn text() -> impl Strategy<Value = String> {
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        text().prop_map(|token| ClientFrame::Auth { token }),
+        text().prop_map(|token| ClientFrame::Auth {
+            token,
+            resume: None
+        }),
         proptest::option::of(id()).prop_map(|camera| ClientFrame::Publish { camera }),
         id().prop_map(|camera| ClientFrame::Watch { camera }),
         (id(), text()).prop_map(|(to, sdp)| ClientFrame::Offer { to, sdp }),

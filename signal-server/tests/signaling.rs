@@ -710,3 +710,149 @@ async fn upgrades_and_credential_requests_are_rate_limited_per_address() {
     let m = server.metrics();
     assert!(m.contains("iceway_auth_requests_total"), "{m}");
 }
+
+/// Connects with a bearer token and `Iceway-Resume: <session> <secret>`.
+async fn resume_with_header(url: &str, token: &str, session: &str, secret: &str) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req.headers_mut().insert(
+        "iceway-resume",
+        format!("{session} {secret}").parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    Client {
+        ws,
+        session: String::new(),
+    }
+}
+
+/// A camera and a viewer joined, the viewer's welcome kept.
+async fn joined_with_resume(server: &TestServer) -> (Client, Client, serde_json::Value) {
+    let mut camera = Client::connect(&server.url(), &camera_token("cam1")).await;
+    camera.send(json!({"type":"publish"})).await;
+    camera.expect("camera-online").await;
+    let ws = connect_raw(&server.url(), Some(&viewer_token("alice", &["cam1"])))
+        .await
+        .unwrap();
+    let mut viewer = Client {
+        ws,
+        session: String::new(),
+    };
+    let welcome = viewer.expect("welcome").await;
+    viewer.session = welcome["session"].as_str().unwrap().to_owned();
+    assert!(welcome["resume"].is_string(), "{welcome}");
+    assert_eq!(welcome["resumeGrace"], 5);
+    viewer.send(json!({"type":"watch","camera":"cam1"})).await;
+    viewer.expect("camera-online").await;
+    camera.expect("viewer-joined").await;
+    (camera, viewer, welcome)
+}
+
+#[tokio::test]
+async fn a_viewer_whose_socket_drops_resumes_its_session_and_gets_what_was_sent_meanwhile() {
+    let server = TestServer::start_with(|c| c.signal.resume_grace = Duration::from_secs(5)).await;
+    let (mut camera, viewer, welcome) = joined_with_resume(&server).await;
+    let (session, secret) = (viewer.session.clone(), welcome["resume"].as_str().unwrap());
+    // The phone leaves the Wi-Fi: the socket just ends, no close frame.
+    drop(viewer);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The camera goes on talking to it; nothing tells it the viewer left.
+    camera
+        .send(json!({"type":"offer","to":session,"sdp":"v=0 in the gap"}))
+        .await;
+    quiet_camera(&mut camera).await;
+
+    // Back on the mobile network: same token, the resume secret.
+    let mut viewer = resume_with_header(
+        &server.url(),
+        &viewer_token("alice", &["cam1"]),
+        &session,
+        secret,
+    )
+    .await;
+    let w = viewer.expect("welcome").await;
+    assert_eq!(w["session"], session.as_str(), "the same session");
+    assert_eq!(w["resumed"], true);
+    let offer = viewer.expect("offer").await;
+    assert_eq!(offer["sdp"], "v=0 in the gap");
+    // And the call goes on both ways, with no peer-left anywhere.
+    viewer
+        .send(json!({"type":"answer","to":camera.session,"sdp":"v=0 answer"}))
+        .await;
+    assert_eq!(camera.expect("answer").await["from"], session.as_str());
+    let m = server.metrics();
+    assert!(
+        m.contains(r#"iceway_signal_connections_total{result="resumed"} 1"#),
+        "{m}"
+    );
+
+    // A wrong secret, or another user's token, gets a new session instead.
+    drop(viewer);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut other = resume_with_header(
+        &server.url(),
+        &viewer_token("mallory", &["cam1"]),
+        &session,
+        secret,
+    )
+    .await;
+    assert_ne!(other.expect("welcome").await["session"], session.as_str());
+    let mut forged = resume_with_header(
+        &server.url(),
+        &viewer_token("alice", &["cam1"]),
+        &session,
+        "AAAA",
+    )
+    .await;
+    assert_ne!(forged.expect("welcome").await["session"], session.as_str());
+}
+
+/// The camera has nothing waiting: the next frame answers its ping.
+async fn quiet_camera(camera: &mut Client) {
+    camera.send(json!({"type":"ping"})).await;
+    let f = camera.recv().await;
+    assert_eq!(f["type"], "pong", "unexpected {f}");
+}
+
+#[tokio::test]
+async fn when_the_grace_runs_out_the_peers_hear_it_left_and_waiting_frames_are_peer_gone() {
+    let server = TestServer::start_with(|c| c.signal.resume_grace = Duration::from_secs(5)).await;
+    let (mut camera, viewer, _welcome) = joined_with_resume(&server).await;
+    let session = viewer.session.clone();
+    drop(viewer);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    camera
+        .send(json!({"type":"candidate","to":session,"candidate":"candidate:1","sdpMid":"0","sdpMLineIndex":0}))
+        .await;
+    // After the grace (5 s, within the wait of 15 s): the frame is answered, then the leave.
+    let e = camera.expect_error("peer-gone").await;
+    assert_eq!(e["peer"], session.as_str());
+    assert_eq!(camera.expect("peer-left").await["peer"], session.as_str());
+}
+
+#[tokio::test]
+async fn a_browser_resumes_through_its_auth_frame() {
+    let server = TestServer::start_with(|c| c.signal.resume_grace = Duration::from_secs(5)).await;
+    let (mut camera, viewer, welcome) = joined_with_resume(&server).await;
+    let session = viewer.session.clone();
+    drop(viewer);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ws = connect_raw(&server.url(), None).await.unwrap();
+    ws.send(Message::text(
+        json!({"type":"auth","token":viewer_token("alice", &["cam1"]),
+               "resume":{"session":session,"token":welcome["resume"]}})
+        .to_string(),
+    ))
+    .await
+    .unwrap();
+    let mut viewer = Client {
+        ws,
+        session: String::new(),
+    };
+    let w = viewer.expect("welcome").await;
+    assert_eq!(w["session"], session.as_str());
+    assert_eq!(w["resumed"], true);
+    quiet_camera(&mut camera).await;
+}

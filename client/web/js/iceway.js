@@ -168,8 +168,11 @@ export class Signal extends EventTarget {
     }
     this.ws = ws;
     ws.onopen = () => {
-      // Browsers cannot set headers on the upgrade: authenticate with the first frame.
-      ws.send(JSON.stringify({ type: 'auth', token: this.token }));
+      // Browsers cannot set headers on the upgrade: authenticate with the first frame, and ask
+      // for the session the last welcome offered to resume (see docs/signaling.md).
+      const auth = { type: 'auth', token: this.token };
+      if (this.resume) auth.resume = this.resume;
+      ws.send(JSON.stringify(auth));
     };
     ws.onmessage = (ev) => {
       let frame;
@@ -180,6 +183,7 @@ export class Signal extends EventTarget {
       }
       if (frame.type === 'welcome') {
         this.welcome = frame;
+        this.resume = frame.resume ? { session: frame.session, token: frame.resume } : null;
         this.attempt = 0;
         this.startHeartbeat(frame.heartbeat);
         this.setState('open');

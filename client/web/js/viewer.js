@@ -103,6 +103,11 @@ async function onFrame(f) {
       break;
     case 'welcome':
       ice.set(f.iceServers);
+      // The same session, taken back after a dropped socket: the calls go on as they were.
+      if (f.resumed) {
+        say('Reconnected.', 'ok');
+        break;
+      }
       signal.send({ type: 'watch', camera: params.camera });
       break;
     case 'camera-offline':

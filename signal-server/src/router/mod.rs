@@ -49,6 +49,8 @@ pub enum Delivery {
     WatchRefused { camera: String, message: String },
     /// To a camera session: the same camera published from a newer connection.
     Replaced { camera: String },
+    /// To the sender of frames that were waiting for a detached session whose grace ran out.
+    PeerGone { peer: SessionId },
     /// To a viewer session: the camera's presence as now known; `None` is offline.
     CameraState {
         camera: String,
@@ -66,7 +68,8 @@ impl Delivery {
             }
             Delivery::WatchRefused { .. }
             | Delivery::Replaced { .. }
-            | Delivery::CameraState { .. } => None,
+            | Delivery::CameraState { .. }
+            | Delivery::PeerGone { .. } => None,
         }
     }
 }

@@ -73,8 +73,11 @@ const MAX_TOKEN_LIFE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Why a connection ends, and the close frame it gets (if any).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum End {
-    /// The client went away or the socket failed; nothing to send.
+    /// The socket failed or ended without a close frame (a phone changing networks): the
+    /// session may be resumed within the grace.
     Gone,
+    /// The client closed the socket: it is done with the session.
+    Left,
     Close(u16, &'static str),
 }
 
@@ -292,8 +295,15 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// A session for `token` that starts by sending `welcome`.
-    pub fn new(id: SessionId, token: Token, rules: Arc<Rules>, now: Instant) -> Self {
+    /// A session for `token` that starts by sending `welcome`, with `resume` (the secret to
+    /// resume it with) if resuming is on.
+    pub fn new(
+        id: SessionId,
+        token: Token,
+        resume: Option<String>,
+        rules: Arc<Rules>,
+        now: Instant,
+    ) -> Self {
         let c = &rules.config;
         let mut session = Self {
             rate: RateLimiter::new(c.rate_per_second, c.rate_burst, c.rate_strikes, now),
@@ -314,16 +324,38 @@ impl Session {
             ended: false,
             rules,
         };
+        session.welcome(token, resume, false, now);
+        session
+    }
+
+    fn welcome(&mut self, token: Token, resume: Option<String>, resumed: bool, now: Instant) {
         let role = token.role;
-        let ice_servers = session.take_token(token, now);
+        let ice_servers = self.take_token(token, now);
+        let grace = self.rules.config.resume_grace.as_secs();
         let welcome = ServerFrame::Welcome {
-            session: session.id.to_string(),
+            session: self.id.to_string(),
             role,
             ice_servers,
-            heartbeat: session.rules.config.heartbeat.as_secs().max(1),
+            heartbeat: self.rules.config.heartbeat.as_secs().max(1),
+            resume_grace: resume.as_ref().map(|_| grace),
+            resume,
+            resumed,
         };
-        session.send(&welcome);
-        session
+        self.send(&welcome);
+    }
+
+    /// Whether a reconnect with `token` may take this session over: same `sub` and `role`.
+    pub fn may_resume(&self, token: &Token) -> bool {
+        token.sub == *self.user && token.role == self.role
+    }
+
+    /// The session's client is back on a new socket (within the resume grace): it is welcomed
+    /// as `resumed`, with a fresh `resume` secret, and what was delivered meanwhile follows.
+    pub fn resumed(&mut self, token: Token, resume: Option<String>, now: Instant) {
+        self.last_heard = now;
+        self.last_ping = None;
+        self.out.clear();
+        self.welcome(token, resume, true, now);
     }
 
     /// Makes `token` the session's: its cameras and its expiry. Returns its ICE servers.
@@ -616,6 +648,9 @@ impl Session {
                     "replaced by a newer connection",
                 ));
             }
+            Delivery::PeerGone { peer } => {
+                self.send(&ServerFrame::peer_gone(peer, None));
+            }
             Delivery::CameraState { camera, session } => {
                 let Some(watch) = self.watches.iter_mut().find(|w| w.camera == *camera) else {
                     return;
@@ -752,7 +787,7 @@ impl Session {
 
     fn on_frame(&mut self, kind: &'static str, frame: ClientFrame, reference: Option<Ref>) {
         let refusal = match frame {
-            ClientFrame::Auth { token } => {
+            ClientFrame::Auth { token, .. } => {
                 // Answered once verified.
                 self.out.push_back(Output::Verify { token, reference });
                 return;

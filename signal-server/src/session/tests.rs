@@ -39,7 +39,7 @@ fn token(sub: &str, role: Role, cams: &[&str], expires_in: Duration) -> Token {
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn session(id: &str, user: &str, role: Role, cams: &[&str], t0: Instant) -> Session {
-    let mut s = Session::new(sid(id), token(user, role, cams, HOUR), rules(), t0);
+    let mut s = Session::new(sid(id), token(user, role, cams, HOUR), None, rules(), t0);
     drain(&mut s);
     s
 }
@@ -140,6 +140,7 @@ fn welcome_comes_first_with_the_session_and_heartbeat() {
     let mut s = Session::new(
         sid("S1"),
         token("cam1", Role::Camera, &[], HOUR),
+        None,
         rules(),
         t0,
     );
@@ -501,6 +502,7 @@ fn before_exp_the_client_is_asked_for_a_token_and_without_one_it_is_closed_4001(
     let mut c = Session::new(
         sid("C"),
         token("cam1", Role::Camera, &[], Duration::from_secs(120)),
+        None,
         rules(),
         t0,
     );
@@ -535,6 +537,7 @@ fn a_short_lived_token_is_asked_for_at_half_its_life() {
     let mut c = Session::new(
         sid("C"),
         token("cam1", Role::Camera, &[], Duration::from_secs(20)),
+        None,
         rules(),
         t0,
     );

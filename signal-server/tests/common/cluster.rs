@@ -40,6 +40,8 @@ impl Replica {
             .env("ICEWAY_SIGNAL__REPLICA_TTL", "2s")
             .env("ICEWAY_SIGNAL__BACKPLANE_TIMEOUT", "2s")
             .env("ICEWAY_SIGNAL__HEARTBEAT", "2s")
+            // A killed client's session ends at once: these tests are about the backplane.
+            .env("ICEWAY_SIGNAL__RESUME_GRACE", "0s")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null());
         for (k, v) in env {
