@@ -160,11 +160,15 @@ fn parse_presence(value: &str) -> Option<(SessionId, u64)> {
 #[serde(tag = "e", rename_all = "snake_case")]
 enum Envelope {
     /// Frame `id` of replica `from` for session `to`, owned by the receiving replica.
+    /// `until` (Unix µs) is when the sender gives up on it: a copy that reaches the owner later
+    /// (held in a cut network, say) is dropped, since its sender has answered it already.
     Deliver {
         id: u64,
         from: String,
         to: SessionId,
         d: Delivery,
+        #[serde(default)]
+        until: u64,
     },
     /// Which of these sessions are gone? Answered with `Answer::Gone`.
     Probe {
@@ -527,15 +531,17 @@ impl Inner {
     async fn ask(
         &self,
         replica: &str,
-        make: impl FnOnce(u64, String) -> Envelope,
+        make: impl FnOnce(u64, String, u64) -> Envelope,
     ) -> Result<Answer, SendError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let payload = serde_json::to_string(&make(id, self.replica.clone()))
+        let deadline = u64::try_from(self.cfg.call_timeout.as_micros()).unwrap_or(u64::MAX);
+        let until_us = now_us().saturating_add(deadline);
+        let payload = serde_json::to_string(&make(id, self.replica.clone(), until_us))
             .map_err(|e| SendError::Backplane(self.error("encode", e).0))?;
         let (tx, mut answered) = oneshot::channel();
         self.pending.lock().insert(id, tx);
         let result = self
-            .ask_until_answered(replica, &payload, &mut answered)
+            .ask_until_answered(replica, &payload, until_us, &mut answered)
             .await;
         self.pending.lock().remove(&id);
         result
@@ -545,11 +551,10 @@ impl Inner {
         &self,
         replica: &str,
         payload: &str,
+        until_us: u64,
         answered: &mut oneshot::Receiver<Answer>,
     ) -> Result<Answer, SendError> {
         let channel = self.replica_channel(replica);
-        let deadline = u64::try_from(self.cfg.call_timeout.as_micros()).unwrap_or(u64::MAX);
-        let until_us = now_us().saturating_add(deadline);
         loop {
             let published = self.publish_until(&channel, payload, until_us).await;
             let expired = match published {
@@ -779,7 +784,18 @@ impl Inner {
     /// This replica owns the sessions an envelope names: it alone says whether they are here.
     fn on_envelope(self: &Arc<Self>, envelope: Envelope) {
         match envelope {
-            Envelope::Deliver { id, from, to, d } => {
+            Envelope::Deliver {
+                id,
+                from,
+                to,
+                d,
+                until,
+            } => {
+                if until > 0 && now_us() > until {
+                    self.cfg.backplane_errors.inc();
+                    tracing::debug!(%to, "a frame arrived after its deadline; dropped");
+                    return;
+                }
                 let key = (from, id);
                 let seen = self.seen.lock().get(&key);
                 let answer = match seen {
@@ -971,11 +987,12 @@ impl Router for RedisRouter {
             };
             let to = to.clone();
             let answer = inner
-                .ask(owner, |id, from| Envelope::Deliver {
+                .ask(owner, |id, from, until| Envelope::Deliver {
                     id,
                     from,
                     to,
                     d: delivery,
+                    until,
                 })
                 .await?;
             match answer {
@@ -1123,7 +1140,7 @@ impl Router for RedisRouter {
             for (owner, indices) in remote {
                 let to: Vec<SessionId> = indices.iter().map(|&i| sessions[i].clone()).collect();
                 match inner
-                    .ask(owner, |id, from| Envelope::Probe { id, from, to })
+                    .ask(owner, |id, from, _| Envelope::Probe { id, from, to })
                     .await
                 {
                     Ok(Answer::Missing { sessions: gone }) => {

@@ -29,12 +29,21 @@ impl Replica {
         secret: &tempfile::NamedTempFile,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_with_url(&redis.url(), secret, env).await
+    }
+
+    /// As [`start`](Self::start), reaching Redis at `redis_url` (through a proxy, say).
+    pub async fn start_with_url(
+        redis_url: &str,
+        secret: &tempfile::NamedTempFile,
+        env: &[(&str, &str)],
+    ) -> Self {
         let (port, admin) = (free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_iceway-signal"));
         cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .args(["--jwt-secret-file", secret.path().to_str().unwrap()])
-            .args(["--redis-url", &redis.url()])
+            .args(["--redis-url", redis_url])
             .args(["--turn-url", "stun:stun.test:3478"])
             .env("ICEWAY_SIGNAL__PRESENCE_TTL", "3s")
             .env("ICEWAY_SIGNAL__REPLICA_TTL", "2s")
