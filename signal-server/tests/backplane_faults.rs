@@ -62,7 +62,8 @@ async fn read_until_settled(c: &mut Client, peer_tag: &str, peer_marker: &str) -
             "error" => {
                 assert_eq!(f["code"], "internal", "{f}");
                 let n = f["ref"].as_i64();
-                seen.refused.insert(n.unwrap_or_else(|| panic!("refused: {f}")));
+                seen.refused
+                    .insert(n.unwrap_or_else(|| panic!("refused: {f}")));
             }
             t if BENIGN.contains(&t) => {}
             _ => panic!("unexpected {f}"),
