@@ -34,14 +34,7 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 head -c 48 /dev/urandom | base64 >"$WORK/jwt"
-# The same benchmark-only limits as run.sh.
-export ICEWAY_SIGNAL__RATE_PER_SECOND=$((RATE / PAIRS * 4 + 100))
-export ICEWAY_SIGNAL__RATE_BURST=$((RATE / PAIRS * 8 + 200))
-export ICEWAY_SIGNAL__MAX_CONNECTIONS=19900
-export ICEWAY_SIGNAL__MAX_CONNECTIONS_PER_IP=0
-export ICEWAY_SIGNAL__UPGRADES_PER_MINUTE=6000000
-export ICEWAY_SIGNAL__UPGRADE_BURST=40000
-ulimit -n 20000 2>/dev/null || true
+. "$HERE/server-env.sh"
 
 # An older binary refuses configuration keys it does not know: BASELINE_UNSET lists the
 # variables above to leave out of its environment (default: the per-address limits, which

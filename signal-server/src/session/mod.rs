@@ -815,22 +815,13 @@ impl Session {
             }
             ClientFrame::Watch { camera } => return self.watch(camera, reference),
             ClientFrame::Offer { to, sdp } => {
-                let body = RelayBody::Offer { sdp };
-                return self.relay(kind, &to, reference, |from| {
-                    ServerFrame::relayed(from, body).to_json()
-                });
+                return self.relay_body(kind, to, RelayBody::Offer { sdp }, reference);
             }
             ClientFrame::Answer { to, sdp } => {
-                let body = RelayBody::Answer { sdp };
-                return self.relay(kind, &to, reference, |from| {
-                    ServerFrame::relayed(from, body).to_json()
-                });
+                return self.relay_body(kind, to, RelayBody::Answer { sdp }, reference);
             }
             ClientFrame::Candidate { to, candidate } => {
-                let body = RelayBody::Candidate { candidate };
-                return self.relay(kind, &to, reference, |from| {
-                    ServerFrame::relayed(from, body).to_json()
-                });
+                return self.relay_body(kind, to, RelayBody::Candidate { candidate }, reference);
             }
             ClientFrame::Leave { camera } => match (self.role, camera) {
                 (Role::Camera, _) => {
@@ -912,6 +903,19 @@ impl Session {
             then: Then::Join {
                 camera: camera.to_owned(),
             },
+        });
+    }
+
+    /// [`relay`](Self::relay) of a frame parsed the slow way.
+    fn relay_body(
+        &mut self,
+        kind: &'static str,
+        to: String,
+        body: RelayBody,
+        reference: Option<Ref>,
+    ) {
+        self.relay(kind, &to, reference, |from| {
+            ServerFrame::relayed(from, body).to_json()
         });
     }
 
