@@ -12,6 +12,7 @@ use iceway_auth::{AppClaims, IceServer};
 
 use crate::limits::UserSlot;
 use crate::protocol::{self, ClientFrame, Parsed, Resume, close};
+use crate::resume;
 use crate::router::{Mailbox, Router, SessionId};
 use crate::server::Shared;
 use crate::session::{Command, End, Incoming, Output, Routed, Session, Token};
@@ -37,9 +38,9 @@ pub(crate) fn serve(
 
 /// A session whose socket dropped, waiting for its client to resume it.
 pub(crate) struct Detached {
-    session: Box<Session>,
-    mailbox: Arc<Mailbox>,
-    slot: UserSlot,
+    pub session: Box<Session>,
+    pub mailbox: Arc<Mailbox>,
+    pub slot: UserSlot,
     /// Tells this detachment's expiry from a later one's, should the session be resumed
     /// and dropped again.
     generation: u64,
@@ -57,18 +58,26 @@ async fn serve_boxed(mut socket: Box<WebSocket>, hello: Hello, shared: Arc<Share
         mut session,
         mailbox,
         slot,
-        resumed,
+        how,
     } = admitted;
     let role = session.role();
-    shared
-        .metrics
-        .connection(if resumed { "resumed" } else { "accepted" });
+    shared.metrics.connection(how.label());
     shared.metrics.connections.inc();
-    if role == iceway_auth::Role::Viewer && !resumed {
+    if role == iceway_auth::Role::Viewer && how != How::Resumed {
         shared.metrics.viewers.inc();
     }
     let end = run(&mut socket, &mut session, &mailbox, &shared).await;
     shared.metrics.connections.dec();
+    if end == End::Resumed {
+        // Its client is on a new socket, which is waiting for this one to let go.
+        detach(session, mailbox, slot, &shared);
+        let stale = End::Close(
+            close::RESUMED_ELSEWHERE,
+            "session resumed on another socket",
+        );
+        Box::pin(finish(&mut socket, stale, &shared)).await;
+        return;
+    }
     let grace = shared.config.resume_grace;
     if end == End::Gone && !grace.is_zero() && !shared.close_all.is_cancelled() {
         // The socket dropped without a word (a phone changing networks): the session waits
@@ -85,7 +94,27 @@ struct Admitted {
     session: Box<Session>,
     mailbox: Arc<Mailbox>,
     slot: UserSlot,
-    resumed: bool,
+    how: How,
+}
+
+/// How a socket came by its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum How {
+    New,
+    /// Resumed from this process.
+    Resumed,
+    /// Resumed from another replica, which handed it over.
+    MovedIn,
+}
+
+impl How {
+    fn label(self) -> &'static str {
+        match self {
+            How::New => "accepted",
+            How::Resumed => "resumed",
+            How::MovedIn => "moved_in",
+        }
+    }
 }
 
 /// The session leaves: peers are told, the router forgets it.
@@ -157,9 +186,9 @@ async fn admit(
 ) -> Result<Admitted, End> {
     let (claims, resume) = authenticate(socket, hello, shared).await?;
     let token = token_of(claims, shared);
-    let now = Instant::now();
-    if let Some(resume) = resume
-        && let Some(d) = take_detached(shared, &resume, &token)
+    let resume = resume.filter(|r| shared.resume_key.verify(&r.session, &r.token));
+    if let Some(resume) = &resume
+        && let Some(d) = Box::pin(resume::take_local(shared, resume, &token)).await
     {
         let Detached {
             mut session,
@@ -167,13 +196,13 @@ async fn admit(
             slot,
             ..
         } = d;
-        let secret = Some(shared.resume_secret(session.id()));
-        session.resumed(token, secret, now);
+        let secret = Some(shared.resume_key.secret(session.id()));
+        session.resumed(token, secret, Instant::now());
         return Ok(Admitted {
             session,
             mailbox,
             slot,
-            resumed: true,
+            how: How::Resumed,
         });
     }
     let user: Arc<str> = Arc::from(token.sub.as_str());
@@ -184,38 +213,45 @@ async fn admit(
             "too many connections for this user",
         ));
     };
+    let who = resume::who(&token);
+    if let Some(resume) = &resume {
+        let mailbox = Mailbox::new();
+        mailbox.set_owner(who.tag());
+        let id = crate::router::SessionId::from(resume.session.as_str());
+        let state = Box::pin(
+            shared
+                .router
+                .claim(&id, &resume.token, &who, mailbox.clone()),
+        )
+        .await;
+        if let Some(state) = state {
+            let secret = Some(shared.resume_key.secret(&id));
+            let session =
+                Session::restore(state, token, secret, shared.rules.clone(), Instant::now());
+            return Ok(Admitted {
+                session: Box::new(session),
+                mailbox,
+                slot,
+                how: How::MovedIn,
+            });
+        }
+    }
     let id = shared.router.new_session_id();
     let mailbox = Mailbox::new();
+    mailbox.set_owner(who.tag());
     if let Err(e) = shared.router.register(&id, mailbox.clone()).await {
         tracing::warn!(error = %e, "cannot register session");
         shared.metrics.connection("backplane_error");
         return Err(End::Close(1011, "backplane unavailable"));
     }
-    let secret = (!shared.config.resume_grace.is_zero()).then(|| shared.resume_secret(&id));
-    let session = Session::new(id, token, secret, shared.rules.clone(), now);
+    let secret = (!shared.config.resume_grace.is_zero()).then(|| shared.resume_key.secret(&id));
+    let session = Session::new(id, token, secret, shared.rules.clone(), Instant::now());
     Ok(Admitted {
         session: Box::new(session),
         mailbox,
         slot,
-        resumed: false,
+        how: How::New,
     })
-}
-
-/// The detached session `resume` names, if its secret matches and `token` is for the same
-/// user and role; a mismatch leaves it where it was (and the client gets a new session).
-fn take_detached(shared: &Shared, resume: &Resume, token: &Token) -> Option<Detached> {
-    if !shared.resume_ok(&resume.session, &resume.token) {
-        return None;
-    }
-    let mut detached = shared.detached.lock();
-    if !detached
-        .get(resume.session.as_str())?
-        .session
-        .may_resume(token)
-    {
-        return None;
-    }
-    detached.remove(resume.session.as_str())
 }
 
 /// Verifies the `Authorization` token, or waits for an `auth` frame.
@@ -386,7 +422,11 @@ async fn run(
         };
         match event {
             Event::Drain => return End::Close(close::GOING_AWAY, "server is draining"),
-            Event::Delivery => {}
+            Event::Delivery => {
+                if mailbox.taken_over() {
+                    return End::Resumed;
+                }
+            }
             Event::Timer => session.on_timeout(Instant::now()),
             Event::Message(msg) => {
                 let msg = match msg {

@@ -6,6 +6,7 @@
 //! ```text
 //! server.rs      listener, /v1/ws upgrade, drain
 //! connection.rs  one task per socket: auth, then socket <-> session <-> router
+//! resume.rs      resume secrets; taking a session over here or from another replica
 //! session/       the session rules, no I/O: frames, deliveries, time in; outputs out
 //! protocol.rs    the frames (serde-tagged enums) and codes
 //! router/        sessions, presence, watching: in memory or over Redis
@@ -19,6 +20,7 @@ mod connection;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
+mod resume;
 pub mod router;
 mod server;
 pub mod session;

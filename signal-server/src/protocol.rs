@@ -19,6 +19,8 @@ pub mod close {
     pub const TOO_LARGE: u16 = 4009;
     /// The camera was published by a newer connection with the same token; do not reconnect.
     pub const REPLACED: u16 = 4010;
+    /// The session was resumed on another socket; this one is stale (do not reconnect on it).
+    pub const RESUMED_ELSEWHERE: u16 = 4011;
     /// The server is draining; reconnect (to another replica).
     pub const GOING_AWAY: u16 = 1001;
 }

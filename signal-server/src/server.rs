@@ -24,11 +24,10 @@ use crate::config::{Config, Credentials, SignalConfig};
 use crate::connection::{Detached, Hello};
 use crate::limits::{IpConnections, IpSlot, UserConnections, ip_key};
 use crate::metrics::Metrics;
+use crate::resume::ResumeKey;
 use crate::router::SessionId;
 use crate::router::{MemoryRouter, RedisRouter, RedisRouterConfig, Router};
 use crate::session::Rules;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 /// The WebSocket read buffer. tungstenite's default (128 KiB) per connection would dwarf
 /// everything else an idle connection holds; signaling frames are small, and a larger frame
@@ -80,8 +79,7 @@ pub(crate) struct Shared {
     /// Sessions whose socket dropped, waiting for their client to resume them.
     pub detached: parking_lot::Mutex<HashMap<SessionId, Detached>>,
     generation: AtomicU64,
-    /// Keys the resume secrets: `HMAC(key, session id)`, so none is stored per session.
-    resume_key: [u8; 32],
+    pub resume_key: ResumeKey,
 }
 
 struct OpenSlot(Arc<Shared>);
@@ -95,28 +93,6 @@ impl Drop for OpenSlot {
 impl Shared {
     pub fn next_generation(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn resume_mac(&self, session: &str) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.resume_key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-        mac.update(session.as_bytes());
-        mac
-    }
-
-    /// The secret a client resumes `session` with (in its `welcome`).
-    pub fn resume_secret(&self, session: &str) -> String {
-        use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(self.resume_mac(session).finalize().into_bytes())
-    }
-
-    /// Whether `secret` is `session`'s, compared in constant time.
-    pub fn resume_ok(&self, session: &str, secret: &str) -> bool {
-        use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(secret)
-            .is_ok_and(|tag| self.resume_mac(session).verify_slice(&tag).is_ok())
     }
 
     fn try_open(self: &Arc<Self>) -> Option<OpenSlot> {
@@ -215,12 +191,15 @@ impl SignalServer {
             open: AtomicUsize::new(0),
             detached: parking_lot::Mutex::default(),
             generation: AtomicU64::new(0),
-            resume_key: rand::random(),
+            resume_key: ResumeKey::new(router.resume_key().unwrap_or_else(rand::random)),
             router,
             metrics,
             creds,
             config,
         });
+        // Weak: the router must not keep the server alive, nor the server itself.
+        let claimer: std::sync::Weak<dyn crate::router::Claimer> = Arc::downgrade(&shared) as _;
+        shared.router.set_claimer(claimer);
         Ok(Self {
             listener,
             shared,

@@ -10,6 +10,7 @@ mod common;
 use common::cluster::{Redis, Replica, exchange, joined_across};
 use common::*;
 use serde_json::json;
+use std::time::Duration;
 
 /// Reads the viewer's frames until `camera-online`; `camera-offline` must come first.
 async fn offline_then_online(viewer: &mut Client) -> serde_json::Value {
@@ -122,4 +123,93 @@ async fn across_replicas_a_departed_peer_is_peer_left_then_peer_gone() {
         v.expect("peer-left").await;
         v.expect("camera-offline").await;
     }
+}
+
+/// A network change takes a client to the other replica (a load balancer's choice): it
+/// resumes there and keeps its session id, its peers hear nothing, and what was sent to it
+/// in the gap follows. First the camera, whose old socket is gone (detached); then the
+/// viewer, whose old socket is still open (half-open after a network change), which is
+/// closed with 4011.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_on_another_replica_keeps_its_id_its_peers_and_its_frames() {
+    let redis = Redis::start().await;
+    let secret = secret_file();
+    let grace = [("ICEWAY_SIGNAL__RESUME_GRACE", "20s")];
+    let a = Replica::start(&redis, &secret, &grace).await;
+    let b = Replica::start(&redis, &secret, &grace).await;
+    let cam_token = camera_token("cam1");
+    let (mut camera, cam_welcome) = Client::connect_welcomed(&a.ws_url, &cam_token).await;
+    camera.send(json!({"type":"publish"})).await;
+    camera.expect("camera-online").await;
+    let viewer_tok = viewer_token("alice", &["cam1"]);
+    let (mut viewer, viewer_welcome) = Client::connect_welcomed(&b.ws_url, &viewer_tok).await;
+    viewer.send(json!({"type":"watch","camera":"cam1"})).await;
+    assert_eq!(
+        viewer.expect("camera-online").await["session"],
+        camera.session
+    );
+    camera.expect("viewer-joined").await;
+    let (cam_id, viewer_id) = (camera.session.clone(), viewer.session.clone());
+
+    // The camera's socket ends without a word; the viewer sends meanwhile.
+    drop(camera);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    viewer
+        .send(json!({"type":"candidate","to":cam_id,"candidate":"candidate:gap","sdpMid":"0","sdpMLineIndex":0}))
+        .await;
+    let (mut camera, w) = Client::resume(
+        &b.ws_url,
+        &cam_token,
+        &cam_id,
+        cam_welcome["resume"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(
+        camera.session, cam_id,
+        "same session id on the other replica"
+    );
+    let gap = camera.expect("candidate").await;
+    assert_eq!(gap["candidate"], "candidate:gap");
+    assert_eq!(gap["from"], viewer_id.as_str());
+    exchange(&mut camera, &mut viewer).await;
+
+    // The viewer moves to the camera's first replica while its old socket is still open.
+    let (mut moved, w) = Client::resume(
+        &a.ws_url,
+        &viewer_tok,
+        &viewer_id,
+        viewer_welcome["resume"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(moved.session, viewer_id);
+    assert_eq!(
+        viewer.closed().await,
+        Closed::Code(4011),
+        "the stale socket"
+    );
+    exchange(&mut camera, &mut moved).await;
+
+    // Past several heartbeats, liveness checks and moved-key refreshes (replica TTL 2 s):
+    // nobody was told anyone left, and frames still flow both ways.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    exchange(&mut camera, &mut moved).await;
+    camera.ping_pong().await;
+    moved.ping_pong().await;
+
+    // A resume secret is no use to another user, nor a forged one to anybody.
+    let (stranger, w) = Client::resume(
+        &b.ws_url,
+        &viewer_token("mallory", &["cam1"]),
+        &viewer_id,
+        viewer_welcome["resume"].as_str().unwrap(),
+    )
+    .await;
+    assert_ne!(w["resumed"], true);
+    assert_ne!(stranger.session, viewer_id);
+    let (forged, w) = Client::resume(&b.ws_url, &viewer_tok, &viewer_id, "AAAA").await;
+    assert_ne!(w["resumed"], true);
+    assert_ne!(forged.session, viewer_id);
+    exchange(&mut camera, &mut moved).await;
 }

@@ -42,6 +42,10 @@ impl Hub {
         self.state.lock().sessions.remove(session);
     }
 
+    pub fn mailbox(&self, session: &str) -> Option<Arc<Mailbox>> {
+        self.state.lock().sessions.get(session).cloned()
+    }
+
     pub fn contains(&self, session: &str) -> bool {
         self.state.lock().sessions.contains_key(session)
     }

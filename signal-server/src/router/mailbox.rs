@@ -25,6 +25,12 @@ pub struct Mailbox {
     queue: Mutex<VecDeque<Arc<Delivery>>>,
     notify: Notify,
     closed: AtomicBool,
+    /// The client resumed the session on another socket: the one reading this mailbox lets
+    /// go of the session.
+    taken_over: AtomicBool,
+    /// A digest of the session's user and role ([`Who::tag`](super::Who::tag)): a resume by
+    /// anyone else does not disturb the socket.
+    owner: std::sync::atomic::AtomicU64,
 }
 
 /// Why a delivery was not queued.
@@ -70,6 +76,49 @@ impl Mailbox {
 
     pub fn pop(&self) -> Option<Arc<Delivery>> {
         self.queue.lock().pop_front()
+    }
+
+    /// Puts deliveries that waited elsewhere (on the replica the session moved from) before
+    /// anything queued here. Not limited: the other replica already admitted them.
+    pub fn prepend(&self, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let mut queue = self.queue.lock();
+        for d in deliveries.into_iter().rev() {
+            queue.push_front(Arc::new(d));
+        }
+        drop(queue);
+        self.notify.notify_one();
+    }
+
+    /// Takes every queued delivery, oldest first.
+    pub fn drain(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.queue.lock())
+            .into_iter()
+            .map(Arc::unwrap_or_clone)
+            .collect()
+    }
+
+    pub fn set_owner(&self, tag: u64) {
+        self.owner.store(tag, Ordering::Release);
+    }
+
+    /// Asks the socket reading this mailbox to let go of the session (see
+    /// [`taken_over`](Self::taken_over)), if `owner` is the session's; returns whether it did.
+    pub fn take_over(&self, owner: u64) -> bool {
+        if self.owner.load(Ordering::Acquire) != owner {
+            return false;
+        }
+        self.taken_over.store(true, Ordering::Release);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Whether a resume asked for the session; reading clears it, so the next socket (the
+    /// resuming one) is not asked too.
+    pub fn taken_over(&self) -> bool {
+        self.taken_over.swap(false, Ordering::AcqRel)
     }
 
     /// Ends the mailbox; the reader sees it once the queue is empty.

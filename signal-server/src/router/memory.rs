@@ -33,6 +33,10 @@ impl Router for MemoryRouter {
         async { Ok(()) }.boxed()
     }
 
+    fn local_mailbox(&self, session: &str) -> Option<Arc<Mailbox>> {
+        self.hub.mailbox(session)
+    }
+
     fn unregister<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()> {
         self.hub.remove_session(session);
         async {}.boxed()

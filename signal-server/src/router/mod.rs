@@ -86,6 +86,72 @@ pub enum SendError {
     Backplane(String),
 }
 
+/// A session as it moves between replicas (a client resuming on another one): what its rules
+/// need to go on with the same id, peers and presence. Plain data; [`crate::session::Session`]
+/// makes one and is made again from one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    pub id: SessionId,
+    pub user: String,
+    pub role: iceway_auth::Role,
+    /// Camera role: the camera it published.
+    #[serde(default)]
+    pub published: Option<String>,
+    /// Camera role: the viewer sessions that joined.
+    #[serde(default)]
+    pub viewers: Vec<SessionId>,
+    /// Viewer role: the cameras it watches, with the camera session it joined (if online).
+    #[serde(default)]
+    pub watches: Vec<(String, Option<SessionId>)>,
+}
+
+/// A session handed over by the replica that held it: its state and the deliveries that
+/// waited for it, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    pub state: SessionState,
+    /// The presence epoch of the published camera (the router fills it in).
+    #[serde(default)]
+    pub epoch: u64,
+    pub queued: Vec<Delivery>,
+}
+
+/// What the replica holding a session answers a request to hand it over.
+#[derive(Debug)]
+pub enum Claim {
+    Handover(Handover),
+    /// Still attached to a socket (half-open, most likely); that socket is being closed and
+    /// a request a moment later finds the session ready to move.
+    Busy,
+    /// No such session here, or the secret is not its.
+    No,
+}
+
+/// The server's side of a hand-over: the router asks it for a session another replica wants.
+pub trait Claimer: Send + Sync + 'static {
+    /// Hands over `session` if `secret` is its and `who` (the resuming token's `sub` and
+    /// role) is its identity.
+    fn claim(&self, session: &str, secret: &str, who: &Who) -> Claim;
+}
+
+/// The identity a resuming client's token gives: a session moves only to its own user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Who {
+    pub user: String,
+    pub role: iceway_auth::Role,
+}
+
+impl Who {
+    /// A digest of the identity, kept with a session's mailbox (8 bytes, not the user's name).
+    pub fn tag(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.user.hash(&mut h);
+        self.role.hash(&mut h);
+        h.finish().max(1)
+    }
+}
+
 /// A router operation that failed in the backplane.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("backplane: {0}")]
@@ -145,6 +211,31 @@ pub trait Router: Send + Sync + 'static {
     /// A frame to camera session `session` found it gone: if presence still names it (its
     /// replica died), declare the camera offline now instead of waiting for the TTL.
     fn camera_gone<'a>(&'a self, camera: &'a str, session: &'a SessionId) -> BoxFuture<'a, ()>;
+
+    /// The key resume secrets are made with. A backplane shares one between its replicas, so
+    /// any of them can check a secret another handed out; `None`: the process's own.
+    fn resume_key(&self) -> Option<[u8; 32]> {
+        None
+    }
+
+    /// Installs the server's side of hand-overs (another replica asking for a session).
+    fn set_claimer(&self, _claimer: std::sync::Weak<dyn Claimer>) {}
+
+    /// Brings `session` (held by another replica) here for a client resuming it with
+    /// `secret`: from now on it is reachable through `mailbox`, which starts with what waited
+    /// for it. `None`: no other replica holds it (the client starts a new session).
+    fn claim<'a>(
+        &'a self,
+        _session: &'a SessionId,
+        _secret: &'a str,
+        _who: &'a Who,
+        _mailbox: Arc<Mailbox>,
+    ) -> BoxFuture<'a, Option<SessionState>> {
+        Box::pin(async { None })
+    }
+
+    /// The mailbox of `session` if it is attached here, so a resume can take it over.
+    fn local_mailbox(&self, session: &str) -> Option<Arc<Mailbox>>;
 
     /// Which of `sessions` still exist anywhere. Unknown (the backplane cannot tell) counts
     /// as alive: a peer is never dropped for a blip.

@@ -17,6 +17,10 @@
 //!   replica refreshes. Changes go out on `{prefix}c:{camera}` to replicas with watchers, which
 //!   also re-read the keys of watched cameras on every heartbeat: a key that is missing while
 //!   its session's replica is alive is being restored (Redis restarted), not offline.
+//! - Moves: a client that resumes its session on another replica takes it there. The new
+//!   holder writes `{prefix}moved:{session}` (its own id, with a TTL it refreshes), and the send
+//!   script follows that key, so the session keeps its id; the old holder hands over the state
+//!   and the frames that waited, and answers `moved` to copies still on their way to it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,7 +38,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Delivery, Hub, Mailbox, Router, RouterError, SendError, SessionId, now_us};
+use super::{
+    Claim, Claimer, Delivery, Handover, Hub, Mailbox, Router, RouterError, SendError, SessionId,
+    SessionState, Who, now_us,
+};
 
 /// Keys and ids per Redis command in a sweep; keeps each command's reply small.
 const SWEEP_CHUNK: usize = 256;
@@ -48,6 +55,8 @@ const RETRY: Duration = Duration::from_millis(200);
 const SEEN_LIMIT: usize = 65_536;
 /// How long a replica's liveness, once read, is taken as still true.
 const LIVENESS_CACHE: Duration = Duration::from_secs(1);
+/// Redirects in a row a frame follows before it is refused (sessions moving back and forth).
+const MAX_REDIRECTS: usize = 4;
 
 /// Publishes a camera: KEYS presence key and tombstone; ARGV session, TTL (ms), camera
 /// channel. The new presence gets an epoch (a fencing token) above any the key or its
@@ -108,15 +117,30 @@ redis.call('PUBLISH', ARGV[3], '{"k":"offline","session":"' .. s .. '","epoch":'
 return 1
 "#;
 
-/// Publishes ARGV[3] on channel ARGV[2] unless Redis's clock is past ARGV[1] (Unix µs):
-/// -1 expired, else the number of subscribers that got it.
+/// Publishes ARGV[3] on channel ARGV[2] unless Redis's clock is past ARGV[1] (Unix µs). If
+/// KEYS[1] (the session's `moved` key) names a replica, on that replica's channel instead:
+/// ARGV[4] is the channel prefix. Returns {-1, ""} expired, else {subscribers that got it,
+/// the replica it was redirected to or ""}.
 const SEND_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if now > tonumber(ARGV[1]) then
-  return -1
+  return {-1, ''}
 end
-return redis.call('PUBLISH', ARGV[2], ARGV[3])
+local moved = redis.call('GET', KEYS[1])
+if moved then
+  return {redis.call('PUBLISH', ARGV[4] .. moved, ARGV[3]), moved}
+end
+return {redis.call('PUBLISH', ARGV[2], ARGV[3]), ''}
+";
+
+/// Deletes KEYS[1] if it holds ARGV[1]: a replica lets go of a moved session only if it is
+/// still the one holding it.
+const UNMOVE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 ";
 
 #[derive(Clone, Debug)]
@@ -176,6 +200,15 @@ enum Envelope {
         from: String,
         to: Vec<SessionId>,
     },
+    /// A client resumes `session` on replica `from`: hand it over if `secret` and `who` are
+    /// its. Answered with `Answer::Handover`, `Busy` or `Gone`.
+    Claim {
+        id: u64,
+        from: String,
+        session: SessionId,
+        secret: String,
+        who: Who,
+    },
     /// The owner's answer to request `id`.
     Answer { id: u64, answer: Answer },
 }
@@ -192,6 +225,14 @@ enum Answer {
     Missing {
         sessions: Vec<SessionId>,
     },
+    /// The session moved to `replica`: send it there.
+    Moved {
+        replica: String,
+    },
+    /// Answer to a claim: the session, now the claimer's.
+    Handover(Box<Handover>),
+    /// Answer to a claim: the session is still attached here; ask again shortly.
+    Busy,
 }
 
 /// A request to the pub/sub task: make the subscription to a camera's channel match whether
@@ -270,6 +311,16 @@ struct Inner {
     refresh: Script,
     release: Script,
     send: Script,
+    unmove: Script,
+    /// Sessions that moved here from another replica: their `moved` keys are refreshed.
+    moved_in: Mutex<HashSet<SessionId>>,
+    /// Sessions that moved from here lately, and where to: a frame already on its way here is
+    /// redirected, not refused.
+    moved_out: Mutex<HashMap<SessionId, (String, Instant)>>,
+    /// The server's side of hand-overs.
+    claimer: Mutex<Option<std::sync::Weak<dyn Claimer>>>,
+    /// The key of resume secrets, shared by every replica of the deployment.
+    resume_key: [u8; 32],
 }
 
 impl RedisRouter {
@@ -304,6 +355,7 @@ impl RedisRouter {
         .map_err(|_| RouterError(format!("timed out connecting to {}", redact(&cfg.url))))?
         .map_err(backplane)?;
         let replica = new_replica_id();
+        let resume_key = shared_resume_key(&conn, &cfg).await?;
         let (sync, requests) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             cfg,
@@ -325,6 +377,11 @@ impl RedisRouter {
             refresh: Script::new(REFRESH_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
             send: Script::new(SEND_SCRIPT),
+            unmove: Script::new(UNMOVE_SCRIPT),
+            moved_in: Mutex::default(),
+            moved_out: Mutex::default(),
+            claimer: Mutex::new(None),
+            resume_key,
         });
         // Up before serving: alive to the others, and subscribed to its own channel.
         inner.beat().await?;
@@ -346,6 +403,40 @@ impl Drop for RedisRouter {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The deployment's resume key: `{prefix}resume-key`, made by whichever replica starts first.
+/// Whoever can read Redis can already route frames as any session, so keeping it there adds
+/// no power an attacker with Redis access lacks.
+async fn shared_resume_key(
+    conn: &ConnectionManager,
+    cfg: &RedisRouterConfig,
+) -> Result<[u8; 32], RouterError> {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let key = format!("{}resume-key", cfg.prefix);
+    let fresh = engine.encode(rand::random::<[u8; 32]>());
+    let read = async {
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(&fresh)
+            .arg("NX")
+            .query_async::<()>(&mut conn.clone())
+            .await?;
+        redis::cmd("GET")
+            .arg(&key)
+            .query_async::<String>(&mut conn.clone())
+            .await
+    };
+    let value = tokio::time::timeout(cfg.call_timeout, read)
+        .await
+        .map_err(|_| RouterError("timed out reading the resume key".into()))?
+        .map_err(backplane)?;
+    engine
+        .decode(value)
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        .ok_or_else(|| RouterError(format!("{key} does not hold a 32-byte base64 key")))
 }
 
 fn new_replica_id() -> String {
@@ -386,6 +477,10 @@ impl Inner {
 
     fn presence_key(&self, camera: &str) -> String {
         format!("{}cam:{camera}", self.cfg.prefix)
+    }
+
+    fn moved_key(&self, session: &str) -> String {
+        format!("{}moved:{session}", self.cfg.prefix)
     }
 
     fn tombstone_key(&self, camera: &str) -> String {
@@ -457,7 +552,30 @@ impl Inner {
             )
             .await;
         self.set_health(None, Some(r.is_ok()));
-        r
+        r?;
+        self.refresh_moved().await;
+        Ok(())
+    }
+
+    /// Restates the `moved` keys of sessions that moved here. They outlive this replica's
+    /// liveness key (three TTLs), so that while it lives no sender falls back to the old
+    /// holder, and once it is dead the sessions are found dead with it.
+    async fn refresh_moved(&self) {
+        let moved: Vec<SessionId> = self.moved_in.lock().iter().cloned().collect();
+        for chunk in moved.chunks(SWEEP_CHUNK) {
+            let mut pipe = redis::pipe();
+            for session in chunk {
+                pipe.cmd("SET")
+                    .arg(self.moved_key(session))
+                    .arg(&self.replica)
+                    .arg("PX")
+                    .arg(Self::ms(self.cfg.replica_ttl * 3))
+                    .ignore();
+            }
+            let _ = self
+                .call("SET moved", pipe.query_async::<()>(&mut self.conn.clone()))
+                .await;
+        }
     }
 
     /// Whether `replica` is alive. Unknown (Redis unreachable, or just back from an outage)
@@ -506,16 +624,23 @@ impl Inner {
     async fn publish_until(
         &self,
         channel: &str,
+        follow: Option<&str>,
         payload: &str,
         until_us: u64,
-    ) -> Result<i64, RouterError> {
+    ) -> Result<(i64, String), RouterError> {
         let left = Duration::from_micros(until_us.saturating_sub(now_us()));
         let mut invocation = self.send.prepare_invoke();
-        invocation.arg(until_us).arg(channel).arg(payload);
+        // Not following: a key no session has.
+        invocation
+            .key(self.moved_key(follow.unwrap_or("")))
+            .arg(until_us)
+            .arg(channel)
+            .arg(payload)
+            .arg(format!("{}r:", self.cfg.prefix));
         // Not the plain call deadline: the sender must not give up before Redis would refuse.
         match tokio::time::timeout(
             left + CLOCK_MARGIN,
-            invocation.invoke_async::<i64>(&mut self.conn.clone()),
+            invocation.invoke_async::<(i64, String)>(&mut self.conn.clone()),
         )
         .await
         {
@@ -528,9 +653,11 @@ impl Inner {
     /// Sends a request to `replica` and waits for its answer: sent again every `RETRY` while
     /// unanswered, until the deadline (then a backplane error), or until the replica is found
     /// dead (then `Gone`). `make` builds the request with its id.
+    /// `follow`: the session the request is for, whose `moved` key redirects it.
     async fn ask(
         &self,
         replica: &str,
+        follow: Option<&str>,
         make: impl FnOnce(u64, String, u64) -> Envelope,
     ) -> Result<Answer, SendError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -541,7 +668,7 @@ impl Inner {
         let (tx, mut answered) = oneshot::channel();
         self.pending.lock().insert(id, tx);
         let result = self
-            .ask_until_answered(replica, &payload, until_us, &mut answered)
+            .ask_until_answered(id, replica, follow, &payload, until_us, &mut answered)
             .await;
         self.pending.lock().remove(&id);
         result
@@ -549,18 +676,32 @@ impl Inner {
 
     async fn ask_until_answered(
         &self,
+        id: u64,
         replica: &str,
+        follow: Option<&str>,
         payload: &str,
         until_us: u64,
         answered: &mut oneshot::Receiver<Answer>,
     ) -> Result<Answer, SendError> {
-        let channel = self.replica_channel(replica);
+        let mut replica = replica.to_owned();
+        let mut channel = self.replica_channel(&replica);
+        let mut redirects = 0;
         loop {
-            let published = self.publish_until(&channel, payload, until_us).await;
+            let published = self
+                .publish_until(&channel, follow, payload, until_us)
+                .await;
+            if let Ok((_, moved)) = &published
+                && !moved.is_empty()
+                && *moved != replica
+            {
+                // Answered by the holder named in Redis; its liveness is what counts now.
+                replica.clone_from(moved);
+                channel = self.replica_channel(&replica);
+            }
             let expired = match published {
-                Ok(n) if n > 0 => false,
-                Ok(0) => {
-                    if !self.replica_alive(replica).await {
+                Ok((n, _)) if n > 0 => false,
+                Ok((0, _)) => {
+                    if !self.replica_alive(&replica).await {
                         return Err(SendError::Gone);
                     }
                     false
@@ -577,7 +718,7 @@ impl Inner {
                 return match late {
                     Ok(Ok(answer)) => Ok(answer),
                     // Whatever became of the frame, its receiver is gone with its replica.
-                    _ if !self.replica_alive(replica).await => Err(SendError::Gone),
+                    _ if !self.replica_alive(&replica).await => Err(SendError::Gone),
                     _ => Err(SendError::Backplane(
                         self.error("PUBLISH", "no answer before the deadline").0,
                     )),
@@ -585,6 +726,15 @@ impl Inner {
             }
             let left = Duration::from_micros(until_us.saturating_sub(now_us()));
             match tokio::time::timeout(RETRY.min(left + CLOCK_MARGIN), &mut *answered).await {
+                // A copy reached the old holder before the move was known: on to the new one.
+                Ok(Ok(Answer::Moved { replica: to })) if redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    replica = to;
+                    channel = self.replica_channel(&replica);
+                    let (tx, rx) = oneshot::channel();
+                    *answered = rx;
+                    self.pending.lock().insert(id, tx);
+                }
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(_)) => return Err(SendError::Backplane("request dropped".into())),
                 Err(_) => {}
@@ -609,6 +759,49 @@ impl Inner {
                 )
                 .await;
         });
+    }
+
+    /// Asks `holder` for `session` until it hands it over, refuses, or the deadline passes.
+    async fn claim_from(
+        &self,
+        holder: &str,
+        session: &SessionId,
+        secret: &str,
+        who: &Who,
+    ) -> Option<Box<Handover>> {
+        let deadline = Instant::now() + self.cfg.call_timeout;
+        loop {
+            let answer = self
+                .ask(holder, None, |id, from, _| Envelope::Claim {
+                    id,
+                    from,
+                    session: session.clone(),
+                    secret: secret.to_owned(),
+                    who: who.clone(),
+                })
+                .await;
+            match answer {
+                Ok(Answer::Handover(h)) => return Some(h),
+                // The old socket is letting go of it.
+                Ok(Answer::Busy) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Deletes `session`'s `moved` key if it still names this replica.
+    async fn unmove(&self, session: &str) {
+        let _ = self
+            .call(
+                "DEL moved",
+                self.unmove
+                    .key(self.moved_key(session))
+                    .arg(&self.replica)
+                    .invoke_async::<i64>(&mut self.conn.clone()),
+            )
+            .await;
     }
 
     async fn release(&self, camera: &str, session: &SessionId) {
@@ -695,9 +888,23 @@ impl Inner {
     }
 
     async fn session_alive(&self, session: &str) -> bool {
+        if self.hub.contains(session) {
+            return true;
+        }
         match owner_of(session) {
-            Some(owner) => self.replica_alive(owner).await,
+            Some(owner) if self.replica_alive(owner).await => true,
+            Some(_) => self.moved_alive(session).await,
             None => false,
+        }
+    }
+
+    /// Whether `session` moved from the replica that made it to one that is alive.
+    async fn moved_alive(&self, session: &str) -> bool {
+        match self.holder(session).await {
+            Some(holder) if Some(holder.as_str()) != owner_of(session) => {
+                self.replica_alive(&holder).await
+            }
+            _ => false,
         }
     }
 
@@ -752,6 +959,69 @@ impl Inner {
         false
     }
 
+    /// Where `session` moved from here lately, if it did.
+    fn moved_to(&self, session: &str) -> Option<String> {
+        let keep = self.cfg.call_timeout + CLOCK_MARGIN * 2;
+        let mut moved = self.moved_out.lock();
+        moved.retain(|_, (_, at)| at.elapsed() < keep);
+        moved.get(session).map(|(replica, _)| replica.clone())
+    }
+
+    /// Answers a claim for `session` from replica `to`: asks the server for it and, if it is
+    /// handed over, lets go of it here without a word to its peers or presence.
+    fn hand_over(&self, session: &SessionId, secret: &str, who: &Who, to: &str) -> Answer {
+        let claimer = self
+            .claimer
+            .lock()
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade);
+        let Some(claimer) = claimer else {
+            return Answer::Gone;
+        };
+        let mut handover = match claimer.claim(session, secret, who) {
+            Claim::Handover(h) => h,
+            Claim::Busy => return Answer::Busy,
+            Claim::No => return Answer::Gone,
+        };
+        if let Some(camera) = &handover.state.published {
+            let mut cameras = self.cameras.lock();
+            if let Some((_, epoch)) = cameras.get(camera).filter(|(s, _)| s == session) {
+                handover.epoch = *epoch;
+                cameras.remove(camera);
+            }
+        }
+        for (camera, _) in &handover.state.watches {
+            if self.hub.remove_watcher(camera, session) {
+                let _ = self.sync.send(SyncCamera {
+                    camera: camera.clone(),
+                    done: None,
+                });
+            }
+        }
+        self.hub.remove_session(session);
+        self.moved_in.lock().remove(session);
+        self.moved_out
+            .lock()
+            .insert(session.clone(), (to.to_owned(), Instant::now()));
+        tracing::debug!(%session, replica = to, "session handed over");
+        Answer::Handover(Box::new(handover))
+    }
+
+    /// The replica `session` is on: the one that moved it there, or the one that made it.
+    async fn holder(&self, session: &str) -> Option<String> {
+        let moved = self
+            .call(
+                "GET moved",
+                redis::cmd("GET")
+                    .arg(self.moved_key(session))
+                    .query_async::<Option<String>>(&mut self.conn.clone()),
+            )
+            .await
+            .ok()
+            .flatten();
+        moved.or_else(|| owner_of(session).map(str::to_owned))
+    }
+
     /// A message on one of this replica's channels.
     fn dispatch(self: &Arc<Self>, msg: &redis::Msg) {
         let channel = msg.get_channel_name();
@@ -804,7 +1074,10 @@ impl Inner {
                         let answer = match self.hub.deliver(&to, Arc::new(d)) {
                             Ok(()) => Answer::Delivered,
                             Err(SendError::Full) => Answer::Full,
-                            Err(_) => Answer::Gone,
+                            Err(_) => match self.moved_to(&to) {
+                                Some(replica) => Answer::Moved { replica },
+                                None => Answer::Gone,
+                            },
                         };
                         let keep = self.cfg.call_timeout + CLOCK_MARGIN * 2;
                         self.seen.lock().insert(key.clone(), answer.clone(), keep);
@@ -814,8 +1087,35 @@ impl Inner {
                 self.answer(key.0, id, answer);
             }
             Envelope::Probe { id, from, to } => {
-                let sessions = to.into_iter().filter(|s| !self.hub.contains(s)).collect();
+                let sessions = to
+                    .into_iter()
+                    .filter(|s| !self.hub.contains(s) && self.moved_to(s).is_none())
+                    .collect();
                 self.answer(from, id, Answer::Missing { sessions });
+            }
+            Envelope::Claim {
+                id,
+                from,
+                session,
+                secret,
+                who,
+            } => {
+                let key = (from, id);
+                let seen = self.seen.lock().get(&key);
+                let answer = match seen {
+                    Some(answer) => answer,
+                    None => {
+                        let answer = self.hand_over(&session, &secret, &who, &key.0);
+                        // A hand-over is remembered until the claimer must have its answer: a
+                        // claim sent again gets the session, not a "gone".
+                        if !matches!(answer, Answer::Busy) {
+                            let keep = self.cfg.call_timeout + CLOCK_MARGIN * 2;
+                            self.seen.lock().insert(key.clone(), answer.clone(), keep);
+                        }
+                        answer
+                    }
+                };
+                self.answer(key.0, id, answer);
             }
             Envelope::Answer { id, answer } => {
                 if let Some(tx) = self.pending.lock().remove(&id) {
@@ -969,8 +1269,81 @@ impl Router for RedisRouter {
     }
 
     fn unregister<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()> {
-        self.inner.hub.remove_session(session);
-        async {}.boxed()
+        let inner = &self.inner;
+        inner.hub.remove_session(session);
+        let moved_in = inner.moved_in.lock().remove(session);
+        async move {
+            if moved_in {
+                inner.unmove(session).await;
+            }
+        }
+        .boxed()
+    }
+
+    fn local_mailbox(&self, session: &str) -> Option<Arc<Mailbox>> {
+        self.inner.hub.mailbox(session)
+    }
+
+    fn resume_key(&self) -> Option<[u8; 32]> {
+        Some(self.inner.resume_key)
+    }
+
+    fn set_claimer(&self, claimer: std::sync::Weak<dyn Claimer>) {
+        *self.inner.claimer.lock() = Some(claimer);
+    }
+
+    fn claim<'a>(
+        &'a self,
+        session: &'a SessionId,
+        secret: &'a str,
+        who: &'a Who,
+        mailbox: Arc<Mailbox>,
+    ) -> BoxFuture<'a, Option<SessionState>> {
+        async move {
+            let inner = &self.inner;
+            if !inner.healthy() {
+                return None;
+            }
+            let holder = inner.holder(session).await?;
+            if holder == inner.replica {
+                return None;
+            }
+            // Reachable here before the old holder lets go: a frame that reaches it after the
+            // hand-over is answered `moved` and sent on here. The `moved` key is written only
+            // once the session is ours: a refused claim changes nothing in Redis.
+            inner.hub.insert_session(session.clone(), mailbox.clone());
+            let Some(handover) = inner.claim_from(&holder, session, secret, who).await else {
+                inner.hub.remove_session(session);
+                return None;
+            };
+            inner.moved_in.lock().insert(session.clone());
+            let _ = inner
+                .call(
+                    "SET moved",
+                    redis::cmd("SET")
+                        .arg(inner.moved_key(session))
+                        .arg(&inner.replica)
+                        .arg("PX")
+                        .arg(Inner::ms(inner.cfg.replica_ttl * 3))
+                        .query_async::<()>(&mut inner.conn.clone()),
+                )
+                .await;
+            let Handover {
+                state,
+                epoch,
+                queued,
+            } = *handover;
+            mailbox.prepend(queued);
+            if let Some(camera) = &state.published {
+                inner
+                    .cameras
+                    .lock()
+                    .insert(camera.clone(), (session.clone(), epoch));
+            }
+            tracing::debug!(%session, from = holder, "session moved here");
+            Some(state)
+        }
+        .boxed()
     }
 
     fn send<'a>(
@@ -981,13 +1354,17 @@ impl Router for RedisRouter {
         async move {
             let inner = &self.inner;
             let owner = match owner_of(to) {
-                Some(owner) if owner != inner.replica => owner,
-                // Ours (or not an id any replica handed out): the hub has the answer.
-                _ => return inner.hub.deliver(to, Arc::new(delivery)),
+                // Here, or not an id any replica handed out: the hub has the answer.
+                _ if inner.hub.contains(to) => return inner.hub.deliver(to, Arc::new(delivery)),
+                None => return Err(SendError::Gone),
+                // Made elsewhere, or made here and moved away: its `moved` key, if any, says
+                // where it is now.
+                Some(owner) => owner,
             };
+            let follow = to.clone();
             let to = to.clone();
             let answer = inner
-                .ask(owner, |id, from, until| Envelope::Deliver {
+                .ask(owner, Some(&follow), |id, from, until| Envelope::Deliver {
                     id,
                     from,
                     to,
@@ -998,7 +1375,11 @@ impl Router for RedisRouter {
             match answer {
                 Answer::Delivered => Ok(()),
                 Answer::Full => Err(SendError::Full),
-                Answer::Gone | Answer::Missing { .. } => Err(SendError::Gone),
+                Answer::Gone
+                | Answer::Missing { .. }
+                | Answer::Moved { .. }
+                | Answer::Handover(_)
+                | Answer::Busy => Err(SendError::Gone),
             }
         }
         .boxed()
@@ -1130,27 +1511,31 @@ impl Router for RedisRouter {
             let mut remote: HashMap<&str, Vec<usize>> = HashMap::new();
             for (i, s) in sessions.iter().enumerate() {
                 match owner_of(s) {
+                    _ if inner.hub.contains(s) => {}
                     Some(owner) if owner != inner.replica => {
                         remote.entry(owner).or_default().push(i)
                     }
-                    _ => alive[i] = inner.hub.contains(s),
+                    Some(_) => alive[i] = inner.moved_alive(s).await,
+                    None => alive[i] = false,
                 }
             }
             // Each owner says which of its sessions are gone; no answer leaves them alive.
             for (owner, indices) in remote {
                 let to: Vec<SessionId> = indices.iter().map(|&i| sessions[i].clone()).collect();
                 match inner
-                    .ask(owner, |id, from, _| Envelope::Probe { id, from, to })
+                    .ask(owner, None, |id, from, _| Envelope::Probe { id, from, to })
                     .await
                 {
                     Ok(Answer::Missing { sessions: gone }) => {
                         for &i in &indices {
-                            alive[i] = !gone.contains(&sessions[i]);
+                            // Not at its maker; it may have moved (to a live replica).
+                            alive[i] = !gone.contains(&sessions[i])
+                                || inner.moved_alive(&sessions[i]).await;
                         }
                     }
                     Err(SendError::Gone) => {
                         for &i in &indices {
-                            alive[i] = false;
+                            alive[i] = inner.moved_alive(&sessions[i]).await;
                         }
                     }
                     _ => {}

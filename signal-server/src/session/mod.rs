@@ -23,7 +23,7 @@ use crate::config::SignalConfig;
 use crate::limits::{Liveness, LivenessAction, RateDecision, RateLimiter};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientFrame, ErrorCode, Ref, RelayBody, ServerFrame, close};
-use crate::router::{Delivery, RouterError, SendError, SessionId, now_us};
+use crate::router::{Delivery, RouterError, SendError, SessionId, SessionState, Who, now_us};
 
 pub use view::{Effect, View, view_change};
 
@@ -78,6 +78,9 @@ pub enum End {
     Gone,
     /// The client closed the socket: it is done with the session.
     Left,
+    /// The client resumed the session on another socket (here or on another replica): this
+    /// one is closed with 4011 and the session goes on without it.
+    Resumed,
     Close(u16, &'static str),
 }
 
@@ -328,6 +331,92 @@ impl Session {
         session
     }
 
+    /// The session another replica handed over (its client resumed here): it goes on with the
+    /// same id, peers and presence, and is welcomed as `resumed`.
+    pub fn restore(
+        state: SessionState,
+        token: Token,
+        resume: Option<String>,
+        rules: Arc<Rules>,
+        now: Instant,
+    ) -> Self {
+        let c = &rules.config;
+        let published = state.published;
+        if published.is_some() {
+            rules.metrics.cameras_online.inc();
+        }
+        let mut session = Self {
+            rate: RateLimiter::new(c.rate_per_second, c.rate_burst, c.rate_strikes, now),
+            next_peer_check: now + c.heartbeat,
+            id: state.id,
+            user: Arc::from(state.user.as_str()),
+            role: state.role,
+            cams: Box::default(),
+            published,
+            viewers: state.viewers,
+            watches: state
+                .watches
+                .into_iter()
+                .map(|(camera, session)| Watch {
+                    camera,
+                    view: session.map_or(View::Offline, View::Online),
+                })
+                .collect(),
+            last_heard: now,
+            last_ping: None,
+            exp: 0,
+            token_deadline: now,
+            token_ask: None,
+            out: VecDeque::new(),
+            ended: false,
+            rules,
+        };
+        session.welcome(token, resume, true, now);
+        // The cameras it watches are watched here now; what the router reports of them is
+        // compared with what the client was told, so only a change reaches it.
+        for watch in &session.watches {
+            session
+                .out
+                .push_back(Output::Route(Box::new(Command::Watch {
+                    camera: watch.camera.clone(),
+                    reference: None,
+                })));
+        }
+        session
+    }
+
+    /// What another replica needs to go on with this session (see [`restore`](Self::restore)).
+    pub fn state(&self) -> SessionState {
+        SessionState {
+            id: self.id.clone(),
+            user: self.user.to_string(),
+            role: self.role,
+            published: self.published.clone(),
+            viewers: self.viewers.clone(),
+            watches: self
+                .watches
+                .iter()
+                .map(|w| {
+                    let session = match &w.view {
+                        View::Online(s) => Some(s.clone()),
+                        View::Pending | View::Offline => None,
+                    };
+                    (w.camera.clone(), session)
+                })
+                .collect(),
+        }
+    }
+
+    /// The session moved to another replica: nothing more happens here, and its peers and
+    /// presence are not touched (they are the new replica's now).
+    pub fn moved_away(&mut self) {
+        self.ended = true;
+        self.out.clear();
+        if self.published.take().is_some() {
+            self.rules.metrics.cameras_online.dec();
+        }
+    }
+
     fn welcome(&mut self, token: Token, resume: Option<String>, resumed: bool, now: Instant) {
         let role = token.role;
         let ice_servers = self.take_token(token, now);
@@ -344,9 +433,9 @@ impl Session {
         self.send(&welcome);
     }
 
-    /// Whether a reconnect with `token` may take this session over: same `sub` and `role`.
-    pub fn may_resume(&self, token: &Token) -> bool {
-        token.sub == *self.user && token.role == self.role
+    /// Whether a reconnect by `who` may take this session over: same `sub` and `role`.
+    pub fn may_resume(&self, who: &Who) -> bool {
+        who.user == *self.user && who.role == self.role
     }
 
     /// The session's client is back on a new socket (within the resume grace): it is welcomed

@@ -184,6 +184,41 @@ impl Client {
         Self::welcomed(ws).await
     }
 
+    /// Connects and returns the `welcome` too (its `resume` secret).
+    pub async fn connect_welcomed(url: &str, token: &str) -> (Self, Value) {
+        let ws = connect_raw(url, Some(token)).await.unwrap();
+        let mut c = Self {
+            ws,
+            session: String::new(),
+        };
+        let welcome = c.expect("welcome").await;
+        c.session = welcome["session"].as_str().unwrap().to_owned();
+        (c, welcome)
+    }
+
+    /// Connects with a bearer token and `Iceway-Resume: <session> <secret>`, and returns the
+    /// `welcome`.
+    pub async fn resume(url: &str, token: &str, session: &str, secret: &str) -> (Self, Value) {
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req.headers_mut().insert(
+            "iceway-resume",
+            format!("{session} {secret}").parse().unwrap(),
+        );
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect timed out")
+            .unwrap();
+        let mut c = Self {
+            ws,
+            session: String::new(),
+        };
+        let welcome = c.expect("welcome").await;
+        c.session = welcome["session"].as_str().unwrap().to_owned();
+        (c, welcome)
+    }
+
     async fn welcomed(ws: Ws) -> Self {
         let mut c = Self {
             ws,
