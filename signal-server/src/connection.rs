@@ -66,7 +66,7 @@ async fn serve_boxed(mut socket: Box<WebSocket>, hello: Hello, shared: Arc<Share
     if role == iceway_auth::Role::Viewer && how != How::Resumed {
         shared.metrics.viewers.inc();
     }
-    let end = run(&mut socket, &mut session, &mailbox, &shared).await;
+    let end = run(&mut socket, &mut session, &mailbox, &shared, how).await;
     shared.metrics.connections.dec();
     if end == End::Resumed {
         // Its client is on a new socket, which is waiting for this one to let go.
@@ -380,9 +380,16 @@ async fn run(
     session: &mut Session,
     mailbox: &Mailbox,
     shared: &Arc<Shared>,
+    how: How,
 ) -> End {
     let drained = shared.close_all.clone();
     let mut writes = Writes::default();
+    // The digest of the state last saved for a resume elsewhere; a session that came from
+    // elsewhere saves its state here at once.
+    let mut saved = shared.router.keeps_state().then(|| match how {
+        How::New => session.state_digest(),
+        How::Resumed | How::MovedIn => 0,
+    });
     loop {
         if let Err(end) = carry_out(socket, session, shared, &mut writes).await {
             return end;
@@ -412,6 +419,13 @@ async fn run(
         }
         if mailbox.is_closed() {
             return End::Close(close::POLICY, "not reading frames fast enough");
+        }
+        if let Some(saved) = &mut saved {
+            let digest = session.state_digest();
+            if digest != *saved {
+                *saved = digest;
+                shared.router.save(session.state());
+            }
         }
         let wake = session.poll_timeout();
         let event = tokio::select! {

@@ -156,6 +156,7 @@ impl SignalServer {
                     presence_ttl: config.presence_ttl,
                     replica_ttl: config.replica_ttl,
                     call_timeout: config.backplane_timeout,
+                    resume_grace: config.resume_grace,
                     backplane_errors: metrics.backplane_errors_total.clone(),
                 })
                 .await

@@ -213,3 +213,89 @@ async fn a_session_resumed_on_another_replica_keeps_its_id_its_peers_and_its_fra
     assert_ne!(forged.session, viewer_id);
     exchange(&mut camera, &mut moved).await;
 }
+
+/// A replica is SIGKILLed with a camera and a viewer on it, each in a call with a peer on the
+/// other replica. Both reconnect to the surviving replica with their resume secrets and get
+/// their sessions back from the state the dead replica saved in Redis: same ids, the camera
+/// still published, the viewer still watching, a frame sent to the camera in the gap delivered,
+/// and their peers never told anyone left, past the time a dead replica's sessions are
+/// declared gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_a_killed_replica_resume_on_another_with_their_ids_and_peers() {
+    let redis = Redis::start().await;
+    let secret = secret_file();
+    let grace = [("ICEWAY_SIGNAL__RESUME_GRACE", "20s")];
+    let mut a = Replica::start(&redis, &secret, &grace).await;
+    let b = Replica::start(&redis, &secret, &grace).await;
+
+    let cam1_token = camera_token("cam1");
+    let (mut cam1, cam1_welcome) = Client::connect_welcomed(&a.ws_url, &cam1_token).await;
+    cam1.send(json!({"type":"publish"})).await;
+    cam1.expect("camera-online").await;
+    let (mut alice, _) =
+        Client::connect_welcomed(&b.ws_url, &viewer_token("alice", &["cam1"])).await;
+    alice.send(json!({"type":"watch","camera":"cam1"})).await;
+    assert_eq!(alice.expect("camera-online").await["session"], cam1.session);
+    cam1.expect("viewer-joined").await;
+
+    let (mut cam2, _) = Client::connect_welcomed(&b.ws_url, &camera_token("cam2")).await;
+    cam2.send(json!({"type":"publish"})).await;
+    cam2.expect("camera-online").await;
+    let bob_token = viewer_token("bob", &["cam2"]);
+    let (mut bob, bob_welcome) = Client::connect_welcomed(&a.ws_url, &bob_token).await;
+    bob.send(json!({"type":"watch","camera":"cam2"})).await;
+    assert_eq!(bob.expect("camera-online").await["session"], cam2.session);
+    cam2.expect("viewer-joined").await;
+    exchange(&mut cam1, &mut alice).await;
+    exchange(&mut cam2, &mut bob).await;
+    let (cam1_id, bob_id) = (cam1.session.clone(), bob.session.clone());
+
+    a.kill();
+    assert_eq!(cam1.closed().await, Closed::NoCloseFrame);
+    assert_eq!(bob.closed().await, Closed::NoCloseFrame);
+    alice
+        .send(json!({"type":"candidate","to":cam1_id,"candidate":"candidate:gap","sdpMid":"0","sdpMLineIndex":0}))
+        .await;
+
+    let (mut cam1, w) = Client::resume(
+        &b.ws_url,
+        &cam1_token,
+        &cam1_id,
+        cam1_welcome["resume"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(cam1.session, cam1_id);
+    let gap = cam1.expect("candidate").await;
+    assert_eq!(gap["candidate"], "candidate:gap", "{gap}");
+    let (mut bob, w) = Client::resume(
+        &b.ws_url,
+        &bob_token,
+        &bob_id,
+        bob_welcome["resume"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(bob.session, bob_id);
+    exchange(&mut cam1, &mut alice).await;
+    exchange(&mut cam2, &mut bob).await;
+
+    // Past the dead replica's TTL (2 s), several heartbeats and liveness checks: nobody heard
+    // a peer leave or a camera go offline (the exchanges would read it), and a new viewer
+    // finds the resumed camera.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    exchange(&mut cam1, &mut alice).await;
+    exchange(&mut cam2, &mut bob).await;
+    let mut carol = Client::connect(&b.ws_url, &viewer_token("carol", &["cam1"])).await;
+    carol.send(json!({"type":"watch","camera":"cam1"})).await;
+    assert_eq!(
+        carol.expect("camera-online").await["session"],
+        cam1_id.as_str()
+    );
+    assert_eq!(
+        cam1.expect("viewer-joined").await["viewer"],
+        carol.session.as_str()
+    );
+    alice.ping_pong().await;
+    cam2.ping_pong().await;
+}

@@ -234,6 +234,15 @@ pub trait Router: Send + Sync + 'static {
         Box::pin(async { None })
     }
 
+    /// Whether [`save`](Self::save) keeps anything: a backplane keeps each session's state
+    /// so that its client can resume it on another replica even if this one crashes.
+    fn keeps_state(&self) -> bool {
+        false
+    }
+
+    /// `state` is what the session's rules hold now (saved in the background, newest wins).
+    fn save(&self, _state: SessionState) {}
+
     /// The mailbox of `session` if it is attached here, so a resume can take it over.
     fn local_mailbox(&self, session: &str) -> Option<Arc<Mailbox>>;
 

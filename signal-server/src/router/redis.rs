@@ -21,6 +21,12 @@
 //!   holder writes `{prefix}moved:{session}` (its own id, with a TTL it refreshes), and the send
 //!   script follows that key, so the session keeps its id; the old holder hands over the state
 //!   and the frames that waited, and answers `moved` to copies still on their way to it.
+//! - Saved sessions: with resume on, each replica keeps the state of its sessions (camera
+//!   published, viewers, watches) in the hash `{prefix}sessions:{id}`, written when it changes,
+//!   with a TTL past its liveness and the resume grace. A client whose replica crashed resumes
+//!   on another one from there, once the crashed replica is found dead: the claimer first
+//!   fences the session (`moved` names it, set only if it named the old holder or nothing), so
+//!   frames wait for it there and no other replica can restore it too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -57,6 +63,9 @@ const SEEN_LIMIT: usize = 65_536;
 const LIVENESS_CACHE: Duration = Duration::from_secs(1);
 /// Redirects in a row a frame follows before it is refused (sessions moving back and forth).
 const MAX_REDIRECTS: usize = 4;
+/// One round of asking a holder for a session: short, so that a holder that does not answer
+/// (crashed) is fenced off quickly.
+const CLAIM_ROUND: Duration = Duration::from_secs(1);
 
 /// Publishes a camera: KEYS presence key and tombstone; ARGV session, TTL (ms), camera
 /// channel. The new presence gets an epoch (a fencing token) above any the key or its
@@ -134,6 +143,18 @@ end
 return {redis.call('PUBLISH', ARGV[2], ARGV[3]), ''}
 ";
 
+/// Sets KEYS[1] (a session's `moved` key) to ARGV[2] with TTL ARGV[3] (ms) if it names
+/// nothing, ARGV[1] (the holder it is taken from) or ARGV[2] already: the fence a claimer puts
+/// up before restoring a crashed replica's session, so that only one replica restores it.
+const FENCE_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v or v == ARGV[1] or v == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
 /// Deletes KEYS[1] if it holds ARGV[1]: a replica lets go of a moved session only if it is
 /// still the one holding it.
 const UNMOVE_SCRIPT: &str = r"
@@ -154,7 +175,42 @@ pub struct RedisRouterConfig {
     pub replica_ttl: Duration,
     /// Deadline of every Redis call, and of a frame routed through Redis.
     pub call_timeout: Duration,
+    /// How long a client may take to resume its session; zero: resume is off, and sessions'
+    /// states are not saved.
+    pub resume_grace: Duration,
     pub backplane_errors: IntCounter,
+}
+
+/// A session's saved state, in its replica's `sessions` hash.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    state: SessionState,
+    /// The presence epoch of its published camera.
+    #[serde(default)]
+    epoch: u64,
+}
+
+/// A request to another replica as sent (and sent again) until answered.
+struct Request<'a> {
+    id: u64,
+    /// The session it is for, whose `moved` key redirects it.
+    follow: Option<&'a str>,
+    payload: &'a str,
+    /// Its deadline, Unix µs.
+    until_us: u64,
+    /// See [`Inner::ask_within`].
+    patient: bool,
+}
+
+/// How a claim for a session held elsewhere ended.
+enum Taken {
+    Handover(Box<Handover>),
+    /// Its replica is dead; restored from its saved state.
+    Restored(Record),
+    /// Not taken; `fenced`: the `moved` key was set on the way and must be undone.
+    No {
+        fenced: bool,
+    },
 }
 
 /// A camera's presence change, on the camera's channel.
@@ -299,6 +355,8 @@ struct Inner {
     healthy_since: Mutex<Option<Instant>>,
     /// Other replicas' liveness as last read.
     replicas: Mutex<HashMap<String, (bool, Instant)>>,
+    /// When each replica read as dead was first read so.
+    dead_since: Mutex<HashMap<String, Instant>>,
     /// Wakes the heartbeat after a reconnect: liveness and presence are restored at once.
     reconnected: Notify,
     next_id: AtomicU64,
@@ -321,6 +379,10 @@ struct Inner {
     claimer: Mutex<Option<std::sync::Weak<dyn Claimer>>>,
     /// The key of resume secrets, shared by every replica of the deployment.
     resume_key: [u8; 32],
+    fence: Script,
+    /// Sessions' states to save (`None`: to delete), newest only, by the saving task.
+    unsaved: Mutex<HashMap<SessionId, Option<String>>>,
+    unsaved_ready: Notify,
 }
 
 impl RedisRouter {
@@ -369,6 +431,7 @@ impl RedisRouter {
             commands_ok: AtomicBool::new(false),
             healthy_since: Mutex::new(None),
             replicas: Mutex::default(),
+            dead_since: Mutex::default(),
             reconnected: Notify::new(),
             next_id: AtomicU64::new(1),
             pending: Mutex::default(),
@@ -382,6 +445,9 @@ impl RedisRouter {
             moved_out: Mutex::default(),
             claimer: Mutex::new(None),
             resume_key,
+            fence: Script::new(FENCE_SCRIPT),
+            unsaved: Mutex::default(),
+            unsaved_ready: Notify::new(),
         });
         // Up before serving: alive to the others, and subscribed to its own channel.
         inner.beat().await?;
@@ -395,6 +461,9 @@ impl RedisRouter {
             stop.clone(),
         ));
         tokio::spawn(heartbeat(inner.clone(), stop.clone()));
+        if inner.keeps_state() {
+            tokio::spawn(save_states(inner.clone(), stop.clone()));
+        }
         Ok(Self { inner, stop })
     }
 }
@@ -479,6 +548,29 @@ impl Inner {
         format!("{}cam:{camera}", self.cfg.prefix)
     }
 
+    fn states_key(&self, replica: &str) -> String {
+        format!("{}sessions:{replica}", self.cfg.prefix)
+    }
+
+    fn keeps_state(&self) -> bool {
+        !self.cfg.resume_grace.is_zero()
+    }
+
+    /// How long a replica's saved sessions outlive its last heartbeat: until it is found dead
+    /// and its clients have had the resume grace to come back elsewhere.
+    fn states_ttl(&self) -> Duration {
+        self.cfg.replica_ttl + self.cfg.resume_grace + self.cfg.call_timeout
+    }
+
+    /// Queues `session`'s saved state to be written (`Some`) or deleted (`None`).
+    fn queue_state(&self, session: &SessionId, record: Option<String>) {
+        if !self.keeps_state() {
+            return;
+        }
+        self.unsaved.lock().insert(session.clone(), record);
+        self.unsaved_ready.notify_one();
+    }
+
     fn moved_key(&self, session: &str) -> String {
         format!("{}moved:{session}", self.cfg.prefix)
     }
@@ -554,6 +646,17 @@ impl Inner {
         self.set_health(None, Some(r.is_ok()));
         r?;
         self.refresh_moved().await;
+        if self.keeps_state() {
+            let _ = self
+                .call(
+                    "PEXPIRE sessions",
+                    redis::cmd("PEXPIRE")
+                        .arg(self.states_key(&self.replica))
+                        .arg(Self::ms(self.states_ttl()))
+                        .query_async::<i64>(&mut self.conn.clone()),
+                )
+                .await;
+        }
         Ok(())
     }
 
@@ -580,6 +683,21 @@ impl Inner {
 
     /// Whether `replica` is alive. Unknown (Redis unreachable, or just back from an outage)
     /// counts as alive: only a replica's own silence over a whole TTL declares it dead.
+    /// Whether `replica` is dead and its sessions with it: past the window in which their
+    /// clients, whose sockets closed when it crashed, resume them elsewhere (half a replica
+    /// TTL, at most the resume grace; none with resume off). A client that resumes within it
+    /// keeps its peers, and one that does not is declared gone by then.
+    async fn replica_gone(&self, replica: &str) -> bool {
+        if self.replica_alive(replica).await {
+            return false;
+        }
+        let window = (self.cfg.replica_ttl / 2).min(self.cfg.resume_grace);
+        self.dead_since
+            .lock()
+            .get(replica)
+            .is_none_or(|since| since.elapsed() >= window)
+    }
+
     async fn replica_alive(&self, replica: &str) -> bool {
         if replica == self.replica {
             return true;
@@ -601,6 +719,19 @@ impl Inner {
             Ok(n) => n > 0 || !self.settled(),
             Err(_) => true,
         };
+        {
+            let mut dead_since = self.dead_since.lock();
+            if alive {
+                dead_since.remove(replica);
+            } else {
+                if dead_since.len() > 4096 {
+                    dead_since.clear();
+                }
+                dead_since
+                    .entry(replica.to_owned())
+                    .or_insert_with(Instant::now);
+            }
+        }
         let mut replicas = self.replicas.lock();
         if replicas.len() > 4096 {
             replicas.clear();
@@ -660,15 +791,37 @@ impl Inner {
         follow: Option<&str>,
         make: impl FnOnce(u64, String, u64) -> Envelope,
     ) -> Result<Answer, SendError> {
+        self.ask_within(replica, follow, self.cfg.call_timeout, true, make)
+            .await
+    }
+
+    /// As [`ask`](Self::ask), with a deadline of `within`. `patient`: a dead replica counts
+    /// as gone only past the window its sessions have to resume elsewhere (see
+    /// [`replica_gone`](Self::replica_gone)); else as soon as it is read as dead.
+    async fn ask_within(
+        &self,
+        replica: &str,
+        follow: Option<&str>,
+        within: Duration,
+        patient: bool,
+        make: impl FnOnce(u64, String, u64) -> Envelope,
+    ) -> Result<Answer, SendError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let deadline = u64::try_from(self.cfg.call_timeout.as_micros()).unwrap_or(u64::MAX);
+        let deadline = u64::try_from(within.as_micros()).unwrap_or(u64::MAX);
         let until_us = now_us().saturating_add(deadline);
         let payload = serde_json::to_string(&make(id, self.replica.clone(), until_us))
             .map_err(|e| SendError::Backplane(self.error("encode", e).0))?;
         let (tx, mut answered) = oneshot::channel();
         self.pending.lock().insert(id, tx);
+        let request = Request {
+            id,
+            follow,
+            payload: &payload,
+            until_us,
+            patient,
+        };
         let result = self
-            .ask_until_answered(id, replica, follow, &payload, until_us, &mut answered)
+            .ask_until_answered(replica, &request, &mut answered)
             .await;
         self.pending.lock().remove(&id);
         result
@@ -676,13 +829,24 @@ impl Inner {
 
     async fn ask_until_answered(
         &self,
-        id: u64,
         replica: &str,
-        follow: Option<&str>,
-        payload: &str,
-        until_us: u64,
+        request: &Request<'_>,
         answered: &mut oneshot::Receiver<Answer>,
     ) -> Result<Answer, SendError> {
+        let &Request {
+            id,
+            follow,
+            payload,
+            until_us,
+            patient,
+        } = request;
+        let gone = |replica: String| async move {
+            if patient {
+                self.replica_gone(&replica).await
+            } else {
+                !self.replica_alive(&replica).await
+            }
+        };
         let mut replica = replica.to_owned();
         let mut channel = self.replica_channel(&replica);
         let mut redirects = 0;
@@ -701,7 +865,7 @@ impl Inner {
             let expired = match published {
                 Ok((n, _)) if n > 0 => false,
                 Ok((0, _)) => {
-                    if !self.replica_alive(&replica).await {
+                    if gone(replica.clone()).await {
                         return Err(SendError::Gone);
                     }
                     false
@@ -718,7 +882,7 @@ impl Inner {
                 return match late {
                     Ok(Ok(answer)) => Ok(answer),
                     // Whatever became of the frame, its receiver is gone with its replica.
-                    _ if !self.replica_alive(&replica).await => Err(SendError::Gone),
+                    _ if gone(replica.clone()).await => Err(SendError::Gone),
                     _ => Err(SendError::Backplane(
                         self.error("PUBLISH", "no answer before the deadline").0,
                     )),
@@ -761,34 +925,96 @@ impl Inner {
         });
     }
 
-    /// Asks `holder` for `session` until it hands it over, refuses, or the deadline passes.
-    async fn claim_from(
-        &self,
-        holder: &str,
-        session: &SessionId,
-        secret: &str,
-        who: &Who,
-    ) -> Option<Box<Handover>> {
-        let deadline = Instant::now() + self.cfg.call_timeout;
+    /// Asks `holder` for `session` until it hands it over or refuses. A holder that does not
+    /// answer is fenced off (the session's `moved` key names this replica from then on, so
+    /// frames for it come here and wait) and asked on until it answers or is found dead; a dead
+    /// holder's session is restored from the state it saved.
+    async fn take_from(&self, holder: &str, session: &SessionId, secret: &str, who: &Who) -> Taken {
+        // Long enough for a crashed holder's liveness key to expire and be read as gone.
+        let deadline =
+            Instant::now() + self.cfg.replica_ttl + self.cfg.call_timeout + LIVENESS_CACHE;
+        let mut fenced = false;
         loop {
             let answer = self
-                .ask(holder, None, |id, from, _| Envelope::Claim {
-                    id,
-                    from,
-                    session: session.clone(),
-                    secret: secret.to_owned(),
-                    who: who.clone(),
-                })
+                .ask_within(
+                    holder,
+                    None,
+                    CLAIM_ROUND.min(self.cfg.call_timeout),
+                    false,
+                    |id, from, _| Envelope::Claim {
+                        id,
+                        from,
+                        session: session.clone(),
+                        secret: secret.to_owned(),
+                        who: who.clone(),
+                    },
+                )
                 .await;
             match answer {
-                Ok(Answer::Handover(h)) => return Some(h),
+                Ok(Answer::Handover(h)) => return Taken::Handover(h),
                 // The old socket is letting go of it.
-                Ok(Answer::Busy) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                _ => return None,
+                Ok(Answer::Busy) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(_) => return Taken::No { fenced },
+                Err(SendError::Gone) => return self.restore(holder, session, who, fenced).await,
+                Err(_) if !fenced => match self.fence_off(holder, session).await {
+                    Ok(true) => fenced = true,
+                    // Another replica took it first.
+                    Ok(false) => return Taken::No { fenced },
+                    Err(_) => {}
+                },
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                return Taken::No { fenced };
             }
         }
+    }
+
+    /// Points `session`'s `moved` key here unless a replica other than `holder` has it.
+    async fn fence_off(&self, holder: &str, session: &SessionId) -> Result<bool, RouterError> {
+        let set = self
+            .call(
+                "fence session",
+                self.fence
+                    .key(self.moved_key(session))
+                    .arg(holder)
+                    .arg(&self.replica)
+                    .arg(Self::ms(self.cfg.replica_ttl * 3))
+                    .invoke_async::<i64>(&mut self.conn.clone()),
+            )
+            .await?;
+        if set == 1 {
+            self.moved_in.lock().insert(session.clone());
+        }
+        Ok(set == 1)
+    }
+
+    /// `session` from the state its dead `holder` saved, if that state is `who`'s.
+    async fn restore(&self, holder: &str, session: &SessionId, who: &Who, fenced: bool) -> Taken {
+        let saved = self
+            .call(
+                "HGET sessions",
+                redis::cmd("HGET")
+                    .arg(self.states_key(holder))
+                    .arg(&**session)
+                    .query_async::<Option<String>>(&mut self.conn.clone()),
+            )
+            .await;
+        let record = saved
+            .ok()
+            .flatten()
+            .and_then(|json| serde_json::from_str::<Record>(&json).ok())
+            .filter(|r| {
+                r.state.id == *session && r.state.user == who.user && r.state.role == who.role
+            });
+        let Some(record) = record else {
+            return Taken::No { fenced };
+        };
+        if !fenced && !matches!(self.fence_off(holder, session).await, Ok(true)) {
+            return Taken::No { fenced: false };
+        }
+        tracing::info!(%session, replica = holder, "session restored from a dead replica");
+        Taken::Restored(record)
     }
 
     /// Deletes `session`'s `moved` key if it still names this replica.
@@ -892,7 +1118,7 @@ impl Inner {
             return true;
         }
         match owner_of(session) {
-            Some(owner) if self.replica_alive(owner).await => true,
+            Some(owner) if !self.replica_gone(owner).await => true,
             Some(_) => self.moved_alive(session).await,
             None => false,
         }
@@ -902,7 +1128,7 @@ impl Inner {
     async fn moved_alive(&self, session: &str) -> bool {
         match self.holder(session).await {
             Some(holder) if Some(holder.as_str()) != owner_of(session) => {
-                self.replica_alive(&holder).await
+                !self.replica_gone(&holder).await
             }
             _ => false,
         }
@@ -916,6 +1142,12 @@ impl Inner {
             .iter()
             .map(|(c, (s, e))| (c.clone(), s.clone(), *e))
             .collect();
+        self.refresh_cameras(&cameras).await;
+    }
+
+    /// Refreshes (or restores) the presence of `cameras`; one taken over meanwhile is
+    /// forgotten here and its session told it was replaced.
+    async fn refresh_cameras(&self, cameras: &[(String, SessionId, u64)]) {
         for chunk in cameras.chunks(SWEEP_CHUNK) {
             let mut invocation = self.refresh.prepare_invoke();
             invocation.arg(Self::ms(self.cfg.presence_ttl));
@@ -1000,6 +1232,7 @@ impl Inner {
         }
         self.hub.remove_session(session);
         self.moved_in.lock().remove(session);
+        self.queue_state(session, None);
         self.moved_out
             .lock()
             .insert(session.clone(), (to.to_owned(), Instant::now()));
@@ -1224,6 +1457,62 @@ async fn resubscribe(
 /// Liveness every quarter of the replica TTL, presence re-read at the same pace (a crashed
 /// replica's cameras go offline within the TTL and one beat), presence refreshed every third
 /// of its TTL. Right after a pub/sub reconnect, all of it at once.
+/// Writes the sessions' states queued by `save` (and deletes those of sessions gone), a
+/// pipeline per `SWEEP_CHUNK`; what fails to be written waits for the next try.
+async fn save_states(inner: Arc<Inner>, stop: CancellationToken) {
+    let key = inner.states_key(&inner.replica);
+    loop {
+        tokio::select! {
+            () = inner.unsaved_ready.notified() => {}
+            () = stop.cancelled() => return,
+        }
+        loop {
+            let batch: Vec<(SessionId, Option<String>)> = {
+                let mut unsaved = inner.unsaved.lock();
+                let sessions: Vec<SessionId> = unsaved.keys().take(SWEEP_CHUNK).cloned().collect();
+                sessions
+                    .into_iter()
+                    .filter_map(|s| unsaved.remove(&s).map(|r| (s, r)))
+                    .collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            for (session, record) in &batch {
+                match record {
+                    Some(json) => pipe.cmd("HSET").arg(&key).arg(&**session).arg(json),
+                    None => pipe.cmd("HDEL").arg(&key).arg(&**session),
+                }
+                .ignore();
+            }
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(Inner::ms(inner.states_ttl()))
+                .ignore();
+            let written = inner
+                .call(
+                    "save sessions",
+                    pipe.query_async::<()>(&mut inner.conn.clone()),
+                )
+                .await;
+            if written.is_err() {
+                // Kept unless a newer state replaced it meanwhile; tried again shortly.
+                {
+                    let mut unsaved = inner.unsaved.lock();
+                    for (session, record) in batch {
+                        unsaved.entry(session).or_insert(record);
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
 async fn heartbeat(inner: Arc<Inner>, stop: CancellationToken) {
     let beat_every = (inner.cfg.replica_ttl / 4).max(Duration::from_millis(100));
     let refresh_every = (inner.cfg.presence_ttl / 3).max(Duration::from_millis(100));
@@ -1271,6 +1560,7 @@ impl Router for RedisRouter {
     fn unregister<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, ()> {
         let inner = &self.inner;
         inner.hub.remove_session(session);
+        inner.queue_state(session, None);
         let moved_in = inner.moved_in.lock().remove(session);
         async move {
             if moved_in {
@@ -1282,6 +1572,29 @@ impl Router for RedisRouter {
 
     fn local_mailbox(&self, session: &str) -> Option<Arc<Mailbox>> {
         self.inner.hub.mailbox(session)
+    }
+
+    fn keeps_state(&self) -> bool {
+        self.inner.keeps_state()
+    }
+
+    fn save(&self, state: SessionState) {
+        let inner = &self.inner;
+        let epoch = state
+            .published
+            .as_ref()
+            .and_then(|camera| {
+                let cameras = inner.cameras.lock();
+                cameras
+                    .get(camera)
+                    .filter(|(s, _)| *s == state.id)
+                    .map(|(_, e)| *e)
+            })
+            .unwrap_or(0);
+        let id = state.id.clone();
+        if let Ok(json) = serde_json::to_string(&Record { state, epoch }) {
+            inner.queue_state(&id, Some(json));
+        }
     }
 
     fn resume_key(&self) -> Option<[u8; 32]> {
@@ -1309,13 +1622,39 @@ impl Router for RedisRouter {
                 return None;
             }
             // Reachable here before the old holder lets go: a frame that reaches it after the
-            // hand-over is answered `moved` and sent on here. The `moved` key is written only
-            // once the session is ours: a refused claim changes nothing in Redis.
+            // hand-over is answered `moved` and sent on here. The `moved` key is written once
+            // the session is ours, or as a fence while a silent holder is awaited.
             inner.hub.insert_session(session.clone(), mailbox.clone());
-            let Some(handover) = inner.claim_from(&holder, session, secret, who).await else {
-                inner.hub.remove_session(session);
-                return None;
-            };
+            let (state, epoch, queued, restored) =
+                match inner.take_from(&holder, session, secret, who).await {
+                    Taken::Handover(h) => {
+                        let Handover {
+                            state,
+                            epoch,
+                            queued,
+                        } = *h;
+                        (state, epoch, queued, false)
+                    }
+                    Taken::Restored(Record { state, epoch }) => (state, epoch, Vec::new(), true),
+                    Taken::No { fenced } => {
+                        inner.hub.remove_session(session);
+                        if fenced {
+                            inner.moved_in.lock().remove(session);
+                            inner.unmove(session).await;
+                            // Frames that came here behind the fence: their senders hear the
+                            // session is gone, as its holder would have told them.
+                            while let Some(d) = mailbox.pop() {
+                                if let Delivery::Relay { from, .. } = &*d {
+                                    let gone = Delivery::PeerGone {
+                                        peer: session.clone(),
+                                    };
+                                    let _ = self.send(from, gone).await;
+                                }
+                            }
+                        }
+                        return None;
+                    }
+                };
             inner.moved_in.lock().insert(session.clone());
             let _ = inner
                 .call(
@@ -1328,17 +1667,17 @@ impl Router for RedisRouter {
                         .query_async::<()>(&mut inner.conn.clone()),
                 )
                 .await;
-            let Handover {
-                state,
-                epoch,
-                queued,
-            } = *handover;
             mailbox.prepend(queued);
             if let Some(camera) = &state.published {
+                let entry = (camera.clone(), session.clone(), epoch);
                 inner
                     .cameras
                     .lock()
                     .insert(camera.clone(), (session.clone(), epoch));
+                if restored {
+                    // Its presence may have lapsed while its replica was dying.
+                    inner.refresh_cameras(&[entry]).await;
+                }
             }
             tracing::debug!(%session, from = holder, "session moved here");
             Some(state)
@@ -1581,6 +1920,7 @@ mod tests {
             presence_ttl: Duration::from_secs(30),
             replica_ttl: Duration::from_secs(10),
             call_timeout: Duration::from_secs(5),
+            resume_grace: Duration::ZERO,
             backplane_errors: IntCounter::new("e", "e").expect("counter"),
         })
         .await

@@ -407,6 +407,23 @@ impl Session {
         }
     }
 
+    /// A digest of what [`state`](Self::state) would return: the connection saves the state
+    /// (for a resume elsewhere) only when this changes, not on every relayed frame.
+    pub fn state_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.published.hash(&mut h);
+        self.viewers.hash(&mut h);
+        for w in &self.watches {
+            w.camera.hash(&mut h);
+            match &w.view {
+                View::Online(s) => s.hash(&mut h),
+                View::Pending | View::Offline => 0u8.hash(&mut h),
+            }
+        }
+        h.finish()
+    }
+
     /// The session moved to another replica: nothing more happens here, and its peers and
     /// presence are not touched (they are the new replica's now).
     pub fn moved_away(&mut self) {
