@@ -62,14 +62,20 @@ pub async fn run(opts: CameraOptions, stop: CancellationToken) -> Result<(), Cam
     };
     tokio::pin!(until_deadline);
     let mut attempt = 0u32;
+    // Outlive a signaling connection: after a resume the viewers' peer connections go on, and
+    // what their tasks sent meanwhile follows.
+    let sender = SignalSender::default();
+    let mut resume: Option<signaling::Resume> = None;
+    let mut session_stop = stop.child_token();
+    let mut sessions: HashMap<String, mpsc::UnboundedSender<ToSession>> = HashMap::new();
     loop {
         let token = signaling::current_token(opts.token_file.as_deref(), &opts.token);
         let connected = tokio::select! {
-            r = signaling::connect_refreshing(&opts.signal_url, &token, opts.token_file.clone()) => r,
+            r = signaling::connect_resuming(&opts.signal_url, &token, opts.token_file.clone(), resume.as_ref()) => r,
             _ = stop.cancelled() => return Ok(()),
             _ = &mut until_deadline => return Ok(()),
         };
-        let (mut welcome, sender, mut incoming) = match connected {
+        let (mut welcome, connection, mut incoming) = match connected {
             Ok(ok) => ok,
             Err(e) if e.is_fatal() => return Err(e.into()),
             Err(e) => {
@@ -89,18 +95,24 @@ pub async fn run(opts: CameraOptions, stop: CancellationToken) -> Result<(), Cam
         for why in ice::expired_turn_credentials(&welcome.ice_servers, SystemTime::now()) {
             tracing::error!("{why}: viewers will not be able to connect through the relay");
         }
-        tracing::info!(session = %welcome.session, "camera online");
-        sender.send(ClientFrame::Publish);
+        sender.attach(&connection, welcome.resumed);
+        resume = welcome.resume.clone();
+        if welcome.resumed {
+            tracing::info!(session = %welcome.session, viewers = sessions.len(), "signaling resumed; calls go on");
+        } else {
+            // A new session: the viewers re-watch and get fresh offers from it.
+            session_stop.cancel();
+            session_stop = stop.child_token();
+            sessions.clear();
+            tracing::info!(session = %welcome.session, "camera online");
+            sender.send(ClientFrame::Publish);
+        }
         let peer_opts = PeerOptions {
             ice_servers: welcome.ice_servers.clone(),
             relay_only: opts.relay_only,
             bind: opts.bind,
             signal_url: opts.signal_url.clone(),
         };
-        // Sessions of this signaling connection; a reconnect starts over (viewers re-watch and
-        // get fresh offers from the new session).
-        let session_stop = stop.child_token();
-        let mut sessions: HashMap<String, mpsc::UnboundedSender<ToSession>> = HashMap::new();
         let closed = loop {
             let msg = tokio::select! {
                 m = incoming.recv() => m,
@@ -161,9 +173,9 @@ pub async fn run(opts: CameraOptions, stop: CancellationToken) -> Result<(), Cam
             }
             sessions.retain(|_, s| !s.is_closed());
         };
-        session_stop.cancel();
         match closed {
             Some(c) if c.is_fatal() => {
+                session_stop.cancel();
                 return Err(match c.code {
                     Some(4003) => SignalError::Forbidden(c.reason),
                     _ => SignalError::Unauthorized(c.reason),

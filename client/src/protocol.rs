@@ -49,6 +49,12 @@ pub enum ServerFrame {
         /// Seconds between pings the server expects.
         #[serde(default)]
         heartbeat: Option<f64>,
+        /// The secret to resume this session with after a dropped socket.
+        #[serde(default)]
+        resume: Option<String>,
+        /// This is the session the client asked to resume: its peers and calls go on.
+        #[serde(default)]
+        resumed: bool,
     },
     CameraOnline {
         camera: String,

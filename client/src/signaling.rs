@@ -1,8 +1,12 @@
 //! The WebSocket side of signaling: connect with the app token as a bearer header (native
 //! clients, DESIGN §3), wait for `welcome`, then exchange frames through channels. A writer task
 //! keeps the heartbeat; a reader task hands parsed frames on and reports how the socket closed.
+//! A socket on which nothing arrives for three heartbeats is given up (a network change leaves
+//! it half-open), and the next connect resumes the session with the secret `welcome` gave.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -15,7 +19,14 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::protocol::{ClientFrame, IceServer, ServerFrame, ice_servers_of};
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// A resume can wait for the server to find the replica that held the session dead (its
+/// `replica_ttl`, 10 s by default) before `welcome`.
+const RESUME_WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(20);
+/// Heartbeats without a byte from the server before the socket is taken for dead.
+const SILENT_HEARTBEATS: u32 = 3;
+/// Frames kept while disconnected, sent after a resume (oldest dropped past it).
+const MAX_UNSENT: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
@@ -51,6 +62,17 @@ pub struct Welcome {
     pub session: String,
     pub ice_servers: Vec<IceServer>,
     pub heartbeat: Duration,
+    /// How to resume this session on the next connect, if the server offers resume.
+    pub resume: Option<Resume>,
+    /// The session asked for was resumed: its peers, presence and watches are as they were.
+    pub resumed: bool,
+}
+
+/// A session and the secret to take it back with (`Iceway-Resume`, docs/signaling.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub session: String,
+    pub secret: String,
 }
 
 /// Something from the server: a frame, or the end of the connection.
@@ -76,16 +98,67 @@ impl Closed {
     }
 }
 
-/// Sends frames to the server. Cloneable; sending after the socket closed is a no-op that
-/// returns false (the session resynchronises after reconnecting).
-#[derive(Debug, Clone)]
+/// Sends frames to the server. Cloneable, and it outlives a connection: [`attach`] points it
+/// at the next one. Frames sent while no connection takes them are kept (the last
+/// `MAX_UNSENT`) and go out after a resume, or are dropped when the next connection is a new
+/// session. `send` returns whether the frame went to a live connection.
+///
+/// [`attach`]: Self::attach
+#[derive(Debug, Clone, Default)]
 pub struct SignalSender {
-    tx: mpsc::UnboundedSender<ClientFrame>,
+    inner: Arc<Mutex<Outbox>>,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    tx: Option<mpsc::UnboundedSender<ClientFrame>>,
+    unsent: VecDeque<ClientFrame>,
 }
 
 impl SignalSender {
     pub fn send(&self, frame: ClientFrame) -> bool {
-        self.tx.send(frame).is_ok()
+        let mut outbox = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let frame = match &outbox.tx {
+            Some(tx) => match tx.send(frame) {
+                Ok(()) => return true,
+                Err(mpsc::error::SendError(frame)) => frame,
+            },
+            None => frame,
+        };
+        outbox.tx = None;
+        if outbox.unsent.len() >= MAX_UNSENT {
+            outbox.unsent.pop_front();
+        }
+        outbox.unsent.push_back(frame);
+        false
+    }
+
+    /// Sends from now on through `connection`'s socket. `resumed`: the frames kept meanwhile
+    /// go first; else they belonged to the old session and are dropped.
+    pub fn attach(&self, connection: &SignalSender, resumed: bool) {
+        let tx = connection
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tx
+            .clone();
+        let mut outbox = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let unsent = std::mem::take(&mut outbox.unsent);
+        outbox.tx = tx;
+        if resumed && let Some(tx) = &outbox.tx {
+            for frame in unsent {
+                let _ = tx.send(frame);
+            }
+        }
+    }
+
+    fn connected(tx: mpsc::UnboundedSender<ClientFrame>) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Outbox {
+                tx: Some(tx),
+                unsent: VecDeque::new(),
+            })),
+        }
     }
 }
 
@@ -113,6 +186,17 @@ pub async fn connect_refreshing(
     token: &str,
     token_file: Option<PathBuf>,
 ) -> Result<(Welcome, SignalSender, mpsc::UnboundedReceiver<Incoming>), SignalError> {
+    connect_resuming(url, token, token_file, None).await
+}
+
+/// As [`connect_refreshing`], asking to resume `resume`'s session (the previous connection's
+/// [`Welcome::resume`]); [`Welcome::resumed`] says whether it was.
+pub async fn connect_resuming(
+    url: &str,
+    token: &str,
+    token_file: Option<PathBuf>,
+    resume: Option<&Resume>,
+) -> Result<(Welcome, SignalSender, mpsc::UnboundedReceiver<Incoming>), SignalError> {
     if !(url.starts_with("ws://") || url.starts_with("wss://")) {
         return Err(SignalError::BadUrl(url.to_owned()));
     }
@@ -123,6 +207,16 @@ pub async fn connect_refreshing(
         SignalError::Unauthorized("token has characters not allowed in a header".into())
     })?;
     request.headers_mut().insert("Authorization", bearer);
+    if let Some(r) = resume
+        && let Ok(value) = HeaderValue::from_str(&format!("{} {}", r.session, r.secret))
+    {
+        request.headers_mut().insert("Iceway-Resume", value);
+    }
+    let welcome_timeout = if resume.is_some() {
+        RESUME_WELCOME_TIMEOUT
+    } else {
+        WELCOME_TIMEOUT
+    };
     let (ws, _response) = match tokio_tungstenite::connect_async(request).await {
         Ok(ok) => ok,
         Err(tungstenite::Error::Http(resp)) => {
@@ -142,7 +236,7 @@ pub async fn connect_refreshing(
     let (mut sink, mut stream) = ws.split();
 
     // Until welcome arrives nothing else may happen, so read it inline.
-    let welcome = tokio::time::timeout(WELCOME_TIMEOUT, async {
+    let welcome = tokio::time::timeout(welcome_timeout, async {
         while let Some(msg) = stream.next().await {
             match msg {
                 Ok(Message::Text(text)) => match ServerFrame::parse(&text) {
@@ -150,6 +244,8 @@ pub async fn connect_refreshing(
                         session,
                         ice_servers,
                         heartbeat,
+                        resume,
+                        resumed,
                         ..
                     }) => {
                         let ice_servers =
@@ -158,10 +254,16 @@ pub async fn connect_refreshing(
                             .filter(|s| s.is_finite() && *s > 0.0)
                             .map(Duration::from_secs_f64)
                             .unwrap_or(DEFAULT_HEARTBEAT);
+                        let resume = resume.map(|secret| Resume {
+                            session: session.clone(),
+                            secret,
+                        });
                         return Ok(Welcome {
                             session,
                             ice_servers,
                             heartbeat,
+                            resume,
+                            resumed,
                         });
                     }
                     Ok(ServerFrame::Error { code, message, .. }) => {
@@ -183,24 +285,39 @@ pub async fn connect_refreshing(
         Err(SignalError::ClosedEarly("connection ended".into()))
     })
     .await
-    .map_err(|_| SignalError::NoWelcome(WELCOME_TIMEOUT))??;
+    .map_err(|_| SignalError::NoWelcome(welcome_timeout))??;
 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ClientFrame>();
     let (in_tx, in_rx) = mpsc::unbounded_channel::<Incoming>();
     let refresh_tx = out_tx.clone();
     let mut current = token.to_owned();
     let heartbeat = welcome.heartbeat;
+    // Milliseconds since `epoch` when the server was last heard; the writer checks it at each
+    // ping and tells the reader to give the socket up when it is too old.
+    let epoch = tokio::time::Instant::now();
+    let heard = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let silent = tokio_util::sync::CancellationToken::new();
+    let (heard_w, silent_w) = (heard.clone(), silent.clone());
 
     tokio::spawn(async move {
         let mut ping = tokio::time::interval(heartbeat);
         ping.tick().await;
+        let limit = heartbeat * SILENT_HEARTBEATS;
         loop {
             let frame = tokio::select! {
                 f = out_rx.recv() => match f {
                     Some(f) => f,
                     None => break,
                 },
-                _ = ping.tick() => ClientFrame::Ping,
+                _ = ping.tick() => {
+                    let last = Duration::from_millis(heard_w.load(std::sync::atomic::Ordering::Relaxed));
+                    if epoch.elapsed().saturating_sub(last) > limit {
+                        silent_w.cancel();
+                        return;
+                    }
+                    ClientFrame::Ping
+                }
+                () = silent_w.cancelled() => return,
             };
             if sink.send(Message::text(frame.to_json())).await.is_err() {
                 break;
@@ -214,7 +331,19 @@ pub async fn connect_refreshing(
             code: None,
             reason: "connection ended".into(),
         };
-        while let Some(msg) = stream.next().await {
+        loop {
+            let msg = tokio::select! {
+                m = stream.next() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                () = silent.cancelled() => {
+                    closed.reason = format!("nothing from the server for {SILENT_HEARTBEATS} heartbeats");
+                    break;
+                }
+            };
+            let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            heard.store(ms, std::sync::atomic::Ordering::Relaxed);
             match msg {
                 Ok(Message::Text(text)) => match ServerFrame::parse(&text) {
                     Ok(ServerFrame::Pong) => {}
@@ -254,10 +383,12 @@ pub async fn connect_refreshing(
                 }
             }
         }
+        // The writer ends with the reader, so the socket is dropped, not left half-open.
+        silent.cancel();
         let _ = in_tx.send(Incoming::Closed(closed));
     });
 
-    Ok((welcome, SignalSender { tx: out_tx }, in_rx))
+    Ok((welcome, SignalSender::connected(out_tx), in_rx))
 }
 
 fn close_error(frame: Option<CloseFrame>) -> SignalError {
@@ -287,6 +418,42 @@ mod tests {
         assert_eq!(backoff(0), Duration::from_millis(500));
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert_eq!(backoff(30), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn frames_sent_while_disconnected_follow_a_resume_and_not_a_new_session() {
+        let sender = SignalSender::default();
+        assert!(!sender.send(ClientFrame::Ping), "no connection yet");
+        assert!(!sender.send(ClientFrame::Publish));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        sender.attach(&SignalSender::connected(tx), true);
+        assert_eq!(rx.try_recv().ok(), Some(ClientFrame::Ping));
+        assert_eq!(rx.try_recv().ok(), Some(ClientFrame::Publish));
+        assert!(sender.send(ClientFrame::Leave));
+        assert_eq!(rx.try_recv().ok(), Some(ClientFrame::Leave));
+
+        drop(rx);
+        for _ in 0..MAX_UNSENT + 10 {
+            sender.send(ClientFrame::Ping);
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        sender.attach(&SignalSender::connected(tx), false);
+        assert!(
+            rx.try_recv().is_err(),
+            "a new session does not get the old one's frames"
+        );
+
+        drop(rx);
+        for _ in 0..MAX_UNSENT + 10 {
+            sender.send(ClientFrame::Ping);
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        sender.attach(&SignalSender::connected(tx), true);
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, MAX_UNSENT, "bounded while disconnected");
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct ViewerReport {
     pub selected_pair: Option<SelectedPair>,
     pub relay_only: bool,
     pub camera_was_offline: bool,
+    /// Peer connections made with the camera: 1 means the call was never restarted.
+    pub peer_connections: u32,
+    /// Signaling reconnects that resumed the session (the call went on).
+    pub signaling_resumes: u32,
     /// Why no (or too few) frames arrived, in plain words.
     pub reason: Option<String>,
     pub elapsed_ms: u64,
@@ -88,15 +92,31 @@ pub async fn run(
     let (frames_tx, mut frames_rx) = watch::channel(0u64);
     let mut state = RunState::default();
     let mut attempt = 0u32;
+    if let Some(p) = opts.progress.clone() {
+        // Counted as frames arrive, also while signaling reconnects (the call goes on).
+        let mut rx = frames_tx.subscribe();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                p.store(*rx.borrow(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    // The call outlives a signaling connection that is resumed.
+    let sender = SignalSender::default();
+    let mut resume: Option<signaling::Resume> = None;
+    let mut call: Option<Call> = None;
+    let mut pc_events: Option<mpsc::UnboundedReceiver<PcEvent>> = None;
+    let mut pending: Vec<(String, RTCIceCandidateInit)> = Vec::new();
+    let mut relay_candidates = 0u32;
 
     'reconnect: loop {
         let token = signaling::current_token(opts.token_file.as_deref(), &opts.token);
         let connected = tokio::select! {
-            r = signaling::connect_refreshing(&opts.signal_url, &token, opts.token_file.clone()) => r,
+            r = signaling::connect_resuming(&opts.signal_url, &token, opts.token_file.clone(), resume.as_ref()) => r,
             _ = stop.cancelled() => break 'reconnect,
             _ = tokio::time::sleep_until(deadline) => break 'reconnect,
         };
-        let (mut welcome, sender, mut incoming) = match connected {
+        let (mut welcome, connection, mut incoming) = match connected {
             Ok(ok) => ok,
             Err(e) if e.is_fatal() => return Err(e.into()),
             Err(e) => {
@@ -127,15 +147,21 @@ pub async fn run(
             bind: opts.bind,
             signal_url: opts.signal_url.clone(),
         };
-        sender.send(ClientFrame::Watch {
-            camera: opts.camera.clone(),
-        });
-        tracing::info!(camera = %opts.camera, session = %welcome.session, "watching");
-
-        let mut call: Option<Call> = None;
-        let mut pc_events: Option<mpsc::UnboundedReceiver<PcEvent>> = None;
-        let mut pending: Vec<(String, RTCIceCandidateInit)> = Vec::new();
-        let mut relay_candidates = 0u32;
+        sender.attach(&connection, welcome.resumed);
+        resume = welcome.resume.clone();
+        if welcome.resumed {
+            state.signaling_resumes += 1;
+            tracing::info!(camera = %opts.camera, session = %welcome.session, "signaling resumed; the call goes on");
+        } else {
+            // A new session: the camera makes a new call with it.
+            close(call.take()).await;
+            pc_events = None;
+            pending.clear();
+            sender.send(ClientFrame::Watch {
+                camera: opts.camera.clone(),
+            });
+            tracing::info!(camera = %opts.camera, session = %welcome.session, "watching");
+        }
 
         loop {
             let ev = async {
@@ -148,9 +174,6 @@ pub async fn run(
                 _ = stop.cancelled() => { close(call.take()).await; break 'reconnect; }
                 _ = tokio::time::sleep_until(deadline) => { close(call.take()).await; break 'reconnect; }
                 changed = frames_rx.changed() => {
-                    if let Some(p) = &opts.progress {
-                        p.store(*frames_rx.borrow(), std::sync::atomic::Ordering::Relaxed);
-                    }
                     if changed.is_ok() && *frames_rx.borrow() >= opts.frames {
                         state.selected_pair = match call.as_ref() {
                             Some(c) => peer::selected_pair(&c.pc).await,
@@ -192,6 +215,7 @@ pub async fn run(
                             if !same {
                                 close(call.take()).await;
                                 let (pc, events) = peer::new_peer(&peer_opts).await?;
+                                state.peer_connections += 1;
                                 pc_events = Some(events);
                                 relay_candidates = 0;
                                 call = Some(Call { pc, camera_session: from.clone(), have_remote: false });
@@ -299,7 +323,7 @@ pub async fn run(
                 },
             }
         }
-        close(call.take()).await;
+        // The call is kept for a resume; the next welcome says whether it goes on.
         attempt += 1;
         tokio::select! {
             _ = tokio::time::sleep(signaling::backoff(attempt)) => {}
@@ -308,6 +332,7 @@ pub async fn run(
         }
     }
 
+    close(call.take()).await;
     Ok(report(&opts, start, &assembler, state))
 }
 
@@ -318,6 +343,8 @@ struct RunState {
     connected_at: Option<Duration>,
     selected_pair: Option<SelectedPair>,
     camera_was_offline: bool,
+    peer_connections: u32,
+    signaling_resumes: u32,
 }
 
 async fn answer(call: &mut Call, sdp: String, sender: &SignalSender) -> Result<(), ViewerError> {
@@ -457,6 +484,8 @@ fn report(
         selected_pair: state.selected_pair,
         relay_only: opts.relay_only,
         camera_was_offline: state.camera_was_offline,
+        peer_connections: state.peer_connections,
+        signaling_resumes: state.signaling_resumes,
         reason,
         elapsed_ms: start.elapsed().as_millis() as u64,
     }

@@ -1,8 +1,9 @@
 //! A real WebRTC call (the Rust reference camera and viewer, VP8 through iceway-turn) whose
 //! camera and viewer are on two signal replicas sharing a real `redis-server`, while Redis is
-//! paused for 8 s and then killed and restarted empty. The media flows peer to peer through
-//! TURN, so a backplane fault must not stop it: frames keep arriving during each fault and the
-//! call is never torn down.
+//! paused for 8 s and then killed and restarted empty; and while the viewer's network changes
+//! (its signaling socket left half-open) and the camera's replica crashes. The media flows
+//! peer to peer through TURN, so none of these may stop it: frames keep arriving during each
+//! fault and the call is never torn down (signaling resumes the sessions).
 //!
 //! Needs `redis-server` on PATH (Debian: `apt-get install -y --no-install-recommends
 //! redis-server`).
@@ -18,7 +19,7 @@ use iceway_client::media::Clip;
 use iceway_client::viewer::{self, ViewerOptions};
 use iceway_service::Shutdown;
 use iceway_signal::{Config as SignalServerConfig, SignalServer};
-use iceway_testkit::{RedisServer, wait_until};
+use iceway_testkit::{Front, RedisServer, wait_until};
 use iceway_turn::config::{Config as TurnServerConfig, TurnConfig};
 use iceway_turn::server::TurnServer;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +88,102 @@ async fn replica(
     let shutdown = Shutdown::new();
     tokio::spawn(server.run(shutdown.clone()));
     (url, shutdown)
+}
+
+fn signal_config(
+    dir: &tempfile::TempDir,
+    redis: &RedisServer,
+    turn: SocketAddr,
+) -> SignalServerConfig {
+    let jwt = dir.path().join("jwt");
+    std::fs::write(&jwt, JWT).expect("write jwt");
+    let mut cfg = SignalServerConfig::default();
+    cfg.signal.listen = "127.0.0.1:0".parse().expect("addr");
+    cfg.signal.redis_url = Some(redis.url());
+    cfg.signal.presence_ttl = Duration::from_secs(3);
+    cfg.signal.replica_ttl = Duration::from_secs(2);
+    cfg.signal.backplane_timeout = Duration::from_secs(2);
+    // Clients give a silent socket up after three heartbeats.
+    cfg.signal.heartbeat = Duration::from_secs(2);
+    cfg.jwt.secret_file = Some(jwt);
+    cfg.turn_credentials.secret_file = Some(dir.path().join("turn-secret"));
+    cfg.turn_credentials.urls = vec![format!("turn:{turn}?transport=udp")];
+    cfg
+}
+
+/// A signal replica on a runtime of its own, so that it can crash: dropping the runtime ends
+/// every task of it at once (its sockets and Redis connections close, nothing of it runs
+/// again, no session is ended politely), as when the process is killed.
+struct Crashable {
+    addr: SocketAddr,
+    registry: prometheus::Registry,
+    crash: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Crashable {
+    fn start(cfg: SignalServerConfig) -> Self {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (crash, crashed) = std::sync::mpsc::channel::<()>();
+        let registry = prometheus::Registry::new();
+        let r = registry.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let addr = rt.block_on(async {
+                let server = SignalServer::bind(&cfg, &r).await.expect("signal");
+                let addr = server.local_addr();
+                tokio::spawn(server.run(Shutdown::new()));
+                addr
+            });
+            addr_tx.send(addr).expect("send addr");
+            // Until crashed, or until the test ends and drops the handle.
+            let _ = crashed.recv();
+            rt.shutdown_background();
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("replica started");
+        Self {
+            addr,
+            registry,
+            crash: Some(crash),
+        }
+    }
+
+    fn crash(&mut self) {
+        self.crash.take();
+    }
+
+    /// `iceway_signal_connections_total{result}` so far.
+    fn connections(&self, result: &str) -> u64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "iceway_signal_connections_total")
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "result" && l.value() == result)
+            })
+            .map(|m| m.get_counter().value() as u64)
+            .sum()
+    }
+
+    /// How long until a connection with `result` is counted here (the resume took).
+    async fn until_counted(&self, result: &str, since: Instant) -> Duration {
+        let before = self.connections(result);
+        wait_until(
+            &format!("a {result} connection"),
+            Duration::from_secs(30),
+            || async { self.connections(result) > before },
+        )
+        .await;
+        since.elapsed()
+    }
 }
 
 /// Frames received during `fault`: sampled when it starts and when it is over.
@@ -182,4 +279,117 @@ async fn media_keeps_flowing_while_redis_pauses_and_restarts_empty() {
         "viewer: {} frames, reason {:?}",
         report.frames, report.reason
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_keeps_flowing_when_the_viewers_network_changes_and_the_cameras_replica_crashes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::start().await;
+    let (turn_addr, _turn) = turn(&dir).await;
+    let mut a = Crashable::start(signal_config(&dir, &redis, turn_addr));
+    let b = Crashable::start(signal_config(&dir, &redis, turn_addr));
+    // What the clients dial: one front (load balancer) each, camera to A, viewer to B.
+    let cam_front = Front::start(a.addr).await;
+    let viewer_front = Front::start(b.addr).await;
+
+    let stop = CancellationToken::new();
+    let cam = tokio::spawn(camera::run(
+        CameraOptions {
+            signal_url: format!("ws://{}/v1/ws", cam_front.addr),
+            token: token(Role::Camera, "cam1", &[]),
+            token_file: None,
+            clip: Arc::new(Clip::builtin()),
+            relay_only: true,
+            bind: None,
+            ice_servers: None,
+            duration: Some(Duration::from_secs(120)),
+        },
+        stop.clone(),
+    ));
+    let progress = Arc::new(AtomicU64::new(0));
+    let view = tokio::spawn(viewer::run(
+        ViewerOptions {
+            signal_url: format!("ws://{}/v1/ws", viewer_front.addr),
+            token: token(Role::Viewer, "alice", &["cam1"]),
+            token_file: None,
+            camera: "cam1".into(),
+            relay_only: true,
+            bind: None,
+            ice_servers: None,
+            frames: u64::MAX,
+            timeout: Duration::from_secs(120),
+            progress: Some(progress.clone()),
+        },
+        stop.clone(),
+    ));
+    let started = Instant::now();
+    wait_until(
+        "the call is up (30 frames)",
+        Duration::from_secs(60),
+        || {
+            let p = progress.clone();
+            async move { p.load(Ordering::Relaxed) >= 30 }
+        },
+    )
+    .await;
+    println!("call up after {:?}", started.elapsed());
+
+    // The viewer's phone changes network: its socket is left half-open, nothing more gets
+    // through it. The client notices the silence (three 2 s heartbeats) and resumes its
+    // session on a new socket; the server closes the stale one.
+    let network_change = Instant::now();
+    let changed = frames_during(&progress, async {
+        viewer_front.strand();
+        let resumed = b.until_counted("resumed", network_change).await;
+        println!("viewer network changed: signaling resumed after {resumed:?}");
+        tokio::time::sleep(Duration::from_secs(10).saturating_sub(resumed)).await;
+    })
+    .await;
+    println!("viewer network changed: {changed} frames in the 10 s after");
+    assert!(
+        changed >= 150,
+        "media stopped after the network change: {changed}"
+    );
+
+    // The camera's replica crashes; the load balancer sends its reconnect to B, where it
+    // resumes from the state A saved, once A is found dead (replica TTL 2 s).
+    let crash = Instant::now();
+    let crashed = frames_during(&progress, async {
+        cam_front.set_target(b.addr);
+        let moved_in = b.connections("moved_in");
+        a.crash();
+        let resumed = b.until_counted("moved_in", crash).await;
+        assert_eq!(b.connections("moved_in"), moved_in + 1);
+        println!("camera's replica crashed: the camera resumed on the other after {resumed:?}");
+        tokio::time::sleep(Duration::from_secs(8).saturating_sub(resumed)).await;
+    })
+    .await;
+    println!("camera's replica crashed: {crashed} frames in the 8 s after");
+    assert!(crashed >= 120, "media stopped after the crash: {crashed}");
+
+    // Past the time a crashed replica's sessions are declared gone: the call goes on.
+    let after = frames_during(&progress, tokio::time::sleep(Duration::from_secs(4))).await;
+    assert!(after >= 60, "{after}");
+    assert!(!view.is_finished(), "the viewer gave up: {:?}", view.await);
+    assert!(!cam.is_finished(), "the camera gave up: {:?}", cam.await);
+    stop.cancel();
+    let _ = cam.await;
+    let report = view.await.expect("viewer task").expect("viewer");
+    println!(
+        "viewer: {} frames, {} peer connection(s), {} signaling resume(s), camera offline seen: {}, \
+         network change at {:?}, crash at {:?}",
+        report.frames,
+        report.peer_connections,
+        report.signaling_resumes,
+        report.camera_was_offline,
+        network_change.duration_since(started),
+        crash.duration_since(started),
+    );
+    assert_eq!(report.peer_connections, 1, "the call was restarted");
+    assert!(
+        !report.camera_was_offline,
+        "the viewer was told the camera went offline"
+    );
+    assert!(report.signaling_resumes >= 1, "the viewer never resumed");
+    drop(b);
 }

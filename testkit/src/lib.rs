@@ -7,7 +7,8 @@
 //! - [`ready`]: bounded waits until a server listens (TCP, STUN, a first line, any condition);
 //! - [`coturn`]: coturn's `turnserver` and its `turnutils_peer` echo peer;
 //! - [`redis`]: a `redis-server` that can be paused, resumed and restarted empty;
-//! - [`proxy`]: a TCP proxy that cuts the network between its sides and heals it.
+//! - [`proxy`]: a TCP proxy that cuts the network between its sides and heals it, and a
+//!   front (load balancer) that switches targets and strands old connections.
 //!
 //! Binaries cargo builds (`env!("CARGO_BIN_EXE_…")`) exist only for their own crate's tests, so
 //! every launcher here takes a program path or a prepared [`std::process::Command`].
@@ -22,7 +23,7 @@ pub mod require;
 
 pub use port::{free_port, free_udp_port_pair};
 pub use process::{Proc, Server};
-pub use proxy::CutProxy;
+pub use proxy::{CutProxy, Front};
 pub use ready::{read_first_line, wait_for_stun, wait_for_tcp, wait_until};
 pub use redis::RedisServer;
 pub use require::{require, which};

@@ -77,6 +77,68 @@ impl Drop for CutProxy {
     }
 }
 
+/// A TCP front for a service, as a load balancer is: each new connection goes to the current
+/// target ([`set_target`](Self::set_target), e.g. another replica once one has died), and
+/// [`strand`](Self::strand) leaves the connections made so far open with no byte moving
+/// either way (the network a phone just left) while new ones go through.
+pub struct Front {
+    pub addr: SocketAddr,
+    target: Arc<std::sync::Mutex<SocketAddr>>,
+    gate: Arc<std::sync::Mutex<Arc<Gate>>>,
+    tasks: JoinSet<()>,
+}
+
+impl Front {
+    /// Listens on a free loopback port and forwards every connection to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+        let addr = listener.local_addr().expect("front addr");
+        let target = Arc::new(std::sync::Mutex::new(target));
+        let gate = Arc::new(std::sync::Mutex::new(Arc::new(Gate::default())));
+        let mut tasks = JoinSet::new();
+        let (t, g) = (target.clone(), gate.clone());
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let to = *t.lock().expect("front target");
+                let gate = g.lock().expect("front gate").clone();
+                conns.spawn(async move {
+                    let Ok(server) = TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pipe(cr, sw, &gate), pipe(sr, cw, &gate));
+                });
+            }
+        });
+        Self {
+            addr,
+            target,
+            gate,
+            tasks,
+        }
+    }
+
+    /// Where new connections go from now on.
+    pub fn set_target(&self, target: SocketAddr) {
+        *self.target.lock().expect("front target") = target;
+    }
+
+    /// Holds every byte of the connections made so far, for good; new ones pass.
+    pub fn strand(&self) {
+        let fresh = Arc::new(Gate::default());
+        let old = std::mem::replace(&mut *self.gate.lock().expect("front gate"), fresh);
+        old.cut.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
