@@ -345,6 +345,8 @@ window.icewayStats = async () => {
   return {
     role: 'viewer',
     signal: signal ? signal.state : 'closed',
+    session: signal && signal.welcome ? signal.welcome.session : null,
+    resumed: !!(signal && signal.welcome && signal.welcome.resumed),
     camera: params.camera,
     cameraState,
     cameraSession,
