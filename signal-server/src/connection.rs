@@ -79,12 +79,20 @@ async fn serve_boxed(mut socket: Box<WebSocket>, hello: Hello, shared: Arc<Share
         return;
     }
     let grace = shared.config.resume_grace;
-    if end == End::Gone && !grace.is_zero() && !shared.close_all.is_cancelled() {
+    let resumable = !grace.is_zero() && !shared.close_all.is_cancelled();
+    if end == End::Gone && resumable {
         // The socket dropped without a word (a phone changing networks): the session waits
         // for its client, its peers are not told, and what is sent to it queues.
         detach(session, mailbox, slot, &shared);
         return;
     }
+    let silent = End::Close(close::POLICY, "idle timeout");
+    if end == End::Silent && resumable {
+        detach(session, mailbox, slot, &shared);
+        Box::pin(finish(&mut socket, silent, &shared)).await;
+        return;
+    }
+    let end = if end == End::Silent { silent } else { end };
     end_session(session, &shared).await;
     drop(slot);
     Box::pin(finish(&mut socket, end, &shared)).await;

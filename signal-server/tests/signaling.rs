@@ -856,3 +856,43 @@ async fn a_browser_resumes_through_its_auth_frame() {
     assert_eq!(w["resumed"], true);
     quiet_camera(&mut camera).await;
 }
+
+/// A client silent past the idle timeout (its network went away without the socket closing)
+/// is closed with 4008, but its session waits for a resume as after a dropped socket: its
+/// camera is not told it left, and what the camera sent meanwhile follows the resume.
+#[tokio::test]
+async fn a_client_closed_for_silence_can_still_resume_its_session() {
+    let server = TestServer::start_with(|c| {
+        c.signal.resume_grace = Duration::from_secs(5);
+        c.signal.heartbeat = Duration::from_secs(1);
+        c.signal.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let (mut camera, viewer, welcome) = joined_with_resume(&server).await;
+    let (session, secret) = (viewer.session.clone(), welcome["resume"].as_str().unwrap());
+    // The viewer's socket is not read, so its pings go unanswered; the camera keeps talking.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        camera.ping_pong().await;
+    }
+    assert_eq!(viewer.closed().await, Closed::Code(4008));
+    camera
+        .send(json!({"type":"candidate","to":session,"candidate":"candidate:late","sdpMid":"0","sdpMLineIndex":0}))
+        .await;
+    camera.ping_pong().await;
+    let (mut viewer, w) = Client::resume(
+        &server.url(),
+        &viewer_token("alice", &["cam1"]),
+        &session,
+        secret,
+    )
+    .await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(viewer.session, session);
+    assert_eq!(
+        viewer.expect("candidate").await["candidate"],
+        "candidate:late"
+    );
+    // No peer-left reached the camera: its next frame is the pong.
+    camera.ping_pong().await;
+}

@@ -81,6 +81,10 @@ pub enum End {
     /// The client resumed the session on another socket (here or on another replica): this
     /// one is closed with 4011 and the session goes on without it.
     Resumed,
+    /// Nothing heard from the client for the idle timeout: the socket is closed with 4008, but
+    /// it is most likely dead (a network that went away), so the session waits for a resume
+    /// as after `Gone`.
+    Silent,
     Close(u16, &'static str),
 }
 
@@ -458,6 +462,8 @@ impl Session {
     /// The session's client is back on a new socket (within the resume grace): it is welcomed
     /// as `resumed`, with a fresh `resume` secret, and what was delivered meanwhile follows.
     pub fn resumed(&mut self, token: Token, resume: Option<String>, now: Instant) {
+        // Its socket may have been closed for silence (`End::Silent`), which ended it there.
+        self.ended = false;
         self.last_heard = now;
         self.last_ping = None;
         self.out.clear();
@@ -576,7 +582,7 @@ impl Session {
             .liveness
             .due(now, self.last_heard, self.last_ping)
         {
-            LivenessAction::Close => return self.end(End::Close(close::POLICY, "idle timeout")),
+            LivenessAction::Close => return self.end(End::Silent),
             LivenessAction::Ping => {
                 self.last_ping = Some(now);
                 self.out.push_back(Output::Ping);
