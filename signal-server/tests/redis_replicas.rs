@@ -219,7 +219,7 @@ async fn a_session_resumed_on_another_replica_keeps_its_id_its_peers_and_its_fra
 /// their sessions back from the state the dead replica saved in Redis: same ids, the camera
 /// still published, the viewer still watching, a frame sent to the camera in the gap delivered,
 /// and their peers never told anyone left, past the time a dead replica's sessions are
-/// declared gone.
+/// declared gone (the resumes fence the sessions before the dead replica's TTL runs out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_of_a_killed_replica_resume_on_another_with_their_ids_and_peers() {
     let redis = Redis::start().await;
@@ -257,26 +257,27 @@ async fn sessions_of_a_killed_replica_resume_on_another_with_their_ids_and_peers
         .send(json!({"type":"candidate","to":cam1_id,"candidate":"candidate:gap","sdpMid":"0","sdpMLineIndex":0}))
         .await;
 
-    let (mut cam1, w) = Client::resume(
-        &b.ws_url,
-        &cam1_token,
-        &cam1_id,
-        cam1_welcome["resume"].as_str().unwrap(),
-    )
-    .await;
-    assert_eq!(w["resumed"], true, "{w}");
+    // Both reconnect at once, as clients do when their sockets close.
+    let ((mut cam1, w1), (mut bob, w2)) = tokio::join!(
+        Client::resume(
+            &b.ws_url,
+            &cam1_token,
+            &cam1_id,
+            cam1_welcome["resume"].as_str().unwrap(),
+        ),
+        Client::resume(
+            &b.ws_url,
+            &bob_token,
+            &bob_id,
+            bob_welcome["resume"].as_str().unwrap(),
+        )
+    );
+    assert_eq!(w1["resumed"], true, "{w1}");
     assert_eq!(cam1.session, cam1_id);
+    assert_eq!(w2["resumed"], true, "{w2}");
+    assert_eq!(bob.session, bob_id);
     let gap = cam1.expect("candidate").await;
     assert_eq!(gap["candidate"], "candidate:gap", "{gap}");
-    let (mut bob, w) = Client::resume(
-        &b.ws_url,
-        &bob_token,
-        &bob_id,
-        bob_welcome["resume"].as_str().unwrap(),
-    )
-    .await;
-    assert_eq!(w["resumed"], true, "{w}");
-    assert_eq!(bob.session, bob_id);
     exchange(&mut cam1, &mut alice).await;
     exchange(&mut cam2, &mut bob).await;
 

@@ -198,8 +198,6 @@ struct Request<'a> {
     payload: &'a str,
     /// Its deadline, Unix µs.
     until_us: u64,
-    /// See [`Inner::ask_within`].
-    patient: bool,
 }
 
 /// How a claim for a session held elsewhere ended.
@@ -355,8 +353,6 @@ struct Inner {
     healthy_since: Mutex<Option<Instant>>,
     /// Other replicas' liveness as last read.
     replicas: Mutex<HashMap<String, (bool, Instant)>>,
-    /// When each replica read as dead was first read so.
-    dead_since: Mutex<HashMap<String, Instant>>,
     /// Wakes the heartbeat after a reconnect: liveness and presence are restored at once.
     reconnected: Notify,
     next_id: AtomicU64,
@@ -431,7 +427,6 @@ impl RedisRouter {
             commands_ok: AtomicBool::new(false),
             healthy_since: Mutex::new(None),
             replicas: Mutex::default(),
-            dead_since: Mutex::default(),
             reconnected: Notify::new(),
             next_id: AtomicU64::new(1),
             pending: Mutex::default(),
@@ -683,21 +678,6 @@ impl Inner {
 
     /// Whether `replica` is alive. Unknown (Redis unreachable, or just back from an outage)
     /// counts as alive: only a replica's own silence over a whole TTL declares it dead.
-    /// Whether `replica` is dead and its sessions with it: past the window in which their
-    /// clients, whose sockets closed when it crashed, resume them elsewhere (half a replica
-    /// TTL, at most the resume grace; none with resume off). A client that resumes within it
-    /// keeps its peers, and one that does not is declared gone by then.
-    async fn replica_gone(&self, replica: &str) -> bool {
-        if self.replica_alive(replica).await {
-            return false;
-        }
-        let window = (self.cfg.replica_ttl / 2).min(self.cfg.resume_grace);
-        self.dead_since
-            .lock()
-            .get(replica)
-            .is_none_or(|since| since.elapsed() >= window)
-    }
-
     async fn replica_alive(&self, replica: &str) -> bool {
         if replica == self.replica {
             return true;
@@ -719,19 +699,6 @@ impl Inner {
             Ok(n) => n > 0 || !self.settled(),
             Err(_) => true,
         };
-        {
-            let mut dead_since = self.dead_since.lock();
-            if alive {
-                dead_since.remove(replica);
-            } else {
-                if dead_since.len() > 4096 {
-                    dead_since.clear();
-                }
-                dead_since
-                    .entry(replica.to_owned())
-                    .or_insert_with(Instant::now);
-            }
-        }
         let mut replicas = self.replicas.lock();
         if replicas.len() > 4096 {
             replicas.clear();
@@ -791,19 +758,16 @@ impl Inner {
         follow: Option<&str>,
         make: impl FnOnce(u64, String, u64) -> Envelope,
     ) -> Result<Answer, SendError> {
-        self.ask_within(replica, follow, self.cfg.call_timeout, true, make)
+        self.ask_within(replica, follow, self.cfg.call_timeout, make)
             .await
     }
 
-    /// As [`ask`](Self::ask), with a deadline of `within`. `patient`: a dead replica counts
-    /// as gone only past the window its sessions have to resume elsewhere (see
-    /// [`replica_gone`](Self::replica_gone)); else as soon as it is read as dead.
+    /// As [`ask`](Self::ask), with a deadline of `within`.
     async fn ask_within(
         &self,
         replica: &str,
         follow: Option<&str>,
         within: Duration,
-        patient: bool,
         make: impl FnOnce(u64, String, u64) -> Envelope,
     ) -> Result<Answer, SendError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -818,7 +782,6 @@ impl Inner {
             follow,
             payload: &payload,
             until_us,
-            patient,
         };
         let result = self
             .ask_until_answered(replica, &request, &mut answered)
@@ -838,15 +801,7 @@ impl Inner {
             follow,
             payload,
             until_us,
-            patient,
         } = request;
-        let gone = |replica: String| async move {
-            if patient {
-                self.replica_gone(&replica).await
-            } else {
-                !self.replica_alive(&replica).await
-            }
-        };
         let mut replica = replica.to_owned();
         let mut channel = self.replica_channel(&replica);
         let mut redirects = 0;
@@ -865,7 +820,7 @@ impl Inner {
             let expired = match published {
                 Ok((n, _)) if n > 0 => false,
                 Ok((0, _)) => {
-                    if gone(replica.clone()).await {
+                    if !self.replica_alive(&replica).await {
                         return Err(SendError::Gone);
                     }
                     false
@@ -882,7 +837,7 @@ impl Inner {
                 return match late {
                     Ok(Ok(answer)) => Ok(answer),
                     // Whatever became of the frame, its receiver is gone with its replica.
-                    _ if gone(replica.clone()).await => Err(SendError::Gone),
+                    _ if !self.replica_alive(&replica).await => Err(SendError::Gone),
                     _ => Err(SendError::Backplane(
                         self.error("PUBLISH", "no answer before the deadline").0,
                     )),
@@ -934,13 +889,31 @@ impl Inner {
         let deadline =
             Instant::now() + self.cfg.replica_ttl + self.cfg.call_timeout + LIVENESS_CACHE;
         let mut fenced = false;
+        // Nobody on the holder's channel: it crashed (or its pub/sub connection is down). Fence
+        // at once, before its liveness key runs out and others declare the session gone.
+        let channel = self.replica_channel(holder);
+        let listeners = self
+            .call(
+                "PUBSUB NUMSUB",
+                redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(&channel)
+                    .query_async::<(String, i64)>(&mut self.conn.clone()),
+            )
+            .await;
+        if matches!(listeners, Ok((_, 0))) {
+            match self.fence_off(holder, session).await {
+                Ok(true) => fenced = true,
+                Ok(false) => return Taken::No { fenced },
+                Err(_) => {}
+            }
+        }
         loop {
             let answer = self
                 .ask_within(
                     holder,
                     None,
                     CLAIM_ROUND.min(self.cfg.call_timeout),
-                    false,
                     |id, from, _| Envelope::Claim {
                         id,
                         from,
@@ -1118,7 +1091,7 @@ impl Inner {
             return true;
         }
         match owner_of(session) {
-            Some(owner) if !self.replica_gone(owner).await => true,
+            Some(owner) if self.replica_alive(owner).await => true,
             Some(_) => self.moved_alive(session).await,
             None => false,
         }
@@ -1128,7 +1101,7 @@ impl Inner {
     async fn moved_alive(&self, session: &str) -> bool {
         match self.holder(session).await {
             Some(holder) if Some(holder.as_str()) != owner_of(session) => {
-                !self.replica_gone(&holder).await
+                self.replica_alive(&holder).await
             }
             _ => false,
         }
