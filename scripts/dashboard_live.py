@@ -45,6 +45,7 @@ import yaml
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CHART = REPO / "helm/iceway"
 DASHBOARD = CHART / "files/dashboards/iceway.json"
+RULES = CHART / "files/rules/alerts.yaml"
 LIVE_VALUES = CHART / "ci/local-live-values.yaml"
 SERVICES = ("turn", "signal", "auth")
 NAMESPACE = "iceway-live"
@@ -473,6 +474,11 @@ def run(opts, tmp):
         if prom is None:
             return finish()
 
+    # --- before any traffic: every metric the dashboard and the alerts name is already on its
+    # service's /metrics (labelled counters initialised at start), so rate() and absent()
+    # have series from the first scrape.
+    check_names(running, dashboard_names() | alert_names(), "before any traffic", opts, tmp)
+
     # --- load. With Prometheus, twice: a counter child that appears between two scrapes shows no
     # increase (its first sample already holds the value), so the first round creates every
     # series, Prometheus scrapes them once, and the second round is what the rates see.
@@ -491,32 +497,51 @@ def run(opts, tmp):
             except RuntimeError as e:
                 outcome(False, "prometheus scrapes after the first load round", str(e))
 
-    # --- names on /metrics
-    dash_names = set()
+    # --- names on /metrics after the load
+    check_names(running, dashboard_names(), "after the load", opts, tmp)
+
+    # --- every dashboard expression returns data
+    if prom is not None:
+        check_expressions(prom, running, opts)
+    return finish()
+
+
+def dashboard_names():
+    names = set()
     for _, _, expr in helm_checks.dashboard_exprs(DASHBOARD)[1]:
-        dash_names |= helm_checks.metric_names(expr)
+        names |= helm_checks.metric_names(expr)
+    return names
+
+
+def alert_names():
+    """Iceway metrics the alert rules query (the rules file is a Helm template: read as text)."""
+    names = set()
+    for name in re.findall(r"\b(iceway_[a-z0-9_]+)", RULES.read_text()):
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and name[: -len(suffix)] in helm_checks.HISTOGRAMS:
+                name = name[: -len(suffix)]
+        names.add(name)
+    return names
+
+
+def check_names(running, names, when, opts, tmp):
     exported = {}
     for svc, info in running.items():
         status, body = http(f"http://127.0.0.1:{info['admin']}/metrics")
         exported[svc] = parse_metric_names(body.decode(errors="replace")) if status == 200 else set()
-        (tmp / "logs" / f"{svc}.metrics").write_bytes(body)
-    for name in sorted(dash_names):
+        (tmp / "logs" / f"{svc}.{when.replace(' ', '-')}.metrics").write_bytes(body)
+    for name in sorted(names):
         svc = owner(name)
         wanted = [svc] if svc else list(SERVICES)
         missing_svc = [s for s in wanted if s not in running]
         present = [s for s in wanted if s in running and name in exported[s]]
         absent = [s for s in wanted if s in running and name not in exported[s]]
         if absent:
-            outcome(False, f"/metrics has {name}", f"missing on {', '.join(absent)}")
+            outcome(False, f"/metrics has {name} {when}", f"missing on {', '.join(absent)}")
         elif missing_svc:
-            outcome(None if opts.allow_missing else False, f"/metrics has {name}", f"iceway-{', iceway-'.join(missing_svc)} not running")
+            outcome(None if opts.allow_missing else False, f"/metrics has {name} {when}", f"iceway-{', iceway-'.join(missing_svc)} not running")
         else:
-            outcome(True, f"/metrics has {name}", ", ".join(present))
-
-    # --- every dashboard expression returns data
-    if prom is not None:
-        check_expressions(prom, running, opts)
-    return finish()
+            outcome(True, f"/metrics has {name} {when}", ", ".join(present))
 
 
 def generate_load(running, jwt_key, turn_secret, tmp, report, loadtest):

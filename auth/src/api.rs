@@ -35,7 +35,7 @@ use iceway_service::Problem;
 
 use crate::app_token::{AppClaims, AppTokenError, AppTokenVerifier};
 use crate::ice_servers::IceServers;
-use crate::turn_credential::CredentialError;
+use crate::turn_credential::{CredentialError, CredentialFormat};
 
 pub const ICE_SERVERS_PATH: &str = "/v1/ice-servers";
 pub const TURN_CREDENTIALS_PATH: &str = "/v1/turn-credentials";
@@ -59,6 +59,20 @@ impl ApiMetrics {
     }
 
     fn unregistered() -> prometheus::Result<Self> {
+        let m = Self::uninitialised()?;
+        // Series for every known label value from the start: dashboards and rate() alerts
+        // see zeros, not nothing, before the first request.
+        for format in [CredentialFormat::Rest, CredentialFormat::Jwt] {
+            m.credentials_issued.with_label_values(&[format.as_str()]);
+        }
+        for route in [ICE_SERVERS_PATH, TURN_CREDENTIALS_PATH] {
+            m.duration.with_label_values(&[route]);
+            m.requests.with_label_values(&[route, "200"]);
+        }
+        Ok(m)
+    }
+
+    fn uninitialised() -> prometheus::Result<Self> {
         Ok(Self {
             credentials_issued: IntCounterVec::new(
                 Opts::new(

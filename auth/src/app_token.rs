@@ -324,6 +324,21 @@ pub enum AppTokenError {
 }
 
 impl AppTokenError {
+    /// Every [`reason`](Self::reason): metrics labelled by it are initialised with these at
+    /// start, so their series exist before the first failure.
+    pub const REASONS: [&'static str; 10] = [
+        "malformed",
+        "missing_kid",
+        "unknown_key",
+        "algorithm_not_allowed",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "wrong_audience",
+        "wrong_issuer",
+        "missing_claim",
+    ];
+
     /// A low-cardinality label for metrics and problem bodies.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -503,6 +518,25 @@ mod tests {
     use super::*;
     use hmac::{Hmac, Mac};
     use jsonwebtoken::Algorithm as J;
+
+    #[test]
+    fn every_reason_is_listed_for_the_metrics() {
+        use AppTokenError::*;
+        let all = [
+            Malformed,
+            MissingKeyId,
+            UnknownKey,
+            AlgorithmNotAllowed,
+            BadSignature,
+            Expired,
+            NotYetValid,
+            WrongAudience,
+            WrongIssuer,
+            MissingClaim("sub".into()),
+        ];
+        let reasons: Vec<_> = all.iter().map(AppTokenError::reason).collect();
+        assert_eq!(reasons, AppTokenError::REASONS);
+    }
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
     const RSA_PRIVATE: &[u8] = include_bytes!("../tests/keys/rsa_private.pem");

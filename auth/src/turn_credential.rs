@@ -204,6 +204,20 @@ pub enum SecretLineError {
 
 impl CredentialError {
     /// A low-cardinality label for metrics and problem bodies.
+    /// The [`reason`](Self::reason)s a credential being checked can fail with (the rest are
+    /// configuration errors): metrics labelled by them are initialised with these at start.
+    pub const VERIFY_REASONS: [&'static str; 9] = [
+        "malformed",
+        "expired",
+        "unknown_key",
+        "missing_kid",
+        "algorithm_not_allowed",
+        "bad_signature",
+        "wrong_audience",
+        "too_long",
+        "invalid_user",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             CredentialError::Malformed => "malformed",

@@ -27,6 +27,28 @@ pub struct Metrics {
     relayed_ok: [IntCounter; 3],
 }
 
+/// `iceway_signal_connections_total{result}`: every outcome, each a series from the start.
+pub const CONNECTION_RESULTS: [&str; 13] = [
+    "accepted",
+    "resumed",
+    "moved_in",
+    "moved_away",
+    "resume_expired",
+    "unauthorized",
+    "user_limit",
+    "ip_limit",
+    "process_limit",
+    "rate_limited",
+    "origin",
+    "draining",
+    "backplane_error",
+];
+
+/// `iceway_signal_auth_failures_total{reason}` besides a token's own
+/// (`AppTokenError::REASONS`): no auth frame in time, another frame first, a refreshed token
+/// for another identity.
+pub const AUTH_FAILURES: [&str; 3] = ["timeout", "missing", "identity"];
+
 impl Metrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let messages_total = IntCounterVec::new(
@@ -78,6 +100,17 @@ impl Metrics {
                 "Failed Redis operations and lost pub/sub connections.",
             )?,
         };
+        // Series for every known label value before the first event, so dashboards and rate()
+        // alerts see zeros rather than nothing.
+        for result in CONNECTION_RESULTS {
+            m.connections_total.with_label_values(&[result]);
+        }
+        for reason in AUTH_FAILURES
+            .iter()
+            .chain(iceway_auth::AppTokenError::REASONS.iter())
+        {
+            m.auth_failures_total.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.connections_total.clone()))?;
         registry.register(Box::new(m.cameras_online.clone()))?;
@@ -100,10 +133,19 @@ impl Metrics {
     }
 
     pub fn connection(&self, result: &str) {
+        debug_assert!(
+            CONNECTION_RESULTS.contains(&result),
+            "{result} is not in CONNECTION_RESULTS"
+        );
         self.connections_total.with_label_values(&[result]).inc();
     }
 
     pub fn auth_failure(&self, reason: &str) {
+        debug_assert!(
+            AUTH_FAILURES.contains(&reason)
+                || iceway_auth::AppTokenError::REASONS.contains(&reason),
+            "{reason} is not a known auth-failure reason"
+        );
         self.auth_failures_total.with_label_values(&[reason]).inc();
     }
 }

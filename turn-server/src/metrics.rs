@@ -5,6 +5,9 @@ use prometheus::{
     exponential_buckets,
 };
 
+use crate::policy::QuotaError;
+use crate::proto::server::StunError;
+
 #[derive(Clone)]
 pub struct Metrics {
     pub allocations: IntGauge,
@@ -34,8 +37,60 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// `iceway_turn_allocations_total{result}`.
+pub const ALLOCATION_RESULTS: [&str; 3] = ["ok", "quota", "error"];
+/// `iceway_turn_requests_total{method}`.
+pub const TURN_METHODS: [&str; 5] = [
+    "allocate",
+    "refresh",
+    "create_permission",
+    "channel_bind",
+    "other",
+];
+/// `iceway_turn_auth_failures_total{reason}` found by the server itself; a credential that
+/// does not verify adds its own reason (`CredentialError::VERIFY_REASONS`).
+pub const AUTH_FAILURES: [&str; 4] = [
+    "stale_nonce",
+    "bad_integrity",
+    "wrong_credentials",
+    "unknown_user",
+];
+
+/// Whether `reason` is one the auth-failure series was initialised with.
+pub fn known_auth_failure(reason: &str) -> bool {
+    AUTH_FAILURES.contains(&reason)
+        || iceway_auth::CredentialError::VERIFY_REASONS.contains(&reason)
+}
+
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
+        let m = Self::uninitialised()?;
+        // Every known label value has its series from the start, so dashboards and rate()
+        // alerts see zeros rather than nothing before the first event.
+        for result in ALLOCATION_RESULTS {
+            m.allocations_total.with_label_values(&[result]);
+        }
+        for kind in [QuotaError::User, QuotaError::Source, QuotaError::Total] {
+            m.quota_rejections.with_label_values(&[kind.kind()]);
+        }
+        for reason in AUTH_FAILURES
+            .iter()
+            .chain(iceway_auth::CredentialError::VERIFY_REASONS.iter())
+        {
+            m.auth_failures.with_label_values(&[reason]);
+        }
+        let results = ["ok", "dropped"]
+            .into_iter()
+            .chain(StunError::ALL.iter().map(|e| e.label()));
+        for result in results {
+            for method in TURN_METHODS {
+                m.requests.with_label_values(&[method, result]);
+            }
+        }
+        Ok(m)
+    }
+
+    fn uninitialised() -> prometheus::Result<Self> {
         let relayed_bytes = IntCounterVec::new(
             Opts::new(
                 "iceway_turn_relayed_bytes_total",

@@ -24,6 +24,10 @@ impl Server {
     }
 
     pub(super) fn auth_failure(&self, reason: &'static str) {
+        debug_assert!(
+            crate::metrics::known_auth_failure(reason),
+            "{reason} is not in the initialised auth-failure labels"
+        );
         self.shared
             .metrics
             .auth_failures
