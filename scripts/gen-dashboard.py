@@ -196,8 +196,11 @@ ROWS = [
             (
                 "Connections",
                 "none",
-                [(f"sum by (pod) (iceway_signal_connections{{{S}}})", "{{pod}}")],
-                "Open WebSocket connections per replica.",
+                [
+                    (f"sum by (pod) (iceway_signal_connections{{{S}}})", "{{pod}}"),
+                    (f"max by (pod) (iceway_signal_connections_max{{{S}}})", "{{pod}} max"),
+                ],
+                "Open WebSocket connections per replica, and the most each accepts (signal.max_connections).",
                 "timeseries",
             ),
             (

@@ -52,6 +52,8 @@ DESIGN_METRICS = {
     # Added by the project where DESIGN §4 is silent (documented in docs/turn-server.md).
     "iceway_turn_stream_connections",
     "iceway_turn_stream_rejected_total",
+    # (documented in docs/signaling.md)
+    "iceway_signal_connections_max",
 }
 PROCESS_METRICS = {"process_cpu_seconds_total", "process_resident_memory_bytes"}
 HISTOGRAMS = {

@@ -8,8 +8,9 @@ const RELAY_KINDS: [&str; 3] = ["offer", "answer", "candidate"];
 pub struct Metrics {
     /// Open, authenticated WebSocket sessions.
     pub connections: IntGauge,
-    /// Upgrade and authentication outcomes: `accepted`, `unauthorized`, `user_limit`,
-    /// `process_limit`, `draining`, `auth_timeout`.
+    /// `signal.max_connections`, so capacity alerts divide by what this process was given.
+    pub connections_max: IntGauge,
+    /// Upgrade and authentication outcomes: [`CONNECTION_RESULTS`].
     pub connections_total: IntCounterVec,
     /// Cameras published on this process.
     pub cameras_online: IntGauge,
@@ -65,6 +66,10 @@ impl Metrics {
                 "iceway_signal_connections",
                 "Open authenticated WebSocket sessions.",
             )?,
+            connections_max: IntGauge::new(
+                "iceway_signal_connections_max",
+                "The connections this process accepts at most (signal.max_connections).",
+            )?,
             connections_total: IntCounterVec::new(
                 Opts::new(
                     "iceway_signal_connections_total",
@@ -112,6 +117,7 @@ impl Metrics {
             m.auth_failures_total.with_label_values(&[reason]);
         }
         registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.connections_max.clone()))?;
         registry.register(Box::new(m.connections_total.clone()))?;
         registry.register(Box::new(m.cameras_online.clone()))?;
         registry.register(Box::new(m.viewers.clone()))?;

@@ -141,6 +141,9 @@ impl SignalServer {
         registry: &Registry,
     ) -> Result<Self, SignalError> {
         let metrics = Metrics::register(registry)?;
+        metrics
+            .connections_max
+            .set(i64::try_from(config.max_connections).unwrap_or(i64::MAX));
         // One descriptor per socket, plus Redis, listeners and headroom.
         iceway_service::fd_limit::ensure_nofile(
             "iceway-signal",
