@@ -15,7 +15,7 @@ import sys
 OUT = pathlib.Path(__file__).resolve().parent.parent / "helm/iceway/files/dashboards/iceway.json"
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
-S = 'namespace=~"$namespace", pod=~"$pod"'
+S = 'namespace=~"$namespace", release=~"$release", job=~"$job", pod=~"$pod"'
 R = "$__rate_interval"
 # TURN answers every first Allocate with a 401 challenge and a stale nonce with 438: both are part
 # of the protocol, not failures.
@@ -123,6 +123,26 @@ ROWS = [
                 "bps",
                 [(f"sum by (direction) (rate(iceway_turn_relayed_bytes_total{{{S}}}[{R}])) * 8", "{{direction}}")],
                 "Relayed bits per second, to_peer (client to peer) and to_client.",
+                "timeseries",
+            ),
+            (
+                "Relayed bandwidth per relay",
+                "bps",
+                [(f"sum by (pod) (rate(iceway_turn_relayed_bytes_total{{{S}}}[{R}])) * 8", "{{pod}}")],
+                "Relayed bits per second, both directions, per relay pod (one per node with the DaemonSet).",
+                "timeseries",
+            ),
+            (
+                "Relay port use",
+                "percentunit",
+                [
+                    (
+                        f"max by (pod) (iceway_turn_allocations{{{S}}})"
+                        f" / max by (pod) (iceway_turn_relay_ports{{{S}}})",
+                        "{{pod}}",
+                    )
+                ],
+                "Allocations over the ports of the relay range, per relay; Allocates fail with 508 at 100%.",
                 "timeseries",
             ),
             (
@@ -397,7 +417,17 @@ def dashboard():
                     "hide": 0,
                 },
                 variable("namespace", "Namespace", "label_values(iceway_build_info, namespace)"),
-                variable("pod", "Pod", 'label_values(iceway_build_info{namespace=~"$namespace"}, pod)'),
+                variable("release", "Release", 'label_values(iceway_build_info{namespace=~"$namespace"}, release)'),
+                variable(
+                    "job",
+                    "Job",
+                    'label_values(iceway_build_info{namespace=~"$namespace", release=~"$release"}, job)',
+                ),
+                variable(
+                    "pod",
+                    "Pod",
+                    'label_values(iceway_build_info{namespace=~"$namespace", release=~"$release", job=~"$job"}, pod)',
+                ),
             ]
         },
         "panels": panels,

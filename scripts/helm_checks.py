@@ -54,6 +54,8 @@ DESIGN_METRICS = {
     "iceway_turn_stream_rejected_total",
     # (documented in docs/signaling.md)
     "iceway_signal_connections_max",
+    # (documented in docs/turn-server.md)
+    "iceway_turn_relay_ports",
 }
 PROCESS_METRICS = {"process_cpu_seconds_total", "process_resident_memory_bytes"}
 HISTOGRAMS = {
@@ -65,7 +67,7 @@ HISTOGRAMS = {
 ALERT_EXTERNAL = {"up", "kube_pod_status_ready"}
 
 # Substitutions that turn Grafana's variables into plain PromQL.
-GRAFANA_VARS = {"$__rate_interval": "5m", "$namespace": ".*", "$pod": ".*"}
+GRAFANA_VARS = {"$__rate_interval": "5m", "$namespace": ".*", "$release": ".*", "$job": ".*", "$pod": ".*"}
 
 failures = []
 
@@ -234,12 +236,13 @@ def alert_coverage(rules_path, test_path, runbook_path):
 def dashboard_rules(path, out):
     dash, exprs = dashboard_exprs(path)
     variables = {v["name"] for v in dash["templating"]["list"]}
-    if not {"namespace", "pod"} <= variables:
-        fail("dashboard is not templated by namespace and pod")
+    if not {"namespace", "release", "job", "pod"} <= variables:
+        fail("dashboard is not templated by namespace, release, job and pod")
     rules = []
     for i, (title, ref, expr) in enumerate(exprs):
-        if 'namespace=~"$namespace"' not in expr or 'pod=~"$pod"' not in expr:
-            fail(f"dashboard panel {title!r} {ref}: not filtered by $namespace and $pod: {expr}")
+        for var in ("namespace", "release", "job", "pod"):
+            if f'{var}=~"${var}"' not in expr:
+                fail(f"dashboard panel {title!r} {ref}: not filtered by ${var}: {expr}")
         rules.append({"record": f"dashboard:panel_{i}:{ref.lower()}", "expr": promql(expr)})
     with open(out, "w") as f:
         yaml.safe_dump({"groups": [{"name": "iceway-dashboard", "rules": rules}]}, f, sort_keys=False, width=10000)

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub binding_requests: IntCounter,
     pub stream_connections: IntGauge,
     pub stream_rejected: IntCounterVec,
+    /// Ports in the relay range: allocations over it is the relay-port utilisation.
+    pub relay_ports: IntGauge,
     /// Handles resolved once, so the data path's periodic flush does no label lookup.
     pub to_peer_bytes: IntCounter,
     pub to_peer_packets: IntCounter,
@@ -173,6 +175,10 @@ impl Metrics {
                 "Open TCP/TLS client connections",
             )?,
             stream_rejected,
+            relay_ports: IntGauge::new(
+                "iceway_turn_relay_ports",
+                "Ports in the relay range (turn.relay_range)",
+            )?,
         })
     }
 
@@ -191,6 +197,7 @@ impl Metrics {
         registry.register(Box::new(self.binding_requests.clone()))?;
         registry.register(Box::new(self.stream_connections.clone()))?;
         registry.register(Box::new(self.stream_rejected.clone()))?;
+        registry.register(Box::new(self.relay_ports.clone()))?;
         Ok(())
     }
 }

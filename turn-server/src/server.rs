@@ -84,6 +84,10 @@ impl TurnServer {
         tracing::info!(config = ?t, "starting iceway-turn");
         let metrics = Metrics::new()?;
         metrics.register(registry)?;
+        let range = t.relay_range()?;
+        metrics
+            .relay_ports
+            .set(i64::from(range.hi) - i64::from(range.lo) + 1);
         // Each allocation holds up to two relay sockets (ADDITIONAL-ADDRESS-FAMILY), each stream
         // client one, each reservation one; the rest is listeners, admin and headroom.
         let relay_fds = u64::from(t.total_quota.unwrap_or(u32::MAX)).saturating_mul(2);
