@@ -147,9 +147,10 @@ def render_chart(helm, tmp, sets):
         args += ["--set", s]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
-    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config"))
-    for key, text in cm["data"].items():
-        (tmp / "config" / key).write_text(text)
+    # One ConfigMap per component, each holding its <component>.toml.
+    for cm in (d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")):
+        for key, text in cm["data"].items():
+            (tmp / "config" / key).write_text(text)
     containers = {}
     for d in docs:
         if d["kind"] in ("Deployment", "DaemonSet"):

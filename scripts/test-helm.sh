@@ -95,6 +95,32 @@ for vs in "${value_sets[@]}"; do
   check "hardened pods, probes, labels [$vs]" "$py" "$repo/scripts/helm_checks.py" manifests "$rendered"
 done
 
+# --- a component's configuration rolls that component only --------------------------------------
+# Renders twice, the second time with only auth's configuration changed (its drain timeout follows
+# its grace period); the chart's Secret is an existing one so that its checksum is stable. Every
+# pod template but auth's must be byte-for-byte the same, and auth's must differ.
+config_change_rolls_only_auth() {
+  local a="$out/log/roll_a.yaml" b="$out/log/roll_b.yaml"
+  local common=(--set secrets.existingSecret=iceway-secrets --set stun.enabled=true)
+  helm template "$release" "$chart" -n "$namespace" "${common[@]}" >"$a" || return 1
+  helm template "$release" "$chart" -n "$namespace" "${common[@]}" \
+    --set auth.terminationGracePeriodSeconds=45 >"$b" || return 1
+  "$py" - "$a" "$b" <<'PY'
+import json, sys, yaml
+def templates(path):
+    with open(path) as f:
+        return {f"{d['kind']}/{d['metadata']['name']}": json.dumps(d["spec"]["template"], sort_keys=True)
+                for d in yaml.safe_load_all(f) if d and d.get("kind") in ("Deployment", "DaemonSet", "StatefulSet")}
+a, b = templates(sys.argv[1]), templates(sys.argv[2])
+changed = sorted(k for k in a if a[k] != b.get(k))
+assert any(k.endswith("-turn") for k in a) and any(k.endswith("-stun") for k in a), sorted(a)
+if [k for k in changed if not k.endswith("-auth")] or not changed:
+    sys.exit(f"an auth-only change changed the pod templates of {changed or 'nothing'}")
+print(f"an auth-only change rolls {changed} only")
+PY
+}
+check "a change to auth's configuration rolls auth only, not TURN (per-component checksums)" config_change_rolls_only_auth
+
 # --- values the chart must refuse ---------------------------------------------------------------
 check "refuses: signal scaled out without Redis" must_fail signal-no-redis "needs signal.redis.url" --set signal.replicas=3
 check "refuses: signal HPA without Redis" must_fail hpa-no-redis "needs signal.redis.url" --set signal.autoscaling.enabled=true

@@ -165,7 +165,7 @@ lifecycle:
 {{- define "iceway.volumes" -}}
 - name: config
   configMap:
-    name: {{ include "iceway.fullname" .ctx }}-config
+    name: {{ include "iceway.fullname" .ctx }}-{{ .component }}-config
     items:
       - key: {{ .component }}.toml
         path: {{ .component }}.toml
@@ -212,11 +212,41 @@ lifecycle:
 {{- end -}}
 
 {{/* Pod annotations that roll the pods when their configuration changes. */}}
+{{/* Pod annotations that roll a component when its own configuration or the chart's Secret
+     changes: (dict "ctx" $ "component" "turn"). */}}
 {{- define "iceway.checksums" -}}
-checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
-{{- if not .Values.secrets.existingSecret }}
-checksum/secrets: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+checksum/config: {{ include "iceway.configMap" . | sha256sum }}
+{{- if not .ctx.Values.secrets.existingSecret }}
+checksum/secrets: {{ include (print .ctx.Template.BasePath "/secret.yaml") .ctx | sha256sum }}
 {{- end }}
+{{- end -}}
+
+{{/* The ConfigMap of one component: (dict "ctx" $ "component" "turn"). */}}
+{{- define "iceway.configMap" -}}
+{{- $ := .ctx -}}
+{{- $c := .component -}}
+{{- $v := index $.Values $c -}}
+{{- /* Drain until shortly before the kubelet's SIGKILL: grace minus the preStop sleep and a margin. */ -}}
+{{- $drain := printf "%ds" (max 1 (sub (int $v.terminationGracePeriodSeconds) (add (int $v.preStopSleepSeconds) 5))) -}}
+{{- $derived := dict -}}
+{{- if eq $c "turn" -}}
+{{- $derived = dict "turn" (dict "tls_listen" (list (printf "0.0.0.0:%d" (int $.Values.turn.ports.tls)))) "drain" (dict "timeout" $drain) -}}
+{{- else if ne $c "signal" -}}
+{{- $derived = dict "drain" (dict "timeout" $drain) -}}
+{{- end -}}
+{{- $cfg := mergeOverwrite (deepCopy $derived) (deepCopy (default dict $v.config)) -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "iceway.fullname" $ }}-{{ $c }}-config
+  labels:
+    {{- include "iceway.labels" (dict "ctx" $ "component" $c) | nindent 4 }}
+data:
+  {{ $c }}.toml: |
+    # iceway-{{ if eq $c "stun" }}turn --stun-only{{ else }}{{ $c }}{{ end }}: derived by the chart, overlaid by values.{{ $c }}.config
+    {{- with $cfg }}
+    {{- include "iceway.toml" (dict "table" . "prefix" "") | trim | nindent 4 }}
+    {{- end }}
 {{- end -}}
 
 {{/* Number of relay ports the range holds. */}}

@@ -32,7 +32,7 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
       annotations:
-        {{- include "iceway.checksums" $ | nindent 8 }}
+        {{- include "iceway.checksums" (dict "ctx" $ "component" $c) | nindent 8 }}
         {{- with $v.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
