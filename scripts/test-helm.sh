@@ -121,6 +121,29 @@ PY
 }
 check "a change to auth's configuration rolls auth only, not TURN (per-component checksums)" config_change_rolls_only_auth
 
+# --- behind the chart's ingress, per-client limits key on X-Forwarded-For -------------------------
+forwarded_for_follows_the_ingress() {
+  local on="$out/log/ingress_on.yaml" off="$out/log/ingress_off.yaml"
+  helm template "$release" "$chart" -n "$namespace" --set signal.ingress.enabled=true \
+    --set auth.ingress.enabled=true >"$on" || return 1
+  helm template "$release" "$chart" -n "$namespace" --set signal.ingress.enabled=true \
+    --set signal.ingress.trustForwardedFor=false >"$off" || return 1
+  "$py" - "$on" "$off" <<'PY'
+import sys, tomllib, yaml
+def configs(path):
+    with open(path) as f:
+        return {k: tomllib.loads(v) for d in yaml.safe_load_all(f) if d and d["kind"] == "ConfigMap"
+                for k, v in d["data"].items()}
+on, off = configs(sys.argv[1]), configs(sys.argv[2])
+assert on["signal.toml"]["signal"]["trust_forwarded_for"] is True, on["signal.toml"]
+assert on["auth.toml"]["auth"]["rate_limit"]["trust_forwarded_for"] is True, on["auth.toml"]
+assert "trust_forwarded_for" not in off["signal.toml"].get("signal", {}), off["signal.toml"]
+assert "trust_forwarded_for" not in off["auth.toml"].get("auth", {}).get("rate_limit", {}), off["auth.toml"]
+print("ingress on: signal and auth trust X-Forwarded-For; off (or opted out): they do not")
+PY
+}
+check "an enabled ingress sets trust_forwarded_for for signal and auth" forwarded_for_follows_the_ingress
+
 # --- values the chart must refuse ---------------------------------------------------------------
 check "refuses: signal scaled out without Redis" must_fail signal-no-redis "needs signal.redis.url" --set signal.replicas=3
 check "refuses: signal HPA without Redis" must_fail hpa-no-redis "needs signal.redis.url" --set signal.autoscaling.enabled=true

@@ -234,6 +234,15 @@ checksum/secrets: {{ include (print .ctx.Template.BasePath "/secret.yaml") .ctx 
 {{- else if ne $c "signal" -}}
 {{- $derived = dict "drain" (dict "timeout" $drain) -}}
 {{- end -}}
+{{- /* Behind the chart's ingress every client arrives from the ingress's address: key the
+       per-client limits on X-Forwarded-For (the ingress sets it), or all share one bucket. */ -}}
+{{- if and (has $c (list "signal" "auth")) $v.ingress.enabled $v.ingress.trustForwardedFor -}}
+{{- if eq $c "signal" -}}
+{{- $_ := set $derived "signal" (dict "trust_forwarded_for" true) -}}
+{{- else -}}
+{{- $_ := set $derived "auth" (dict "rate_limit" (dict "trust_forwarded_for" true)) -}}
+{{- end -}}
+{{- end -}}
 {{- $cfg := mergeOverwrite (deepCopy $derived) (deepCopy (default dict $v.config)) -}}
 apiVersion: v1
 kind: ConfigMap
