@@ -144,6 +144,38 @@ PY
 }
 check "an enabled ingress sets trust_forwarded_for for signal and auth" forwarded_for_follows_the_ingress
 
+# --- the Redis URL (and its password) never in argv or the environment ---------------------------
+redis_url_stays_out_of_argv() {
+  local sec="$out/log/redis_secret.yaml" plain="$out/log/redis_plain.yaml"
+  helm template "$release" "$chart" -n "$namespace" --set signal.replicas=2 \
+    --set signal.redis.existingSecret=redis-creds >"$sec" || return 1
+  helm template "$release" "$chart" -n "$namespace" --set signal.replicas=2 \
+    --set signal.redis.url=redis://:hunter2@redis.example:6379/0 >"$plain" || return 1
+  "$py" - "$sec" "$plain" <<'PY'
+import json, sys, tomllib, yaml
+def load(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+for path, want in ((sys.argv[1], "file"), (sys.argv[2], "url")):
+    docs = load(path)
+    signal = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-signal"))
+    pod = signal["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    shown = json.dumps([c.get("args", []), c.get("env", []), c.get("envFrom", [])])
+    assert "redis" not in shown.lower(), f"Redis in argv or env: {shown}"
+    cfg = next(tomllib.loads(d["data"]["signal.toml"]) for d in docs if d["kind"] == "ConfigMap" and "signal.toml" in d["data"])["signal"]
+    if want == "file":
+        assert cfg == {"redis_url_file": "/etc/iceway/redis/redis-url"}, cfg
+        vol = next(v for v in pod["volumes"] if v["name"] == "redis")
+        assert vol["secret"]["secretName"] == "redis-creds", vol
+        assert any(m["name"] == "redis" and m["mountPath"] == "/etc/iceway/redis" for m in c["volumeMounts"])
+    else:
+        assert cfg == {"redis_url": "redis://:hunter2@redis.example:6379/0"}, cfg
+print("the Redis URL reaches signal by a mounted Secret file or its config file, never argv or env")
+PY
+}
+check "the Redis URL is never in argv or the environment" redis_url_stays_out_of_argv
+
 # --- values the chart must refuse ---------------------------------------------------------------
 check "refuses: signal scaled out without Redis" must_fail signal-no-redis "needs signal.redis.url" --set signal.replicas=3
 check "refuses: signal HPA without Redis" must_fail hpa-no-redis "needs signal.redis.url" --set signal.autoscaling.enabled=true

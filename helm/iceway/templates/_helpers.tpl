@@ -188,6 +188,15 @@ lifecycle:
     secretName: {{ .ctx.Values.appAuth.publicKeys.secretName }}
     defaultMode: 0440
 {{- end }}
+{{- if and (eq .component "signal") .ctx.Values.signal.redis.existingSecret }}
+- name: redis
+  secret:
+    secretName: {{ .ctx.Values.signal.redis.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .ctx.Values.signal.redis.existingSecretKey }}
+        path: {{ .ctx.Values.signal.redis.existingSecretKey }}
+{{- end }}
 - name: tmp
   emptyDir:
     sizeLimit: 16Mi
@@ -205,6 +214,11 @@ lifecycle:
 {{- if and .jwt .ctx.Values.appAuth.publicKeys.secretName }}
 - name: jwt-keys
   mountPath: /etc/iceway/jwt-keys
+  readOnly: true
+{{- end }}
+{{- if and (eq .component "signal") .ctx.Values.signal.redis.existingSecret }}
+- name: redis
+  mountPath: /etc/iceway/redis
   readOnly: true
 {{- end }}
 - name: tmp
@@ -236,9 +250,19 @@ checksum/secrets: {{ include (print .ctx.Template.BasePath "/secret.yaml") .ctx 
 {{- end -}}
 {{- /* Behind the chart's ingress every client arrives from the ingress's address: key the
        per-client limits on X-Forwarded-For (the ingress sets it), or all share one bucket. */ -}}
+{{- /* The Redis URL (its password, if any) reaches signal through its configuration file or a
+       mounted Secret file, never through argv or the environment, which `ps` and
+       /proc/<pid>/environ show. */ -}}
+{{- if eq $c "signal" -}}
+{{- if $v.redis.existingSecret -}}
+{{- $_ := set $derived "signal" (dict "redis_url_file" (printf "/etc/iceway/redis/%s" $v.redis.existingSecretKey)) -}}
+{{- else if $v.redis.url -}}
+{{- $_ := set $derived "signal" (dict "redis_url" $v.redis.url) -}}
+{{- end -}}
+{{- end -}}
 {{- if and (has $c (list "signal" "auth")) $v.ingress.enabled $v.ingress.trustForwardedFor -}}
 {{- if eq $c "signal" -}}
-{{- $_ := set $derived "signal" (dict "trust_forwarded_for" true) -}}
+{{- $_ := set $derived "signal" (merge (default dict (get $derived "signal")) (dict "trust_forwarded_for" true)) -}}
 {{- else -}}
 {{- $_ := set $derived "auth" (dict "rate_limit" (dict "trust_forwarded_for" true)) -}}
 {{- end -}}

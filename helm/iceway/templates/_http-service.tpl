@@ -5,7 +5,6 @@
 {{- $c := .component -}}
 {{- $v := index $.Values $c -}}
 {{- $name := printf "%s-%s" (include "iceway.fullname" $) $c -}}
-{{- $redis := and (eq $c "signal") (or $v.redis.url $v.redis.existingSecret) -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -54,26 +53,11 @@ spec:
             {{- include "iceway.commonArgs" (dict "ctx" $ "component" $c "admin" $v.ports.admin) | nindent 12 }}
             - --listen=0.0.0.0:{{ $v.ports.http }}
             {{- include "iceway.appAuthArgs" $ | trim | nindent 12 }}
-            {{- if $redis }}
-            # From the environment, so a password in the URL stays in the Secret.
-            - --redis-url=$(ICEWAY_REDIS_URL)
-            {{- end }}
             {{- with $v.extraArgs }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
-          {{- if or $redis $v.extraEnv }}
+          {{- if $v.extraEnv }}
           env:
-            {{- if $redis }}
-            - name: ICEWAY_REDIS_URL
-              {{- if $v.redis.existingSecret }}
-              valueFrom:
-                secretKeyRef:
-                  name: {{ $v.redis.existingSecret }}
-                  key: {{ $v.redis.existingSecretKey }}
-              {{- else }}
-              value: {{ $v.redis.url | quote }}
-              {{- end }}
-            {{- end }}
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
