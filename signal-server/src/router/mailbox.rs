@@ -131,9 +131,10 @@ impl Mailbox {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Resolves after a push or close since the last wait.
-    pub async fn wait(&self) {
-        self.notify.notified().await;
+    /// Resolves after a push or close since the last wait. The `Notified` itself, not an
+    /// async fn around it: every idle connection's task holds this future.
+    pub fn wait(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 }
 
