@@ -219,16 +219,12 @@ async fn admit(
             how: How::Resumed,
         });
     }
-    let user: Arc<str> = Arc::from(token.sub.as_str());
-    let Some(slot) = shared.users.acquire(&user) else {
-        shared.metrics.connection("user_limit");
-        return Err(End::Close(
-            close::POLICY,
-            "too many connections for this user",
-        ));
-    };
     let who = resume::who(&token);
+    // A slot taken for a resume that finds nothing to move in serves the new session.
+    let mut slot = None;
     if let Some(resume) = &resume {
+        let user: Arc<str> = Arc::from(token.sub.as_str());
+        let taken = user_slot(shared, &user)?;
         let mailbox = Mailbox::new();
         mailbox.set_owner(who.tag());
         let id = crate::router::SessionId::from(resume.session.as_str());
@@ -245,26 +241,47 @@ async fn admit(
             return Ok(Admitted {
                 session: Box::new(session),
                 mailbox,
-                slot,
+                slot: taken,
                 how: How::MovedIn,
             });
         }
+        slot = Some(taken);
     }
     let id = shared.router.new_session_id();
+    let secret = (!shared.config.resume_grace.is_zero()).then(|| shared.resume_key.secret(&id));
+    // Made before it is registered (making it has no effects) so that the per-user slot
+    // counts the session's own copy of the user's name, not a second one.
+    let session = Box::new(Session::new(
+        id,
+        token,
+        secret,
+        shared.rules.clone(),
+        Instant::now(),
+    ));
+    let slot = match slot {
+        Some(slot) => slot,
+        None => user_slot(shared, session.user())?,
+    };
     let mailbox = Mailbox::new();
     mailbox.set_owner(who.tag());
-    if let Err(e) = shared.router.register(&id, mailbox.clone()).await {
+    if let Err(e) = shared.router.register(session.id(), mailbox.clone()).await {
         tracing::warn!(error = %e, "cannot register session");
         shared.metrics.connection("backplane_error");
         return Err(End::Close(1011, "backplane unavailable"));
     }
-    let secret = (!shared.config.resume_grace.is_zero()).then(|| shared.resume_key.secret(&id));
-    let session = Session::new(id, token, secret, shared.rules.clone(), Instant::now());
     Ok(Admitted {
-        session: Box::new(session),
+        session,
         mailbox,
         slot,
         how: How::New,
+    })
+}
+
+/// A connection slot for `user`, or the close frame for a user over its limit.
+fn user_slot(shared: &Shared, user: &Arc<str>) -> Result<UserSlot, End> {
+    shared.users.acquire(user).ok_or_else(|| {
+        shared.metrics.connection("user_limit");
+        End::Close(close::POLICY, "too many connections for this user")
     })
 }
 

@@ -513,6 +513,11 @@ impl Session {
         self.role
     }
 
+    /// The token's `sub`, shared with whoever counts this session's connections per user.
+    pub fn user(&self) -> &Arc<str> {
+        &self.user
+    }
+
     /// The next thing for the connection to do, in order.
     pub fn poll_output(&mut self) -> Option<Output> {
         let next = self.out.pop_front();
