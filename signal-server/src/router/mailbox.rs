@@ -75,7 +75,14 @@ impl Mailbox {
     }
 
     pub fn pop(&self) -> Option<Arc<Delivery>> {
-        self.queue.lock().pop_front()
+        let mut queue = self.queue.lock();
+        let next = queue.pop_front();
+        if next.is_none() && queue.capacity() > 0 {
+            // Drained: an idle session (nearly all of them) keeps no queue, like its output
+            // queue. The next push allocates one again.
+            *queue = VecDeque::new();
+        }
+        next
     }
 
     /// Puts deliveries that waited elsewhere (on the replica the session moved from) before

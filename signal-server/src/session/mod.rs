@@ -270,8 +270,9 @@ pub struct Session {
     cams: Box<[String]>,
     rules: Arc<Rules>,
     rate: RateLimiter,
-    /// Camera role: the camera published by this session.
-    published: Option<String>,
+    /// Camera role: the camera published by this session. A `Box<str>`, not a `String`: a
+    /// word less keeps `Session` at 296 bytes, a malloc size class below 304.
+    published: Option<Box<str>>,
     /// Camera role: viewer sessions that joined.
     viewers: Vec<SessionId>,
     /// Viewer role: cameras watched.
@@ -341,7 +342,7 @@ impl Session {
         now: Instant,
     ) -> Self {
         let c = &rules.config;
-        let published = state.published;
+        let published = state.published.map(String::into_boxed_str);
         if published.is_some() {
             rules.metrics.cameras_online.inc();
         }
@@ -391,7 +392,7 @@ impl Session {
             id: self.id.clone(),
             user: self.user.to_string(),
             role: self.role,
-            published: self.published.clone(),
+            published: self.published.as_deref().map(str::to_owned),
             viewers: self.viewers.clone(),
             watches: self
                 .watches
@@ -691,7 +692,7 @@ impl Session {
                         });
                         return;
                     }
-                    self.viewers.push(viewer.clone());
+                    push_small(&mut self.viewers, viewer.clone());
                 }
                 self.send(&ServerFrame::ViewerJoined {
                     viewer: viewer.to_string(),
@@ -780,7 +781,7 @@ impl Session {
                 if self.published.is_none() {
                     self.rules.metrics.cameras_online.inc();
                 }
-                self.published = Some(camera.clone());
+                self.published = Some(camera.as_str().into());
                 self.send(&ServerFrame::CameraOnline {
                     camera,
                     session: self.id.to_string(),
@@ -957,10 +958,13 @@ impl Session {
                 "this connection watches too many cameras",
             )
         } else {
-            self.watches.push(Watch {
-                camera: camera.clone(),
-                view: View::Pending,
-            });
+            push_small(
+                &mut self.watches,
+                Watch {
+                    camera: camera.clone(),
+                    view: View::Pending,
+                },
+            );
             // Answered when the router has the watch.
             return self.route(Command::Watch { camera, reference });
         };
@@ -1061,7 +1065,9 @@ impl Session {
 
     fn unpublish(&mut self) {
         if let Some(camera) = self.published.take() {
-            self.route(Command::Unpublish { camera });
+            self.route(Command::Unpublish {
+                camera: camera.into_string(),
+            });
             self.rules.metrics.cameras_online.dec();
             self.viewers.clear();
         }
@@ -1144,4 +1150,14 @@ impl Session {
         self.out.push_back(Output::End(end));
         self.ended = true;
     }
+}
+
+/// Pushes onto `v`, taking room for one element only if it has none: a session nearly always
+/// has one camera or one viewer, and `Vec`'s first growth would take room for four. Later
+/// growth is `Vec`'s own (amortized).
+pub(crate) fn push_small<T>(v: &mut Vec<T>, item: T) {
+    if v.capacity() == 0 {
+        v.reserve_exact(1);
+    }
+    v.push(item);
 }
