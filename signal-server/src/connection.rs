@@ -61,7 +61,7 @@ fn serve_boxed(
         // An idle connection's task is as large as what is live across the session's run, plus
         // every local whose scope spans more than one await (moved from or not): so the
         // admission is taken apart inside the match, and only what outlives the run is bound.
-        let (mut session, mailbox, slot) = match Box::pin(admit(&mut socket, *hello, &shared)).await
+        let (mut session, mailbox, slot) = match Box::pin(admit(&mut socket, hello, &shared)).await
         {
             Ok(Admitted {
                 session,
@@ -193,12 +193,15 @@ async fn expire(d: Detached, shared: &Arc<Shared>) {
 
 /// Authenticates, then resumes the session asked for or starts a new one: takes a per-user
 /// slot and registers it with the router.
+///
+/// Takes the hello boxed, and frees the box when it is done: a box moved out of in the
+/// connection's task would be freed only when the task ends.
 async fn admit(
     socket: &mut WebSocket,
-    hello: Hello,
+    hello: Box<Hello>,
     shared: &Arc<Shared>,
 ) -> Result<Admitted, End> {
-    let (claims, resume) = authenticate(socket, hello, shared).await?;
+    let (claims, resume) = authenticate(socket, *hello, shared).await?;
     let token = token_of(claims, shared);
     let resume = resume.filter(|r| shared.resume_key.verify(&r.session, &r.token));
     if let Some(resume) = &resume
