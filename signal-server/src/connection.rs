@@ -7,7 +7,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use iceway_auth::{AppClaims, IceServer};
 
 use crate::limits::UserSlot;
@@ -26,15 +26,22 @@ pub(crate) struct Hello {
 }
 
 /// The task of one upgraded socket. Not an `async fn`: an async fn keeps its arguments in the
-/// task for its whole life, and the socket would then be held twice (argument and working
-/// copy); boxing it first keeps an idle connection's task small.
+/// task for its whole life, and the socket and hello would then be held twice (argument and
+/// working copy); boxing them first keeps an idle connection's task small.
+///
+/// The future itself is boxed too: the caller's task awaits it from an `async` block that
+/// captures it, and a captured future is stored twice in that block (the capture, and the
+/// copy being awaited), so unboxed its ~700 bytes would be paid twice per connection.
 pub(crate) fn serve(
     socket: WebSocket,
     hello: Hello,
     shared: Arc<Shared>,
 ) -> impl Future<Output = ()> + Send {
-    serve_boxed(Box::new(socket), hello, shared)
+    Box::pin(serve_boxed(Box::new(socket), Box::new(hello), shared))
 }
+
+/// How a socket silent past the idle timeout is closed.
+const SILENT: End = End::Close(close::POLICY, "idle timeout");
 
 /// A session whose socket dropped, waiting for its client to resume it.
 pub(crate) struct Detached {
@@ -46,56 +53,61 @@ pub(crate) struct Detached {
     generation: u64,
 }
 
-async fn serve_boxed(mut socket: Box<WebSocket>, hello: Hello, shared: Arc<Shared>) {
-    let admitted = match Box::pin(admit(&mut socket, hello, &shared)).await {
-        Ok(admitted) => admitted,
-        Err(end) => {
-            Box::pin(finish(&mut socket, end, &shared)).await;
+/// Not an `async fn`, for the reason [`run`] is not.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn serve_boxed(
+    mut socket: Box<WebSocket>,
+    hello: Box<Hello>,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // An idle connection's task is as large as what is live across the session's run, plus
+        // every local whose scope spans more than one await (moved from or not): so the
+        // admission is taken apart inside the match, and only what outlives the run is bound.
+        let (mut session, mailbox, slot, how) =
+            match Box::pin(admit(&mut socket, hello, &shared)).await {
+                Ok(Admitted {
+                    session,
+                    mailbox,
+                    slot,
+                    how,
+                }) => {
+                    shared.metrics.connection(how.label());
+                    shared.metrics.connections.inc();
+                    if session.role() == iceway_auth::Role::Viewer && how != How::Resumed {
+                        shared.metrics.viewers.inc();
+                    }
+                    (session, mailbox, slot, how)
+                }
+                Err(end) => return Box::pin(finish(&mut socket, end, &shared)).await,
+            };
+        let end = run(&mut socket, &mut session, &mailbox, &shared, how).await;
+        shared.metrics.connections.dec();
+        let resumable = !shared.config.resume_grace.is_zero() && !shared.close_all.is_cancelled();
+        let end = if end == End::Resumed {
+            // Its client is on a new socket, which is waiting for this one to let go.
+            detach(session, mailbox, slot, &shared);
+            End::Close(
+                close::RESUMED_ELSEWHERE,
+                "session resumed on another socket",
+            )
+        } else if end == End::Gone && resumable {
+            // The socket dropped without a word (a phone changing networks): the session waits
+            // for its client, its peers are not told, and what is sent to it queues.
+            detach(session, mailbox, slot, &shared);
             return;
-        }
-    };
-    let Admitted {
-        mut session,
-        mailbox,
-        slot,
-        how,
-    } = admitted;
-    let role = session.role();
-    shared.metrics.connection(how.label());
-    shared.metrics.connections.inc();
-    if role == iceway_auth::Role::Viewer && how != How::Resumed {
-        shared.metrics.viewers.inc();
+        } else if end == End::Silent && resumable {
+            // Silent past the idle timeout: most likely as dead as a dropped socket, so the
+            // session waits the same way; the close frame is for a client that is still there.
+            detach(session, mailbox, slot, &shared);
+            SILENT
+        } else {
+            end_session(session, &shared).await;
+            drop(slot);
+            if end == End::Silent { SILENT } else { end }
+        };
+        Box::pin(finish(&mut socket, end, &shared)).await;
     }
-    let end = run(&mut socket, &mut session, &mailbox, &shared, how).await;
-    shared.metrics.connections.dec();
-    if end == End::Resumed {
-        // Its client is on a new socket, which is waiting for this one to let go.
-        detach(session, mailbox, slot, &shared);
-        let stale = End::Close(
-            close::RESUMED_ELSEWHERE,
-            "session resumed on another socket",
-        );
-        Box::pin(finish(&mut socket, stale, &shared)).await;
-        return;
-    }
-    let grace = shared.config.resume_grace;
-    let resumable = !grace.is_zero() && !shared.close_all.is_cancelled();
-    if end == End::Gone && resumable {
-        // The socket dropped without a word (a phone changing networks): the session waits
-        // for its client, its peers are not told, and what is sent to it queues.
-        detach(session, mailbox, slot, &shared);
-        return;
-    }
-    let silent = End::Close(close::POLICY, "idle timeout");
-    if end == End::Silent && resumable {
-        detach(session, mailbox, slot, &shared);
-        Box::pin(finish(&mut socket, silent, &shared)).await;
-        return;
-    }
-    let end = if end == End::Silent { silent } else { end };
-    end_session(session, &shared).await;
-    drop(slot);
-    Box::pin(finish(&mut socket, end, &shared)).await;
 }
 
 struct Admitted {
@@ -187,12 +199,15 @@ async fn expire(d: Detached, shared: &Arc<Shared>) {
 
 /// Authenticates, then resumes the session asked for or starts a new one: takes a per-user
 /// slot and registers it with the router.
+///
+/// Takes the hello boxed, and frees the box when it is done: a box moved out of in the
+/// connection's task would be freed only when the task ends.
 async fn admit(
     socket: &mut WebSocket,
-    hello: Hello,
+    hello: Box<Hello>,
     shared: &Arc<Shared>,
 ) -> Result<Admitted, End> {
-    let (claims, resume) = authenticate(socket, hello, shared).await?;
+    let (claims, resume) = authenticate(socket, *hello, shared).await?;
     let token = token_of(claims, shared);
     let resume = resume.filter(|r| shared.resume_key.verify(&r.session, &r.token));
     if let Some(resume) = &resume
@@ -213,16 +228,12 @@ async fn admit(
             how: How::Resumed,
         });
     }
-    let user: Arc<str> = Arc::from(token.sub.as_str());
-    let Some(slot) = shared.users.acquire(&user) else {
-        shared.metrics.connection("user_limit");
-        return Err(End::Close(
-            close::POLICY,
-            "too many connections for this user",
-        ));
-    };
     let who = resume::who(&token);
+    // A slot taken for a resume that finds nothing to move in serves the new session.
+    let mut slot = None;
     if let Some(resume) = &resume {
+        let user: Arc<str> = Arc::from(token.sub.as_str());
+        let taken = user_slot(shared, &user)?;
         let mailbox = Mailbox::new();
         mailbox.set_owner(who.tag());
         let id = crate::router::SessionId::from(resume.session.as_str());
@@ -239,26 +250,47 @@ async fn admit(
             return Ok(Admitted {
                 session: Box::new(session),
                 mailbox,
-                slot,
+                slot: taken,
                 how: How::MovedIn,
             });
         }
+        slot = Some(taken);
     }
     let id = shared.router.new_session_id();
+    let secret = (!shared.config.resume_grace.is_zero()).then(|| shared.resume_key.secret(&id));
+    // Made before it is registered (making it has no effects) so that the per-user slot
+    // counts the session's own copy of the user's name, not a second one.
+    let session = Box::new(Session::new(
+        id,
+        token,
+        secret,
+        shared.rules.clone(),
+        Instant::now(),
+    ));
+    let slot = match slot {
+        Some(slot) => slot,
+        None => user_slot(shared, session.user())?,
+    };
     let mailbox = Mailbox::new();
     mailbox.set_owner(who.tag());
-    if let Err(e) = shared.router.register(&id, mailbox.clone()).await {
+    if let Err(e) = shared.router.register(session.id(), mailbox.clone()).await {
         tracing::warn!(error = %e, "cannot register session");
         shared.metrics.connection("backplane_error");
         return Err(End::Close(1011, "backplane unavailable"));
     }
-    let secret = (!shared.config.resume_grace.is_zero()).then(|| shared.resume_key.secret(&id));
-    let session = Session::new(id, token, secret, shared.rules.clone(), Instant::now());
     Ok(Admitted {
-        session: Box::new(session),
+        session,
         mailbox,
         slot,
         how: How::New,
+    })
+}
+
+/// A connection slot for `user`, or the close frame for a user over its limit.
+fn user_slot(shared: &Shared, user: &Arc<str>) -> Result<UserSlot, End> {
+    shared.users.acquire(user).ok_or_else(|| {
+        shared.metrics.connection("user_limit");
+        End::Close(close::POLICY, "too many connections for this user")
     })
 }
 
@@ -361,7 +393,7 @@ fn ice_servers(shared: &Shared, user: &str, now: SystemTime) -> Vec<IceServer> {
 
 /// Deliveries written between two flushes at most, so one busy peer cannot hold back the
 /// reads of this socket for long.
-const MAX_BATCH: usize = 32;
+const MAX_BATCH: u32 = 32;
 
 /// Whether the loop goes on.
 type Step = Result<(), End>;
@@ -378,92 +410,99 @@ enum Event {
 #[derive(Default)]
 struct Writes {
     unflushed: bool,
-    batched: usize,
+    batched: u32,
 }
 
 /// Feeds the session until it or the socket ends. Every output is carried out before the
 /// next input, so the session sees its router results in the order it asked.
-async fn run(
-    socket: &mut WebSocket,
-    session: &mut Session,
-    mailbox: &Mailbox,
-    shared: &Arc<Shared>,
+///
+/// Not an `async fn`: that would copy its arguments into the task beside the originals; an
+/// `async move` block uses what it captured in place.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn run<'a>(
+    socket: &'a mut WebSocket,
+    session: &'a mut Session,
+    mailbox: &'a Mailbox,
+    shared: &'a Arc<Shared>,
     how: How,
-) -> End {
-    let drained = shared.close_all.clone();
-    let mut writes = Writes::default();
-    // The digest of the state last saved for a resume elsewhere; a session that came from
-    // elsewhere saves its state here at once.
-    let mut saved = shared.router.keeps_state().then(|| match how {
-        How::New => session.state_digest(),
-        How::Resumed | How::MovedIn => 0,
-    });
-    loop {
-        if let Err(end) = carry_out(socket, session, shared, &mut writes).await {
-            return end;
-        }
-        // Deliveries first: they are already queued, and the socket's reads can wait. Only a
-        // run of unflushed relays counts against the batch: a full batch always ends in the
-        // flush below, never in a wait that the queued deliveries would not wake.
-        if !writes.unflushed {
-            writes.batched = 0;
-        }
-        let next = if writes.batched < MAX_BATCH {
-            mailbox.pop()
-        } else {
-            None
-        };
-        if let Some(d) = next {
-            writes.batched += 1;
-            session.on_delivery(d);
-            continue;
-        }
-        if writes.unflushed {
-            writes.unflushed = false;
-            if let Err(end) = flush(socket, shared).await {
+) -> impl Future<Output = End> + Send + 'a {
+    async move {
+        let mut writes = Writes::default();
+        // The digest of the state last saved for a resume elsewhere (with a router that keeps
+        // states); a session that came from elsewhere saves its state here at once.
+        let mut saved = shared.router.keeps_state().then(|| match how {
+            How::New => session.state_digest(),
+            How::Resumed | How::MovedIn => 0,
+        });
+        loop {
+            if let Err(end) = carry_out(socket, session, shared, &mut writes).await {
                 return end;
             }
-            continue;
-        }
-        if mailbox.is_closed() {
-            return End::Close(close::POLICY, "not reading frames fast enough");
-        }
-        if let Some(saved) = &mut saved {
-            let digest = session.state_digest();
-            if digest != *saved {
-                *saved = digest;
-                shared.router.save(session.state());
+            // Deliveries first: they are already queued, and the socket's reads can wait. Only a
+            // run of unflushed relays counts against the batch: a full batch always ends in the
+            // flush below, never in a wait that the queued deliveries would not wake.
+            if !writes.unflushed {
+                writes.batched = 0;
             }
-        }
-        let wake = session.poll_timeout();
-        let event = tokio::select! {
-            () = drained.cancelled() => Event::Drain,
-            () = mailbox.wait() => Event::Delivery,
-            msg = socket.recv() => Event::Message(msg),
-            () = tokio::time::sleep_until(wake.into()) => Event::Timer,
-        };
-        match event {
-            Event::Drain => return End::Close(close::GOING_AWAY, "server is draining"),
-            Event::Delivery => {
-                if mailbox.taken_over() {
-                    return End::Resumed;
+            let next = if writes.batched < MAX_BATCH {
+                mailbox.pop()
+            } else {
+                None
+            };
+            if let Some(d) = next {
+                writes.batched += 1;
+                session.on_delivery(d);
+                continue;
+            }
+            if writes.unflushed {
+                writes.unflushed = false;
+                if let Err(end) = flush(socket, shared).await {
+                    return end;
+                }
+                continue;
+            }
+            if mailbox.is_closed() {
+                return End::Close(close::POLICY, "not reading frames fast enough");
+            }
+            if let Some(saved) = &mut saved {
+                let digest = session.state_digest();
+                if digest != *saved {
+                    *saved = digest;
+                    shared.router.save(session.state());
                 }
             }
-            Event::Timer => session.on_timeout(Instant::now()),
-            Event::Message(msg) => {
-                let msg = match msg {
-                    None => return End::Gone,
-                    Some(Err(e)) => return read_error(e),
-                    Some(Ok(msg)) => msg,
-                };
-                let incoming = match &msg {
-                    Message::Text(text) => Incoming::Text(text.as_str()),
-                    Message::Binary(_) => Incoming::Binary,
-                    Message::Ping(_) => Incoming::Ping,
-                    Message::Pong(_) => Incoming::Pong,
-                    Message::Close(_) => return End::Left,
-                };
-                session.on_message(incoming, Instant::now());
+            let wake = session.poll_timeout();
+            let event = tokio::select! {
+                () = shared.close_all.cancelled() => Event::Drain,
+                () = mailbox.wait() => Event::Delivery,
+                // `next`, not the async fn `recv` around it, which would take more room in
+                // the task of every idle connection.
+                msg = socket.next() => Event::Message(msg),
+                () = tokio::time::sleep_until(wake.into()) => Event::Timer,
+            };
+            match event {
+                Event::Drain => return End::Close(close::GOING_AWAY, "server is draining"),
+                Event::Delivery => {
+                    if mailbox.taken_over() {
+                        return End::Resumed;
+                    }
+                }
+                Event::Timer => session.on_timeout(Instant::now()),
+                Event::Message(msg) => {
+                    let msg = match msg {
+                        None => return End::Gone,
+                        Some(Err(e)) => return read_error(e),
+                        Some(Ok(msg)) => msg,
+                    };
+                    let incoming = match &msg {
+                        Message::Text(text) => Incoming::Text(text.as_str()),
+                        Message::Binary(_) => Incoming::Binary,
+                        Message::Ping(_) => Incoming::Ping,
+                        Message::Pong(_) => Incoming::Pong,
+                        Message::Close(_) => return End::Left,
+                    };
+                    session.on_message(incoming, Instant::now());
+                }
             }
         }
     }

@@ -377,10 +377,14 @@ async fn upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let connection = crate::connection::serve(socket, hello, shared);
-            tracker.track_future(async move {
+            // A task of its own, so the upgrade's task ends here: axum sizes that one for the
+            // handshake (the socket being built, this closure's captures), 768 bytes that
+            // every idle connection would otherwise keep for its whole life.
+            tokio::spawn(tracker.track_future(async move {
                 let _slots: (OpenSlot, IpSlot) = (slot, ip_slot);
                 connection.await;
-            })
+            }));
+            std::future::ready(())
         })
 }
 

@@ -71,7 +71,7 @@ impl Hub {
             watch.known = initial;
         }
         if !watch.viewers.contains(viewer) {
-            watch.viewers.push(viewer.clone());
+            crate::session::push_small(&mut watch.viewers, viewer.clone());
         }
         if let Some(session) = watch.known.clone() {
             let d = Arc::new(Delivery::CameraState {

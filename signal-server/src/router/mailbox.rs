@@ -75,7 +75,14 @@ impl Mailbox {
     }
 
     pub fn pop(&self) -> Option<Arc<Delivery>> {
-        self.queue.lock().pop_front()
+        let mut queue = self.queue.lock();
+        let next = queue.pop_front();
+        if next.is_none() && queue.capacity() > 0 {
+            // Drained: an idle session (nearly all of them) keeps no queue, like its output
+            // queue. The next push allocates one again.
+            *queue = VecDeque::new();
+        }
+        next
     }
 
     /// Puts deliveries that waited elsewhere (on the replica the session moved from) before
@@ -131,9 +138,10 @@ impl Mailbox {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Resolves after a push or close since the last wait.
-    pub async fn wait(&self) {
-        self.notify.notified().await;
+    /// Resolves after a push or close since the last wait. The `Notified` itself, not an
+    /// async fn around it: every idle connection's task holds this future.
+    pub fn wait(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 }
 

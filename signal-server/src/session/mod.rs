@@ -274,8 +274,9 @@ pub struct Session {
     cams: Box<[String]>,
     rules: Arc<Rules>,
     rate: RateLimiter,
-    /// Camera role: the camera published by this session.
-    published: Option<String>,
+    /// Camera role: the camera published by this session. A `Box<str>`, not a `String`: a
+    /// word less keeps `Session` at 296 bytes, a malloc size class below 304.
+    published: Option<Box<str>>,
     /// Camera role: viewer sessions that joined.
     viewers: Vec<SessionId>,
     /// Viewer role: cameras watched.
@@ -345,7 +346,7 @@ impl Session {
         now: Instant,
     ) -> Self {
         let c = &rules.config;
-        let published = state.published;
+        let published = state.published.map(String::into_boxed_str);
         if published.is_some() {
             rules.metrics.cameras_online.inc();
         }
@@ -395,7 +396,7 @@ impl Session {
             id: self.id.clone(),
             user: self.user.to_string(),
             role: self.role,
-            published: self.published.clone(),
+            published: self.published.as_deref().map(str::to_owned),
             viewers: self.viewers.clone(),
             watches: self
                 .watches
@@ -534,6 +535,11 @@ impl Session {
 
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The token's `sub`, shared with whoever counts this session's connections per user.
+    pub fn user(&self) -> &Arc<str> {
+        &self.user
     }
 
     /// The next thing for the connection to do, in order.
@@ -709,7 +715,7 @@ impl Session {
                         });
                         return;
                     }
-                    self.viewers.push(viewer.clone());
+                    push_small(&mut self.viewers, viewer.clone());
                 }
                 self.send(&ServerFrame::ViewerJoined {
                     viewer: viewer.to_string(),
@@ -798,7 +804,7 @@ impl Session {
                 if self.published.is_none() {
                     self.rules.metrics.cameras_online.inc();
                 }
-                self.published = Some(camera.clone());
+                self.published = Some(camera.as_str().into());
                 self.send(&ServerFrame::CameraOnline {
                     camera,
                     session: self.id.to_string(),
@@ -975,10 +981,13 @@ impl Session {
                 "this connection watches too many cameras",
             )
         } else {
-            self.watches.push(Watch {
-                camera: camera.clone(),
-                view: View::Pending,
-            });
+            push_small(
+                &mut self.watches,
+                Watch {
+                    camera: camera.clone(),
+                    view: View::Pending,
+                },
+            );
             // Answered when the router has the watch.
             return self.route(Command::Watch { camera, reference });
         };
@@ -1079,7 +1088,9 @@ impl Session {
 
     fn unpublish(&mut self) {
         if let Some(camera) = self.published.take() {
-            self.route(Command::Unpublish { camera });
+            self.route(Command::Unpublish {
+                camera: camera.into_string(),
+            });
             self.rules.metrics.cameras_online.dec();
             self.viewers.clear();
         }
@@ -1162,4 +1173,14 @@ impl Session {
         self.out.push_back(Output::End(end));
         self.ended = true;
     }
+}
+
+/// Pushes onto `v`, taking room for one element only if it has none: a session nearly always
+/// has one camera or one viewer, and `Vec`'s first growth would take room for four. Later
+/// growth is `Vec`'s own (amortized).
+pub(crate) fn push_small<T>(v: &mut Vec<T>, item: T) {
+    if v.capacity() == 0 {
+        v.reserve_exact(1);
+    }
+    v.push(item);
 }
