@@ -544,13 +544,10 @@ impl Session {
 
     /// The next thing for the connection to do, in order.
     pub fn poll_output(&mut self) -> Option<Output> {
-        let next = self.out.pop_front();
-        if next.is_none() && self.out.capacity() > 0 {
-            // Drained: an idle connection (nearly all of them) keeps no queue. Allocating
-            // one again per wake-up costs far less than a relayed frame's parse and write.
-            self.out = VecDeque::new();
-        }
-        next
+        // A drained queue keeps its buffer: freeing it (and the mailbox's) made every relayed
+        // frame allocate twice, about 8 % fewer messages per CPU-second, for about 0.2 kB per
+        // idle connection (bench/signal/compare.sh).
+        self.out.pop_front()
     }
 
     /// When [`on_timeout`](Self::on_timeout) is next due.
