@@ -188,6 +188,92 @@ impl Crashable {
     }
 }
 
+/// A real call: the Rust camera on `camera_url`, the Rust viewer on `viewer_url`, both relay
+/// only, VP8 through TURN, until 30 frames have arrived.
+struct Call {
+    cam: tokio::task::JoinHandle<Result<(), camera::CameraError>>,
+    view: tokio::task::JoinHandle<Result<viewer::ViewerReport, viewer::ViewerError>>,
+    /// Frames the viewer reassembled so far.
+    progress: Arc<AtomicU64>,
+    started: Instant,
+    stop_viewer: CancellationToken,
+    stop_camera: CancellationToken,
+}
+
+impl Call {
+    async fn up(camera_url: String, viewer_url: String) -> Self {
+        let (stop_viewer, stop_camera) = (CancellationToken::new(), CancellationToken::new());
+        let cam = tokio::spawn(camera::run(
+            CameraOptions {
+                signal_url: camera_url,
+                token: token(Role::Camera, "cam1", &[]),
+                token_file: None,
+                clip: Arc::new(Clip::builtin()),
+                relay_only: true,
+                bind: None,
+                ice_servers: None,
+                duration: Some(Duration::from_secs(120)),
+            },
+            stop_camera.clone(),
+        ));
+        let progress = Arc::new(AtomicU64::new(0));
+        let view = tokio::spawn(viewer::run(
+            ViewerOptions {
+                signal_url: viewer_url,
+                token: token(Role::Viewer, "alice", &["cam1"]),
+                token_file: None,
+                camera: "cam1".into(),
+                relay_only: true,
+                bind: None,
+                ice_servers: None,
+                frames: u64::MAX,
+                timeout: Duration::from_secs(120),
+                progress: Some(progress.clone()),
+            },
+            stop_viewer.clone(),
+        ));
+        let started = Instant::now();
+        wait_until(
+            "the call is up (30 frames)",
+            Duration::from_secs(60),
+            || {
+                let p = progress.clone();
+                async move { p.load(Ordering::Relaxed) >= 30 }
+            },
+        )
+        .await;
+        println!("call up after {:?}", started.elapsed());
+        Self {
+            cam,
+            view,
+            progress,
+            started,
+            stop_viewer,
+            stop_camera,
+        }
+    }
+
+    /// Ends the call, the viewer first (the camera leaving is not a fault to report), and
+    /// returns the viewer's report. Neither side may have given up before.
+    async fn end(self) -> viewer::ViewerReport {
+        assert!(
+            !self.view.is_finished(),
+            "the viewer gave up: {:?}",
+            self.view.await
+        );
+        assert!(
+            !self.cam.is_finished(),
+            "the camera gave up: {:?}",
+            self.cam.await
+        );
+        self.stop_viewer.cancel();
+        let report = self.view.await.expect("viewer task").expect("viewer");
+        self.stop_camera.cancel();
+        let _ = self.cam.await;
+        report
+    }
+}
+
 /// Frames received during `fault`: sampled when it starts and when it is over.
 async fn frames_during(progress: &AtomicU64, fault: impl Future<Output = ()>) -> u64 {
     let before = progress.load(Ordering::Relaxed);
@@ -211,51 +297,9 @@ async fn media_keeps_flowing_while_redis_pauses_restarts_empty_and_is_cut_off() 
     let (url_a, _a) = replica(&dir, format!("redis://{}/", cut.addr), turn_addr).await;
     let (url_b, _b) = replica(&dir, redis.url(), turn_addr).await;
 
-    // The viewer is stopped first: the camera leaving at the end is not a fault to report.
-    let stop = CancellationToken::new();
-    let stop_camera = CancellationToken::new();
-    let cam = tokio::spawn(camera::run(
-        CameraOptions {
-            signal_url: url_a,
-            token: token(Role::Camera, "cam1", &[]),
-            token_file: None,
-            clip: Arc::new(Clip::builtin()),
-            relay_only: true,
-            bind: None,
-            ice_servers: None,
-            duration: Some(Duration::from_secs(120)),
-        },
-        stop_camera.clone(),
-    ));
-    let progress = Arc::new(AtomicU64::new(0));
-    let view = tokio::spawn(viewer::run(
-        ViewerOptions {
-            signal_url: url_b,
-            token: token(Role::Viewer, "alice", &["cam1"]),
-            token_file: None,
-            camera: "cam1".into(),
-            relay_only: true,
-            bind: None,
-            ice_servers: None,
-            frames: u64::MAX,
-            timeout: Duration::from_secs(120),
-            progress: Some(progress.clone()),
-        },
-        stop.clone(),
-    ));
-    let started = Instant::now();
-    wait_until(
-        "the call is up (30 frames)",
-        Duration::from_secs(60),
-        || {
-            let p = progress.clone();
-            async move { p.load(Ordering::Relaxed) >= 30 }
-        },
-    )
-    .await;
-    println!("call up after {:?}", started.elapsed());
+    let call = Call::up(url_a, url_b).await;
 
-    let paused = frames_during(&progress, async {
+    let paused = frames_during(&call.progress, async {
         redis.pause();
         tokio::time::sleep(Duration::from_secs(8)).await;
         redis.resume();
@@ -268,7 +312,7 @@ async fn media_keeps_flowing_while_redis_pauses_restarts_empty_and_is_cut_off() 
         "media stopped during the pause: {paused} frames"
     );
 
-    let restarted = frames_during(&progress, async {
+    let restarted = frames_during(&call.progress, async {
         redis.restart_empty().await;
         // Time for the replicas to reconnect and restore presence.
         tokio::time::sleep(Duration::from_secs(6)).await;
@@ -280,7 +324,7 @@ async fn media_keeps_flowing_while_redis_pauses_restarts_empty_and_is_cut_off() 
         "media stopped after the restart: {restarted}"
     );
 
-    let isolated = frames_during(&progress, async {
+    let isolated = frames_during(&call.progress, async {
         cut.cut();
         tokio::time::sleep(Duration::from_secs(5)).await;
         cut.heal();
@@ -293,13 +337,9 @@ async fn media_keeps_flowing_while_redis_pauses_restarts_empty_and_is_cut_off() 
     );
 
     // The call is still the same one: it goes on, and ends only when stopped.
-    let after = frames_during(&progress, tokio::time::sleep(Duration::from_secs(3))).await;
+    let after = frames_during(&call.progress, tokio::time::sleep(Duration::from_secs(3))).await;
     assert!(after >= 45, "{after}");
-    assert!(!view.is_finished(), "the viewer gave up: {:?}", view.await);
-    stop.cancel();
-    let report = view.await.expect("viewer task").expect("viewer");
-    stop_camera.cancel();
-    let _ = cam.await;
+    let report = call.end().await;
     println!(
         "viewer: {} frames, {} peer connection(s), camera offline seen: {}, reason {:?}",
         report.frames, report.peer_connections, report.camera_was_offline, report.reason
@@ -321,55 +361,17 @@ async fn media_keeps_flowing_when_the_viewers_network_changes_and_the_cameras_re
     let cam_front = Front::start(a.addr).await;
     let viewer_front = Front::start(b.addr).await;
 
-    // The viewer is stopped first: the camera leaving at the end is not a fault to report.
-    let stop = CancellationToken::new();
-    let stop_camera = CancellationToken::new();
-    let cam = tokio::spawn(camera::run(
-        CameraOptions {
-            signal_url: format!("ws://{}/v1/ws", cam_front.addr),
-            token: token(Role::Camera, "cam1", &[]),
-            token_file: None,
-            clip: Arc::new(Clip::builtin()),
-            relay_only: true,
-            bind: None,
-            ice_servers: None,
-            duration: Some(Duration::from_secs(120)),
-        },
-        stop_camera.clone(),
-    ));
-    let progress = Arc::new(AtomicU64::new(0));
-    let view = tokio::spawn(viewer::run(
-        ViewerOptions {
-            signal_url: format!("ws://{}/v1/ws", viewer_front.addr),
-            token: token(Role::Viewer, "alice", &["cam1"]),
-            token_file: None,
-            camera: "cam1".into(),
-            relay_only: true,
-            bind: None,
-            ice_servers: None,
-            frames: u64::MAX,
-            timeout: Duration::from_secs(120),
-            progress: Some(progress.clone()),
-        },
-        stop.clone(),
-    ));
-    let started = Instant::now();
-    wait_until(
-        "the call is up (30 frames)",
-        Duration::from_secs(60),
-        || {
-            let p = progress.clone();
-            async move { p.load(Ordering::Relaxed) >= 30 }
-        },
+    let call = Call::up(
+        format!("ws://{}/v1/ws", cam_front.addr),
+        format!("ws://{}/v1/ws", viewer_front.addr),
     )
     .await;
-    println!("call up after {:?}", started.elapsed());
 
     // The viewer's phone changes network: its socket is left half-open, nothing more gets
     // through it. The client notices the silence (three 2 s heartbeats) and resumes its
     // session on a new socket; the server closes the stale one.
     let network_change = Instant::now();
-    let changed = frames_during(&progress, async {
+    let changed = frames_during(&call.progress, async {
         viewer_front.strand();
         let resumed = b.until_counted("resumed", network_change).await;
         println!("viewer network changed: signaling resumed after {resumed:?}");
@@ -385,7 +387,7 @@ async fn media_keeps_flowing_when_the_viewers_network_changes_and_the_cameras_re
     // The camera's replica crashes; the load balancer sends its reconnect to B, where it
     // resumes from the state A saved, once A is found dead (replica TTL 2 s).
     let crash = Instant::now();
-    let crashed = frames_during(&progress, async {
+    let crashed = frames_during(&call.progress, async {
         cam_front.set_target(b.addr);
         let moved_in = b.connections("moved_in");
         a.crash();
@@ -399,14 +401,10 @@ async fn media_keeps_flowing_when_the_viewers_network_changes_and_the_cameras_re
     assert!(crashed >= 120, "media stopped after the crash: {crashed}");
 
     // Past the time a crashed replica's sessions are declared gone: the call goes on.
-    let after = frames_during(&progress, tokio::time::sleep(Duration::from_secs(4))).await;
+    let after = frames_during(&call.progress, tokio::time::sleep(Duration::from_secs(4))).await;
     assert!(after >= 60, "{after}");
-    assert!(!view.is_finished(), "the viewer gave up: {:?}", view.await);
-    assert!(!cam.is_finished(), "the camera gave up: {:?}", cam.await);
-    stop.cancel();
-    let report = view.await.expect("viewer task").expect("viewer");
-    stop_camera.cancel();
-    let _ = cam.await;
+    let started = call.started;
+    let report = call.end().await;
     println!(
         "viewer: {} frames, {} peer connection(s), {} signaling resume(s), camera offline seen: {}, \
          network change at {:?}, crash at {:?}",
