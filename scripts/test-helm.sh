@@ -176,6 +176,32 @@ PY
 }
 check "the Redis URL is never in argv or the environment" redis_url_stays_out_of_argv
 
+# --- turn.externalIP: value, else the node's address (fromNode), else none ------------------------
+external_ip_follows_values() {
+  local node="$out/log/extip_node.yaml" none="$out/log/extip_none.yaml" val="$out/log/extip_value.yaml"
+  helm template "$release" "$chart" -n "$namespace" >"$node" || return 1
+  helm template "$release" "$chart" -n "$namespace" --set turn.externalIP.fromNode=false >"$none" || return 1
+  helm template "$release" "$chart" -n "$namespace" --set turn.externalIP.value=203.0.113.9 >"$val" || return 1
+  "$py" - "$node" "$none" "$val" <<'PY'
+import sys, yaml
+def turn(path):
+    with open(path) as f:
+        d = next(d for d in yaml.safe_load_all(f) if d and d["kind"] == "DaemonSet" and d["metadata"]["name"].endswith("-turn"))
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c.get("env") or []}
+    return c["args"], env
+args, env = turn(sys.argv[1])
+assert "--external-ip=$(ICEWAY_EXTERNAL_IP)" in args
+assert env["ICEWAY_EXTERNAL_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP", env
+args, env = turn(sys.argv[2])
+assert not any(a.startswith("--external-ip") for a in args) and "ICEWAY_EXTERNAL_IP" not in env, (args, env)
+args, env = turn(sys.argv[3])
+assert env["ICEWAY_EXTERNAL_IP"]["value"] == "203.0.113.9", env
+print("externalIP: the node's address by default, none with fromNode=false, value when set")
+PY
+}
+check "turn.externalIP.fromNode is honoured" external_ip_follows_values
+
 # --- values the chart must refuse ---------------------------------------------------------------
 check "refuses: signal scaled out without Redis" must_fail signal-no-redis "needs signal.redis.url" --set signal.replicas=3
 check "refuses: signal HPA without Redis" must_fail hpa-no-redis "needs signal.redis.url" --set signal.autoscaling.enabled=true
