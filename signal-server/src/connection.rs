@@ -186,12 +186,7 @@ fn detach(session: Box<Session>, mailbox: Arc<Mailbox>, slot: UserSlot, shared: 
 async fn expire(d: Detached, shared: &Arc<Shared>) {
     let id = d.session.id().clone();
     shared.router.unregister(&id).await;
-    while let Some(delivery) = d.mailbox.pop() {
-        if let crate::router::Delivery::Relay { from, .. } = &*delivery {
-            let gone = crate::router::Delivery::PeerGone { peer: id.clone() };
-            let _ = shared.router.send(from, gone).await;
-        }
-    }
+    crate::router::refuse_waiting(&*shared.router, &id, &d.mailbox).await;
     shared.metrics.connection("resume_expired");
     end_session(d.session, shared).await;
     drop(d.slot);

@@ -251,6 +251,19 @@ pub trait Router: Send + Sync + 'static {
     fn alive<'a>(&'a self, sessions: &'a [SessionId]) -> BoxFuture<'a, Vec<bool>>;
 }
 
+/// Answers each frame that waited in `session`'s mailbox `peer-gone` to its sender: the
+/// session will not come to read them (its resume grace ran out, or it did not move here).
+pub async fn refuse_waiting(router: &dyn Router, session: &SessionId, mailbox: &Mailbox) {
+    while let Some(delivery) = mailbox.pop() {
+        if let Delivery::Relay { from, .. } = &*delivery {
+            let gone = Delivery::PeerGone {
+                peer: session.clone(),
+            };
+            let _ = router.send(from, gone).await;
+        }
+    }
+}
+
 /// A fresh session id.
 pub fn new_session_id() -> SessionId {
     use base64::Engine;

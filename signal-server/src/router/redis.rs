@@ -1427,9 +1427,6 @@ async fn resubscribe(
     Ok(())
 }
 
-/// Liveness every quarter of the replica TTL, presence re-read at the same pace (a crashed
-/// replica's cameras go offline within the TTL and one beat), presence refreshed every third
-/// of its TTL. Right after a pub/sub reconnect, all of it at once.
 /// Writes the sessions' states queued by `save` (and deletes those of sessions gone), a
 /// pipeline per `SWEEP_CHUNK`; what fails to be written waits for the next try.
 async fn save_states(inner: Arc<Inner>, stop: CancellationToken) {
@@ -1486,6 +1483,9 @@ async fn save_states(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
+/// Liveness every quarter of the replica TTL, presence re-read at the same pace (a crashed
+/// replica's cameras go offline within the TTL and one beat), presence refreshed every third
+/// of its TTL. Right after a pub/sub reconnect, all of it at once.
 async fn heartbeat(inner: Arc<Inner>, stop: CancellationToken) {
     let beat_every = (inner.cfg.replica_ttl / 4).max(Duration::from_millis(100));
     let refresh_every = (inner.cfg.presence_ttl / 3).max(Duration::from_millis(100));
@@ -1616,14 +1616,7 @@ impl Router for RedisRouter {
                             inner.unmove(session).await;
                             // Frames that came here behind the fence: their senders hear the
                             // session is gone, as its holder would have told them.
-                            while let Some(d) = mailbox.pop() {
-                                if let Delivery::Relay { from, .. } = &*d {
-                                    let gone = Delivery::PeerGone {
-                                        peer: session.clone(),
-                                    };
-                                    let _ = self.send(from, gone).await;
-                                }
-                            }
+                            super::refuse_waiting(self, session, &mailbox).await;
                         }
                         return None;
                     }
