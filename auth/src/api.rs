@@ -31,7 +31,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use iceway_service::Problem;
+use iceway_service::{Live, Problem};
 
 use crate::app_token::{AppClaims, AppTokenError, AppTokenVerifier};
 use crate::ice_servers::IceServers;
@@ -168,7 +168,8 @@ impl IpLimiter {
 /// Everything the API handlers share.
 #[derive(Clone)]
 pub struct ApiState {
-    pub verifier: Arc<AppTokenVerifier>,
+    /// Swapped when a key file changes (`Reloader`).
+    pub verifier: Live<AppTokenVerifier>,
     pub ice: Arc<IceServers>,
     metrics: Option<ApiMetrics>,
     limiter: Option<Arc<IpLimiter>>,
@@ -188,9 +189,9 @@ impl std::fmt::Debug for ApiState {
 
 impl ApiState {
     /// No metrics, no rate limit, no CORS; add them with the `with_*` methods.
-    pub fn new(verifier: Arc<AppTokenVerifier>, ice: Arc<IceServers>) -> Self {
+    pub fn new(verifier: impl Into<Live<AppTokenVerifier>>, ice: Arc<IceServers>) -> Self {
         Self {
-            verifier,
+            verifier: verifier.into(),
             ice,
             metrics: None,
             limiter: None,
@@ -340,7 +341,7 @@ impl FromRequestParts<ApiState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Problem> {
         let token = bearer_token(&parts.headers)?;
-        Ok(Caller(state.verifier.verify(token)?))
+        Ok(Caller(state.verifier.get().verify(token)?))
     }
 }
 

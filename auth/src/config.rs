@@ -8,10 +8,11 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use iceway_service::{AdminConfig, CommonArgs, ConfigError, ConfigLoader, DrainConfig, LogConfig};
+use iceway_service::{
+    AdminConfig, CommonArgs, ConfigError, ConfigLoader, DrainConfig, Live, LogConfig, Reloader,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{RateLimit, validate_cors_origins};
@@ -222,6 +223,30 @@ impl JwtConfig {
         AppTokenVerifier::try_new(keys, &self.audience, self.issuer.as_deref(), self.leeway)
             .map_err(|e| ConfigError::invalid("jwt.keys", e))
     }
+
+    /// The key files: `secret_file` and the FILE of each `KID=ALG:FILE` spec.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let specs = self.keys.iter().filter_map(|spec| {
+            let (_, rest) = spec.split_once('=')?;
+            let (_, file) = rest.split_once(':')?;
+            Some(PathBuf::from(file.trim()))
+        });
+        self.secret_file.iter().cloned().chain(specs).collect()
+    }
+
+    /// The verifier, rebuilt by `reloader` when a key file changes. Only the keys reload: the
+    /// set of files, audience, issuer and leeway are configuration, fixed for the process.
+    pub fn live_verifier(
+        &self,
+        reloader: &mut Reloader,
+    ) -> Result<Live<AppTokenVerifier>, ConfigError> {
+        let live = Live::new(self.verifier()?);
+        let cfg = self.clone();
+        reloader.watch("app_token_keys", self.files(), &live, move || {
+            cfg.verifier()
+        });
+        Ok(live)
+    }
 }
 
 /// `[turn_credentials]`: the TURN shared secrets, and what services that mint credentials
@@ -309,8 +334,27 @@ impl TurnCredentialsConfig {
         read_secret_file(path)
     }
 
+    /// The secrets of `secret_file`, re-read by `reloader` when the file changes.
+    pub fn live_credentials(
+        &self,
+        reloader: &mut Reloader,
+    ) -> Result<Live<TurnCredentials>, ConfigError> {
+        let live = Live::new(self.credentials()?);
+        let cfg = self.clone();
+        reloader.watch(
+            "turn_secrets",
+            self.secret_file.iter().cloned().collect(),
+            &live,
+            move || cfg.credentials(),
+        );
+        Ok(live)
+    }
+
     /// The ICE-server list minted for clients; `urls` and the limits are checked here.
-    pub fn ice_servers(&self, creds: Arc<TurnCredentials>) -> Result<IceServers, ConfigError> {
+    pub fn ice_servers(
+        &self,
+        creds: impl Into<Live<TurnCredentials>>,
+    ) -> Result<IceServers, ConfigError> {
         let cfg = IceServersConfig {
             urls: self.urls.clone(),
             ttl: self.ttl,
@@ -404,6 +448,7 @@ impl RateLimitConfig {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::sync::Arc;
 
     fn load(env: &[(&str, &str)]) -> Result<AuthConfig, ConfigError> {
         let env = env

@@ -1,9 +1,9 @@
 //! ICE-server lists in the shape of `RTCConfiguration.iceServers`, and the draft-uberti TURN REST
 //! response for apps written against coturn (DESIGN §2).
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use iceway_service::Live;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -92,13 +92,14 @@ pub struct IceServers {
     ttl: Duration,
     format: CredentialFormat,
     limits: TurnLimits,
-    creds: Arc<TurnCredentials>,
+    /// Swapped when the secret file changes (`Reloader`).
+    creds: Live<TurnCredentials>,
 }
 
 impl IceServers {
     /// URLs with an unknown scheme are dropped here; call [`IceServersConfig::validate`] first
     /// to refuse them at start-up instead.
-    pub fn new(cfg: IceServersConfig, creds: Arc<TurnCredentials>) -> Self {
+    pub fn new(cfg: IceServersConfig, creds: impl Into<Live<TurnCredentials>>) -> Self {
         let (mut stun_urls, mut turn_urls) = (Vec::new(), Vec::new());
         for url in cfg.urls {
             match scheme(&url) {
@@ -113,7 +114,7 @@ impl IceServers {
             ttl: cfg.ttl,
             format: cfg.format,
             limits: TurnLimits::default(),
-            creds,
+            creds: creds.into(),
         }
     }
 
@@ -156,6 +157,7 @@ impl IceServers {
         } else {
             let minted = self
                 .creds
+                .get()
                 .mint(self.format, user, self.ttl, self.limits, now)?;
             ice_servers.push(IceServer {
                 urls: self.turn_urls.clone(),
@@ -179,6 +181,7 @@ impl IceServers {
     ) -> Result<TurnRestResponse, CredentialError> {
         let minted = self
             .creds
+            .get()
             .mint(self.format, username, self.ttl, self.limits, now)?;
         Ok(TurnRestResponse {
             username: minted.username,
@@ -202,6 +205,7 @@ fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use crate::turn_credential::password;
+    use std::sync::Arc;
 
     fn ice(format: CredentialFormat, urls: &[&str]) -> IceServers {
         let creds = Arc::new(

@@ -10,7 +10,8 @@ use iceway_service::{AdminServer, Shutdown, settle};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = AuthConfig::load(&cli, None).and_then(|cfg| api_state(&cfg).map(|_| cfg));
+    let loaded = AuthConfig::load(&cli, None)
+        .and_then(|cfg| api_state(&cfg, &mut iceway_service::Reloader::new()).map(|_| cfg));
     let cfg = match settle(
         "iceway-auth",
         cli.common.check_config,

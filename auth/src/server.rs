@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use iceway_service::{ConfigError, Shutdown};
+use iceway_service::{ConfigError, Reloader, Shutdown};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
@@ -29,14 +29,15 @@ pub enum ServeError {
     Serve(#[source] std::io::Error),
 }
 
-/// Everything that can fail on configuration is checked here, before any socket opens.
-pub fn api_state(cfg: &AuthConfig) -> Result<ApiState, ConfigError> {
-    let verifier = cfg.jwt.verifier()?;
-    let creds = Arc::new(cfg.turn_credentials.credentials()?);
+/// Everything that can fail on configuration is checked here, before any socket opens. The
+/// key and secret files are registered with `reloader`, which swaps them while the API serves.
+pub fn api_state(cfg: &AuthConfig, reloader: &mut Reloader) -> Result<ApiState, ConfigError> {
+    let verifier = cfg.jwt.live_verifier(reloader)?;
+    let creds = cfg.turn_credentials.live_credentials(reloader)?;
     let ice = cfg.turn_credentials.ice_servers(creds)?;
     cfg.auth.cors.validate()?;
-    let mut state = ApiState::new(Arc::new(verifier), Arc::new(ice))
-        .with_cors_origins(cfg.auth.cors.origins.clone());
+    let mut state =
+        ApiState::new(verifier, Arc::new(ice)).with_cors_origins(cfg.auth.cors.origins.clone());
     if let Some(limit) = cfg.auth.rate_limit.rate_limit()? {
         state = state.with_rate_limit(limit);
     }
@@ -47,6 +48,7 @@ pub fn api_state(cfg: &AuthConfig) -> Result<ApiState, ConfigError> {
 pub struct AuthServer {
     listener: TcpListener,
     state: ApiState,
+    reloader: Reloader,
     drain: std::time::Duration,
 }
 
@@ -61,7 +63,9 @@ impl std::fmt::Debug for AuthServer {
 impl AuthServer {
     /// Validates `cfg`, registers the metrics in `registry` and binds `auth.listen`.
     pub async fn bind(cfg: &AuthConfig, registry: &Registry) -> Result<Self, ServeError> {
-        let state = api_state(cfg)?.with_metrics(ApiMetrics::register(registry)?);
+        let mut reloader = Reloader::new();
+        let state = api_state(cfg, &mut reloader)?.with_metrics(ApiMetrics::register(registry)?);
+        reloader.register_metrics(registry)?;
         let addr = cfg.auth.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -69,6 +73,7 @@ impl AuthServer {
         Ok(Self {
             listener,
             state,
+            reloader,
             drain: cfg.drain.timeout,
         })
     }
@@ -81,6 +86,7 @@ impl AuthServer {
 
     /// Serves until `shutdown` drains; requests still in flight after `drain.timeout` are cut.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServeError> {
+        let _reload = self.reloader.spawn();
         shutdown.set_ready();
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         let drain = shutdown.clone();

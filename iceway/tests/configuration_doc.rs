@@ -71,14 +71,16 @@ fn load(service: &str, toml_text: &str, f: &Files) -> Result<toml::Value, String
         "iceway-signal" => {
             let cli = iceway_signal::Cli::parse_from(args);
             let cfg = iceway_signal::Config::load(&cli, env).map_err(|e| e.to_string())?;
-            cfg.load_credentials().map_err(|e| e.to_string())?;
+            cfg.load_credentials(&mut iceway_service::Reloader::new())
+                .map_err(|e| e.to_string())?;
             toml::Value::try_from(cfg)
         }
         "iceway-auth" => {
             let cli = iceway_auth::config::Cli::parse_from(args);
             let cfg =
                 iceway_auth::config::AuthConfig::load(&cli, env).map_err(|e| e.to_string())?;
-            iceway_auth::server::api_state(&cfg).map_err(|e| e.to_string())?;
+            iceway_auth::server::api_state(&cfg, &mut iceway_service::Reloader::new())
+                .map_err(|e| e.to_string())?;
             toml::Value::try_from(cfg)
         }
         other => panic!("example for unknown service {other}"),

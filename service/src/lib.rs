@@ -11,6 +11,7 @@ pub mod fd_limit;
 pub mod metrics;
 pub mod net;
 pub mod problem;
+pub mod reload;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
@@ -24,6 +25,7 @@ pub use config::{
 };
 pub use metrics::new_registry;
 pub use problem::Problem;
+pub use reload::{Live, Reloader};
 pub use secret::{SecretError, read_secret, read_secret_lines};
 pub use shutdown::Shutdown;
 pub use telemetry::{LogFormat, init_tracing};

@@ -11,7 +11,8 @@ use std::time::Duration;
 use iceway_auth::config::{JwtArgs, JwtConfig, TurnCredentialArgs, TurnCredentialsConfig};
 use iceway_auth::{AppTokenVerifier, IceServers, TurnCredentials, TurnSecret};
 use iceway_service::{
-    AdminConfig, CommonArgs, ConfigError, ConfigLoader, DrainConfig, LogConfig, REDACTED,
+    AdminConfig, CommonArgs, ConfigError, ConfigLoader, DrainConfig, Live, LogConfig, REDACTED,
+    Reloader,
 };
 use serde::{Deserialize, Serialize};
 
@@ -231,19 +232,22 @@ impl Config {
         Ok(())
     }
 
-    /// Reads the key files named by the configuration; `--check-config` runs this too.
-    pub fn load_credentials(&self) -> Result<Credentials, ConfigError> {
-        let verifier = self.jwt.verifier()?;
+    /// Reads the key files named by the configuration and registers them with `reloader`,
+    /// which swaps them while the server runs; `--check-config` runs this too.
+    pub fn load_credentials(&self, reloader: &mut Reloader) -> Result<Credentials, ConfigError> {
+        let verifier = self.jwt.live_verifier(reloader)?;
         let turn = match &self.turn_credentials.secret_file {
-            Some(path) => iceway_auth::config::read_secret_file(path)?,
+            Some(_) => self.turn_credentials.live_credentials(reloader)?,
             // validate() allows this only without turn: URLs, so nothing is ever minted with
             // this secret; it exists because IceServers always carries credentials.
-            None => TurnCredentials::new(vec![TurnSecret::derived(&rand::random::<[u8; 32]>())])
-                .map_err(|e| ConfigError::invalid("turn_credentials.secret_file", e))?,
+            None => Live::new(
+                TurnCredentials::new(vec![TurnSecret::derived(&rand::random::<[u8; 32]>())])
+                    .map_err(|e| ConfigError::invalid("turn_credentials.secret_file", e))?,
+            ),
         };
         Ok(Credentials {
-            verifier: Arc::new(verifier),
-            ice: Arc::new(self.turn_credentials.ice_servers(Arc::new(turn))?),
+            verifier,
+            ice: Arc::new(self.turn_credentials.ice_servers(turn)?),
         })
     }
 
@@ -364,7 +368,8 @@ impl SignalConfig {
 /// What the server authenticates with and hands out. `iceway dev` builds one in memory.
 #[derive(Clone, Debug)]
 pub struct Credentials {
-    pub verifier: Arc<AppTokenVerifier>,
+    /// Swapped when a key file changes.
+    pub verifier: Live<AppTokenVerifier>,
     /// The `welcome.iceServers` and `/v1/ice-servers` lists.
     pub ice: Arc<IceServers>,
 }
@@ -456,7 +461,7 @@ mod tests {
             cfg.turn_credentials.urls,
             vec!["stun:a:3478", "stun:b:3478"]
         );
-        let creds = cfg.load_credentials().expect("keys");
+        let creds = cfg.load_credentials(&mut Reloader::new()).expect("keys");
         let list = creds
             .ice
             .for_user("u", std::time::SystemTime::now())

@@ -311,7 +311,7 @@ async fn authenticate(
             Ok(Some(Ok(_))) => return Err(refuse(shared, "missing", "first frame must be auth")),
         },
     };
-    let claims = shared.creds.verifier.verify(&token).map_err(|e| {
+    let claims = shared.creds.verifier.get().verify(&token).map_err(|e| {
         shared.metrics.auth_failure(e.reason());
         shared.metrics.connection("unauthorized");
         End::Close(close::UNAUTHORIZED, "invalid token")
@@ -529,6 +529,7 @@ async fn carry_out(
                 let result = shared
                     .creds
                     .verifier
+                    .get()
                     .verify(&token)
                     .map(|claims| token_of(claims, shared))
                     .map_err(|e| e.reason());

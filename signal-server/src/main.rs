@@ -7,7 +7,10 @@ use iceway_signal::{Cli, Config, SignalServer};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = Config::load(&cli, None).and_then(|cfg| cfg.load_credentials().map(|_| cfg));
+    let loaded = Config::load(&cli, None).and_then(|cfg| {
+        cfg.load_credentials(&mut iceway_service::Reloader::new())
+            .map(|_| cfg)
+    });
     let config = match settle(
         "iceway-signal",
         cli.common.check_config,

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use iceway_auth::api::{ApiMetrics, ApiState, IpLimiter, RateLimit};
-use iceway_service::{Problem, Shutdown};
+use iceway_service::{Problem, Reloader, Shutdown};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -113,6 +113,8 @@ pub struct SignalServer {
     shared: Arc<Shared>,
     /// After SIGTERM, how long clients get before their sockets are closed with 1001.
     drain: std::time::Duration,
+    /// The key files behind `Shared::creds` (none for `iceway dev`'s in-memory keys).
+    reloader: Reloader,
 }
 
 impl std::fmt::Debug for SignalServer {
@@ -128,9 +130,18 @@ impl SignalServer {
     /// metrics and binds the listener.
     pub async fn bind(config: &Config, registry: &Registry) -> Result<Self, SignalError> {
         config.validate()?;
-        let creds = config.load_credentials()?;
-        Self::bind_with_credentials(config.signal.clone(), config.drain.timeout, creds, registry)
-            .await
+        let mut reloader = Reloader::new();
+        let creds = config.load_credentials(&mut reloader)?;
+        let mut server = Self::bind_with_credentials(
+            config.signal.clone(),
+            config.drain.timeout,
+            creds,
+            registry,
+        )
+        .await?;
+        reloader.register_metrics(registry)?;
+        server.reloader = reloader;
+        Ok(server)
     }
 
     /// As [`bind`](Self::bind), with keys already in memory (`iceway dev`).
@@ -189,7 +200,7 @@ impl SignalServer {
             rules: Arc::new(Rules::new(
                 config.clone(),
                 metrics.clone(),
-                creds.verifier.leeway(),
+                creds.verifier.get().leeway(),
             )),
             close_all: CancellationToken::new(),
             open: AtomicUsize::new(0),
@@ -208,6 +219,7 @@ impl SignalServer {
             listener,
             shared,
             drain,
+            reloader: Reloader::new(),
         })
     }
 
@@ -220,6 +232,7 @@ impl SignalServer {
     /// Serves until the drain: when `shutdown` starts draining, new upgrades get 503; after
     /// `drain.timeout` every socket is closed with 1001 and this returns once they are gone.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), SignalError> {
+        let _reload = self.reloader.spawn();
         let shared = self.shared;
         let tracker = TaskTracker::new();
         let state = AppState {

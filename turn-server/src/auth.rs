@@ -3,6 +3,7 @@
 use std::time::SystemTime;
 
 use iceway_auth::turn_credential::{TurnCredentials, TurnGrant};
+use iceway_service::Live;
 
 use crate::proto::credentials::{CredentialFailure, CredentialStore, Grant};
 
@@ -29,5 +30,17 @@ impl CredentialStore for TurnCredentials {
             alloc_limit: limits.alloc,
             kbps: limits.kbps,
         })
+    }
+}
+
+/// The secret file's current set: swapped by the reloader, read once per lookup.
+impl CredentialStore for Live<TurnCredentials> {
+    fn lookup(
+        &self,
+        username: &str,
+        realm: &str,
+        now: SystemTime,
+    ) -> Result<Grant, CredentialFailure> {
+        self.get().lookup(username, realm, now)
     }
 }

@@ -294,7 +294,7 @@ impl Config {
             iceway_auth::config::read_secret_file(path)?;
         }
         if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
-            crate::io::tls_acceptor(cert, key)?;
+            crate::io::certified_key(cert, key)?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use iceway_service::{ConfigError, Shutdown};
+use iceway_service::{ConfigError, Reloader, Shutdown};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,8 @@ pub enum ServeError {
 /// A bound relay: sockets open, UDP shards not yet started.
 pub struct TurnServer {
     shared: Arc<Shared>,
+    /// The secret and certificate files, re-read while the relay runs.
+    reloader: Reloader,
     settings: RelaySettings,
     threads: usize,
     stun_only: bool,
@@ -102,7 +104,9 @@ impl TurnServer {
         );
         let policy = PeerPolicy::new(t.allow_peers.clone(), t.deny_peers.clone())
             .with_own_addresses(own_addresses(t));
-        let shared = Arc::new(Shared::new(t.core(), credentials(cfg)?, policy, metrics));
+        let mut reloader = Reloader::new();
+        let credentials = credentials(cfg, &mut reloader)?;
+        let shared = Arc::new(Shared::new(t.core(), credentials, policy, metrics));
         let settings = relay_settings(t)?;
         let threads = match t.threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -138,7 +142,7 @@ impl TurnServer {
         }
         let mut tls = Vec::new();
         if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
-            let acceptor = tls_acceptor(cert, key)?;
+            let acceptor = tls_acceptor(cert, key, &mut reloader)?;
             for addr in &t.tls_listen {
                 let listener =
                     TcpListener::bind(addr)
@@ -151,8 +155,10 @@ impl TurnServer {
                 tls.push((listener, acceptor.clone()));
             }
         }
+        reloader.register_metrics(registry)?;
         Ok(Self {
             shared,
+            reloader,
             settings,
             threads,
             stun_only: t.stun_only,
@@ -181,6 +187,7 @@ impl TurnServer {
     /// Relays until `shutdown` drains: new allocations are then refused, and the process waits
     /// for the live ones to end or for `drain.timeout`.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServeError> {
+        let _reload = self.reloader.spawn();
         let stop_token = CancellationToken::new();
         let stop = Arc::new(AtomicBool::new(false));
         let mut shards = Vec::new();

@@ -9,9 +9,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
-use iceway_service::ConfigError;
+use iceway_service::{ConfigError, Live, Reloader};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, TurnConfig};
@@ -19,21 +21,60 @@ use crate::proto::credentials::{Chain, CredentialStore, StaticUsers};
 use socket::RelaySettings;
 
 /// The credential stores of `cfg`: static users, then the TURN secrets (read by the one reader
-/// every service uses).
-pub(crate) fn credentials(cfg: &Config) -> Result<Box<dyn CredentialStore>, ConfigError> {
+/// every service uses, and re-read by `reloader` when the file changes).
+pub(crate) fn credentials(
+    cfg: &Config,
+    reloader: &mut Reloader,
+) -> Result<Box<dyn CredentialStore>, ConfigError> {
     let mut stores: Vec<Box<dyn CredentialStore>> = Vec::new();
     let users = StaticUsers::new(&cfg.turn.static_users()?, &cfg.turn.realm);
     if !users.is_empty() {
         stores.push(Box::new(users));
     }
-    if let Some(path) = &cfg.turn_credentials.secret_file {
-        stores.push(Box::new(iceway_auth::config::read_secret_file(path)?));
+    if cfg.turn_credentials.secret_file.is_some() {
+        stores.push(Box::new(cfg.turn_credentials.live_credentials(reloader)?));
     }
     Ok(Box::new(Chain(stores)))
 }
 
-/// A certificate or key that cannot be used is a configuration error: it names the key.
-pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ConfigError> {
+/// Hands every new handshake the certificate loaded last; connections already up keep theirs.
+#[derive(Debug)]
+struct LiveCertificate(Live<CertifiedKey>);
+
+impl ResolvesServerCert for LiveCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.get_full())
+    }
+}
+
+/// The TLS listeners' acceptor: the certificate and key of `cert`/`key`, swapped by `reloader`
+/// when either file changes (a renewal by cert-manager rewrites both).
+pub(crate) fn tls_acceptor(
+    cert: &Path,
+    key: &Path,
+    reloader: &mut Reloader,
+) -> Result<TlsAcceptor, ConfigError> {
+    let live = Live::new(certified_key(cert, key)?);
+    let (c, k) = (cert.to_owned(), key.to_owned());
+    reloader.watch(
+        "tls_certificate",
+        vec![cert.to_owned(), key.to_owned()],
+        &live,
+        move || certified_key(&c, &k),
+    );
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ConfigError::invalid("turn.tls_cert", e))?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(LiveCertificate(live)));
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A certificate chain and the private key that matches it. What cannot be used is a
+/// configuration error naming the key: at start it stops the relay, on reload the old pair stays.
+pub(crate) fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, ConfigError> {
     let cert_err = |e: &dyn std::fmt::Display| {
         ConfigError::invalid("turn.tls_cert", format!("{}: {e}", cert.display()))
     };
@@ -50,13 +91,8 @@ pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Confi
         };
         ConfigError::invalid("turn.tls_key", format!("{}: {why}", key.display()))
     })?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-    .map_err(|e| ConfigError::invalid("turn.tls_cert", format!("with turn.tls_key: {e}")))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| ConfigError::invalid("turn.tls_cert", format!("with turn.tls_key: {e}")))
 }
 
 pub(crate) fn relay_settings(cfg: &TurnConfig) -> Result<RelaySettings, ConfigError> {
