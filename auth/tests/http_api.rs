@@ -633,3 +633,74 @@ async fn misspelt_keys_are_refused_with_their_path_and_check_config_prints_the_e
     );
     assert!(!stderr.contains("short"), "{stderr}");
 }
+
+/// The rotation of docs/auth.md done on the files under a running service: the app key file
+/// rewritten (as a Kubernetes Secret update does) is used for the next request, and a TURN
+/// secret moved to the first line mints from then on. No restart: the same process throughout.
+#[tokio::test]
+async fn rotated_app_keys_and_turn_secrets_are_used_without_a_restart() {
+    const NEW_JWT: &str = "rotated-app-secret-abcdefghijklmnopqrstuvwxyz";
+    let svc = Service::start(&[]).await;
+    let dir = svc._dir.path().to_owned();
+    let pid = svc.child.id();
+    let old = app_token("viewer-1");
+    assert_eq!(
+        svc.get("/v1/ice-servers", Some(&old)).await.status(),
+        StatusCode::OK
+    );
+
+    let claims = AppClaims::new(
+        "viewer-2",
+        Role::Viewer,
+        vec![],
+        SystemTime::now(),
+        Duration::from_secs(300),
+    );
+    let new = mint_hs256("default", NEW_JWT.as_bytes(), &claims);
+    write(&dir, "jwt.secret", format!("{NEW_JWT}\n").as_bytes());
+    write(
+        &dir,
+        "turn.secrets",
+        b"kid:next turn-secret-next-0123\nkid:current turn-secret-new-0123\n",
+    );
+    // Ten times what a reload takes here: a bound, not a measure of speed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let list: IceServersResponse = loop {
+        let resp = svc.get("/v1/ice-servers", Some(&new)).await;
+        if resp.status() == StatusCode::OK {
+            let list: IceServersResponse = resp.json().await.expect("json");
+            let username = list.ice_servers[1].username.clone().expect("username");
+            let credential = list.ice_servers[1].credential.clone().expect("credential");
+            if credential == password(b"turn-secret-next-0123", &username) {
+                break list;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotated files were not used within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(list.ice_servers[1].username.is_some());
+    let (_, body) = problem(
+        svc.get("/v1/ice-servers", Some(&old)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(body["reason"], "bad_signature", "{body}");
+    assert_eq!(svc.child.id(), pid, "the same process");
+    let metrics = client()
+        .get(format!("{}/metrics", svc.admin))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for what in ["app_token_keys", "turn_secrets"] {
+        assert!(
+            metrics.contains(&format!("iceway_reload_successful{{what=\"{what}\"}} 1")),
+            "{what}: {metrics}"
+        );
+    }
+}
