@@ -125,9 +125,9 @@ fail() { echo "FAIL $1"; failed=$((failed + 1)); }
 echo "== run =="
 for svc in turn signal auth; do start_container "$svc"; done
 for pair in "turn $turn_admin" "signal $signal_admin" "auth $auth_admin"; do
-  set -- $pair
-  if wait_http "$run_id-$1" "http://127.0.0.1:$2/healthz"; then ok "iceway-$1 container: /healthz 200"
-  else fail "iceway-$1 container: /healthz"; fi
+  read -r svc port <<<"$pair"
+  if wait_http "$run_id-$svc" "http://127.0.0.1:$port/healthz"; then ok "iceway-$svc container: /healthz 200"
+  else fail "iceway-$svc container: /healthz"; fi
 done
 
 viewer="$(curl -fsS --max-time 5 "http://127.0.0.1:$signal_port/viewer" || true)"
