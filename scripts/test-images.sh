@@ -16,7 +16,11 @@ done
 
 scripts/build-images.sh "$@"
 tag="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)"
-for ((i = 1; i <= $#; i++)); do [ "${!i}" = --tag ] && { j=$((i + 1)); tag="${!j}"; }; done
+out="$repo/images"
+for ((i = 1; i <= $#; i++)); do
+  j=$((i + 1))
+  case "${!i}" in --tag) tag="${!j}" ;; --out) out="${!j}" ;; esac
+done
 
 run_id="iceway-test-$$"
 work="$(mktemp -d "${TMPDIR:-/tmp}/iceway-images.XXXXXX")"
@@ -166,7 +170,7 @@ echo "== image sizes =="
 for svc in iceway-turn iceway-signal iceway-auth; do
   printf '%-36s %s (oci-archive %s)\n' "localhost/iceway/$svc:$tag" \
     "$(podman image inspect -f '{{.Size}}' "localhost/iceway/$svc:$tag" | numfmt --to=si)B" \
-    "$(du -h images/"$svc-$tag".oci.tar 2>/dev/null | cut -f1)"
+    "$(du -h "$out/$svc-$tag.oci.tar" 2>/dev/null | cut -f1)"
 done
 echo "images: $failed failed, in $(( $(date +%s) - start )) s"
 [ "$failed" -eq 0 ]
