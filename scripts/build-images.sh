@@ -93,8 +93,13 @@ for svc in "${services[@]}"; do
     cfg+=(--env ICEWAY_SIGNAL__WEB_ROOT=/usr/share/iceway/web)
   fi
   buildah config "${cfg[@]}" "$ctr"
+  previous="$(buildah images --quiet --no-trunc "$image" 2>/dev/null | head -1 || true)"
   buildah commit --quiet --timestamp 0 --rm "$ctr" "$image" >"$stage/id"
   ctr=""
+  # The image this tag named before, now untagged (a new commit's revision label), is dropped.
+  if [ -n "$previous" ] && [ "${previous#sha256:}" != "$(cat "$stage/id")" ]; then
+    buildah rmi "$previous" >/dev/null 2>&1 || true
+  fi
   archive="$out/$svc-$tag.oci.tar"
   rm -f "$archive"
   buildah push --quiet "$image" "oci-archive:$archive:$image" >/dev/null
