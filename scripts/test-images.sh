@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the images (scripts/build-images.sh, arguments passed on, e.g. --skip-build) and runs each
-# one with podman: the container starts and its admin /healthz answers; iceway-signal serves
-# /viewer from the image's web root; iceway-turn relays a coturn turnutils_uclient run to
-# turnutils_peer. Configuration and secrets are mounted files; every port is picked free at run
-# time on 127.0.0.1, traffic stays on loopback; the containers are removed on exit.
+# one with podman, hardened as the chart runs it (read-only root, no capabilities): the container
+# starts, its admin /healthz answers and it runs as nonroot; iceway-signal serves /viewer from the
+# image's web root; iceway-turn relays a coturn turnutils_uclient run to turnutils_peer.
+# Configuration and secrets are mounted files; every port is picked free at run time on
+# 127.0.0.1, traffic stays on loopback; the containers are removed on exit.
 # Needs: buildah podman runc (scripts/install-test-deps.sh), coturn's clients, curl, python3.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -104,6 +105,7 @@ start_container() {
   containers+=("$name")
   podman run -d --name "$name" --pull never --runtime runc \
     --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 --network host \
+    --read-only --cap-drop ALL --security-opt no-new-privileges \
     -v "$work:/etc/iceway:ro" \
     "localhost/iceway/iceway-$svc:$tag" --config "/etc/iceway/$svc.toml" >/dev/null
 }
@@ -132,6 +134,12 @@ for pair in "turn $turn_admin" "signal $signal_admin" "auth $auth_admin"; do
   read -r svc port <<<"$pair"
   if wait_http "$run_id-$svc" "http://127.0.0.1:$port/healthz"; then ok "iceway-$svc container: /healthz 200"
   else fail "iceway-$svc container: /healthz"; fi
+done
+
+for svc in turn signal auth; do
+  who="$(podman top "$run_id-$svc" user group | tail -1 | tr -s ' ')"
+  if [ "$who" = "nonroot nonroot " ] || [ "$who" = "nonroot nonroot" ]; then ok "iceway-$svc container: runs as nonroot (65532)"
+  else fail "iceway-$svc container: runs as '$who', not nonroot"; fi
 done
 
 viewer="$(curl -fsS --max-time 5 "http://127.0.0.1:$signal_port/viewer" || true)"
