@@ -297,10 +297,7 @@ mod tests {
         let ok = answer(BINDING_SUCCESS, id, Some(addr(MAPPED)));
         // Another transaction, another source, a request echoed back, and bytes that are not
         // STUN: still waiting.
-        d.handle(
-            &answer(BINDING_SUCCESS, other, Some(addr(MAPPED))),
-            addr(A),
-        );
+        d.handle(&answer(BINDING_SUCCESS, other, Some(addr(MAPPED))), addr(A));
         d.handle(&ok, addr(B));
         d.handle(
             &answer(MessageType::new(METHOD_BINDING, CLASS_REQUEST), id, None),
@@ -310,7 +307,10 @@ mod tests {
         d.handle(&ok[..ok.len() - 4], addr(A));
         assert_eq!(d.outcome(now), None);
         d.handle(&ok, addr(A));
-        assert_eq!(d.outcome(now).map(|r| r.map(|m| m.address)), Some(Ok(addr(MAPPED))));
+        assert_eq!(
+            d.outcome(now).map(|r| r.map(|m| m.address)),
+            Some(Ok(addr(MAPPED)))
+        );
     }
 
     #[test]
@@ -320,7 +320,10 @@ mod tests {
         let mut sends = Vec::new();
         while d.outcome(at).is_none() {
             if let Some(t) = d.poll_transmit(at) {
-                assert_eq!(t.bytes, d.probes[0].request, "a retransmission is the same request");
+                assert_eq!(
+                    t.bytes, d.probes[0].request,
+                    "a retransmission is the same request"
+                );
                 sends.push(at - now);
             }
             let next = d.poll_timeout();
@@ -353,7 +356,11 @@ mod tests {
             "a server that answered is not asked again"
         );
         d.handle(
-            &answer(BINDING_SUCCESS, txid(&sent[1]), Some(addr("[2001:db8::1]:5"))),
+            &answer(
+                BINDING_SUCCESS,
+                txid(&sent[1]),
+                Some(addr("[2001:db8::1]:5")),
+            ),
             addr(B),
         );
         let failures = d.outcome(now).expect("over").expect_err("no address");
