@@ -202,6 +202,32 @@ PY
 }
 check "turn.externalIP.fromNode is honoured" external_ip_follows_values
 
+# --- turn.externalIP.fromStun: in the TURN ConfigMap, no --external-ip, fromNode replaced --------
+external_ip_from_stun() {
+  local f="$out/log/extip_stun.yaml"
+  helm template "$release" "$chart" -n "$namespace" \
+    --set 'turn.externalIP.fromStun={stun.example.net:3478,[2001:db8::1]:3478}' >"$f" || return 1
+  "$py" - "$f" <<'PY'
+import sys, tomllib, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+ds = next(d for d in docs if d["kind"] == "DaemonSet" and d["metadata"]["name"].endswith("-turn"))
+c = ds["spec"]["template"]["spec"]["containers"][0]
+assert not any(a.startswith("--external-ip") for a in c["args"]), c["args"]
+assert "ICEWAY_EXTERNAL_IP" not in {e["name"] for e in c.get("env") or []}, c.get("env")
+cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-turn-config"))
+cfg = tomllib.loads(cm["data"]["turn.toml"])
+assert cfg["turn"]["external_ip_stun"] == ["stun.example.net:3478", "[2001:db8::1]:3478"], cfg
+stun = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-stun-config")), None)
+assert stun is None or "external_ip_stun" not in stun["data"]["stun.toml"], "only the relay discovers"
+print("externalIP.fromStun: turn.external_ip_stun in the TURN ConfigMap, no --external-ip")
+PY
+}
+check "turn.externalIP.fromStun reaches the relay's config" external_ip_from_stun
+check "refuses: externalIP.value with fromStun" must_fail extip-stun "exclude each other" \
+  --set turn.externalIP.value=203.0.113.1 --set 'turn.externalIP.fromStun={stun.example.net:3478}'
+check "refuses: a fromStun entry without a port" must_fail extip-stun-port "fromStun" \
+  --set 'turn.externalIP.fromStun={stun.example.net}'
+
 # --- values the chart must refuse ---------------------------------------------------------------
 check "refuses: signal scaled out without Redis" must_fail signal-no-redis "needs signal.redis.url" --set signal.replicas=3
 check "refuses: signal HPA without Redis" must_fail hpa-no-redis "needs signal.redis.url" --set signal.autoscaling.enabled=true

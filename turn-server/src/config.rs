@@ -46,6 +46,9 @@ pub struct Cli {
     /// Advertised relay address (behind NAT / in Kubernetes); one per family.
     #[arg(long, value_name = "IP", value_delimiter = ',')]
     pub external_ip: Vec<IpAddr>,
+    /// STUN servers to learn the advertised address from at start (instead of --external-ip).
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    pub external_ip_stun: Vec<String>,
     #[arg(long, value_name = "LO-HI")]
     pub relay_range: Option<String>,
     /// Peers allowed even when in the deny list.
@@ -101,6 +104,16 @@ pub struct TurnConfig {
     /// Static `NAME:PASSWORD` users, for development.
     pub users: Vec<String>,
     pub external_ip: Vec<IpAddr>,
+    /// STUN servers (`HOST:PORT`) asked at start, from the relay address, for the mapped
+    /// address to advertise (cloud nodes whose public address is on no interface). Exclusive
+    /// with `external_ip`; when none answers in time the start fails.
+    pub external_ip_stun: Vec<String>,
+    /// Overall deadline of that discovery.
+    #[serde(with = "iceway_service::duration")]
+    pub external_ip_stun_timeout: Duration,
+    /// First retransmission timeout of its Binding requests (doubled after each send).
+    #[serde(with = "iceway_service::duration")]
+    pub external_ip_stun_rto: Duration,
     /// Address relay sockets bind to; default: the first listen address's IP.
     pub relay_ip: Option<IpAddr>,
     pub relay_range: String,
@@ -165,6 +178,7 @@ impl std::fmt::Debug for TurnConfig {
             .field("realm", &self.realm)
             .field("users", &self.users.len())
             .field("external_ip", &self.external_ip)
+            .field("external_ip_stun", &self.external_ip_stun)
             .field("relay_range", &self.relay_range)
             .field("allow_peers", &self.allow_peers)
             .field("strict_expiry", &self.strict_expiry)
@@ -181,6 +195,9 @@ impl Default for TurnConfig {
             realm: "iceway".into(),
             users: Vec::new(),
             external_ip: Vec::new(),
+            external_ip_stun: Vec::new(),
+            external_ip_stun_timeout: Duration::from_secs(5),
+            external_ip_stun_rto: Duration::from_millis(500),
             relay_ip: None,
             relay_range: "49152-65535".into(),
             allow_peers: Vec::new(),
@@ -218,6 +235,17 @@ impl Default for TurnConfig {
     }
 }
 
+/// The port of a `HOST:PORT` STUN server (`[V6]:PORT` for an IPv6 literal), if well formed.
+pub fn stun_server_port(s: &str) -> Option<u16> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && !host.contains([':', '[', ']']),
+    };
+    ok.then_some(port)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayRange {
     pub lo: u16,
@@ -241,6 +269,7 @@ impl Config {
                 "turn.tls_listen",
                 "turn.users",
                 "turn.external_ip",
+                "turn.external_ip_stun",
                 "turn.allow_peers",
                 "turn.deny_peers",
             ])
@@ -260,6 +289,10 @@ impl Config {
             .set(
                 "turn.external_ip",
                 display(cli.external_ip.iter().map(ToString::to_string).collect()),
+            )?
+            .set(
+                "turn.external_ip_stun",
+                display(cli.external_ip_stun.clone()),
             )?
             .set("turn.relay_range", cli.relay_range.clone())?
             .set(
@@ -353,10 +386,34 @@ impl TurnConfig {
                 "turn.stream_idle_timeout",
                 self.stream_idle_timeout.is_zero(),
             ),
+            (
+                "turn.external_ip_stun_timeout",
+                self.external_ip_stun_timeout.is_zero(),
+            ),
+            (
+                "turn.external_ip_stun_rto",
+                self.external_ip_stun_rto.is_zero(),
+            ),
         ] {
             if zero {
                 return Err(ConfigError::invalid(key, "must be greater than zero"));
             }
+        }
+        if !self.external_ip_stun.is_empty() && !self.external_ip.is_empty() {
+            return Err(ConfigError::invalid(
+                "turn.external_ip_stun",
+                "set either turn.external_ip or turn.external_ip_stun, not both",
+            ));
+        }
+        if let Some(bad) = self
+            .external_ip_stun
+            .iter()
+            .find(|s| stun_server_port(s).is_none())
+        {
+            return Err(ConfigError::invalid(
+                "turn.external_ip_stun",
+                format!("expected HOST:PORT (an IPv6 address in brackets), got {bad:?}"),
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::invalid(
@@ -493,6 +550,59 @@ mod tests {
             !format!("{cfg:?}").contains("a:b"),
             "passwords never logged"
         );
+    }
+
+    #[test]
+    fn external_ip_stun_from_flag_env_and_its_checks() {
+        let all = Config::load_with_env(
+            &cli(&[
+                "--stun-only",
+                "--external-ip-stun",
+                "stun.example.net:3478,[2001:db8::1]:19302",
+            ]),
+            Some(HashMap::new()),
+        )
+        .expect("config");
+        assert_eq!(
+            all.turn.external_ip_stun,
+            ["stun.example.net:3478", "[2001:db8::1]:19302"]
+        );
+        assert_eq!(all.turn.external_ip_stun_timeout, Duration::from_secs(5));
+        let env = HashMap::from([(
+            "ICEWAY_TURN__EXTERNAL_IP_STUN".to_owned(),
+            "192.0.2.1:3478".to_owned(),
+        )]);
+        let all = Config::load_with_env(&cli(&["--stun-only"]), Some(env)).expect("env");
+        assert_eq!(all.turn.external_ip_stun, ["192.0.2.1:3478"]);
+        for bad in [
+            "stun.example.net",
+            "2001:db8::1:3478",
+            ":3478",
+            "h:0",
+            "[]:1",
+        ] {
+            let err = Config::load_with_env(
+                &cli(&["--stun-only", "--external-ip-stun", bad]),
+                Some(HashMap::new()),
+            )
+            .expect_err(bad);
+            assert!(
+                err.to_string().contains("turn.external_ip_stun"),
+                "{bad}: {err}"
+            );
+        }
+        let err = Config::load_with_env(
+            &cli(&[
+                "--stun-only",
+                "--external-ip-stun",
+                "192.0.2.1:3478",
+                "--external-ip",
+                "203.0.113.1",
+            ]),
+            Some(HashMap::new()),
+        )
+        .expect_err("both");
+        assert!(err.to_string().contains("turn.external_ip_stun"), "{err}");
     }
 
     #[test]

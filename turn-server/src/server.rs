@@ -31,6 +31,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    ExternalIp(#[from] crate::io::discover::DiscoverError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
@@ -84,6 +86,8 @@ impl TurnServer {
         cfg.validate()?;
         let t = &cfg.turn;
         tracing::info!(config = ?t, "starting iceway-turn");
+        let discovered = crate::io::discover::with_external_ips(t).await?;
+        let t = &discovered;
         let metrics = Metrics::new()?;
         metrics.register(registry)?;
         let range = t.relay_range()?;

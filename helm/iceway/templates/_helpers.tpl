@@ -245,6 +245,9 @@ checksum/secrets: {{ include (print .ctx.Template.BasePath "/secret.yaml") .ctx 
 {{- $derived := dict -}}
 {{- if eq $c "turn" -}}
 {{- $derived = dict "turn" (dict "tls_listen" (list (printf "0.0.0.0:%d" (int $.Values.turn.ports.tls)))) "drain" (dict "timeout" $drain) -}}
+{{- with $.Values.turn.externalIP.fromStun -}}
+{{- $_ := set $derived.turn "external_ip_stun" . -}}
+{{- end -}}
 {{- else if ne $c "signal" -}}
 {{- $derived = dict "drain" (dict "timeout" $drain) -}}
 {{- end -}}

@@ -1,6 +1,7 @@
 //! Sockets and event loops: UDP shards (mio, batched I/O with quinn-udp), TCP/TLS connection
 //! tasks (tokio), and what they are built from. `crate::server` assembles them.
 
+pub mod discover;
 pub mod socket;
 pub mod stream;
 pub mod udp;

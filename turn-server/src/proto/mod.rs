@@ -1,7 +1,9 @@
-//! The sans-IO protocol core: decode/encode and the server state machine. No sockets, no clock.
+//! The sans-IO protocol core: decode/encode, the server state machine, and the STUN client that
+//! discovers the relay's public address. No sockets, no clock.
 
 pub mod channel_data;
 pub mod credentials;
+pub mod discover;
 pub mod message;
 pub mod nonce;
 pub mod server;
