@@ -323,6 +323,23 @@ ROWS = [
                 "RSS per pod.",
                 "timeseries",
             ),
+            (
+                "Secret and certificate reloads",
+                "short",
+                [
+                    (f"sum by (pod, what, result) (increase(iceway_reloads_total{{{S}}}[{R}]))", "{{pod}} {{what}} {{result}}"),
+                    (f"min by (pod, what) (iceway_reload_successful{{{S}}})", "{{pod}} {{what}} loaded"),
+                ],
+                "Re-reads of rotated files (ok, error) and whether each pod's last read succeeded (1) or it kept the previous set (0).",
+                "timeseries",
+            ),
+            (
+                "Age of loaded secrets",
+                "s",
+                [(f"time() - max by (pod, what) (iceway_reload_last_success_timestamp_seconds{{{S}}})", "{{pod}} {{what}}")],
+                "Seconds since each pod last loaded each set successfully; after a rotation step every pod should drop below the step's age.",
+                "timeseries",
+            ),
         ],
     ),
 ]

@@ -56,6 +56,10 @@ DESIGN_METRICS = {
     "iceway_signal_connections_max",
     # (documented in docs/turn-server.md)
     "iceway_turn_relay_ports",
+    # Every service that reads key files (documented in docs/auth.md, "Rotation without a restart").
+    "iceway_reload_successful",
+    "iceway_reload_last_success_timestamp_seconds",
+    "iceway_reloads_total",
 }
 PROCESS_METRICS = {"process_cpu_seconds_total", "process_resident_memory_bytes"}
 HISTOGRAMS = {

@@ -121,6 +121,35 @@ PY
 }
 check "a change to auth's configuration rolls auth only, not TURN (per-component checksums)" config_change_rolls_only_auth
 
+# --- a rotated secret rolls nothing: the services re-read the mounted files ---------------------
+secret_change_rolls_nothing() {
+  local a="$out/log/secret_a.yaml" b="$out/log/secret_b.yaml"
+  local common=(--set stun.enabled=true --set secrets.jwtSecret=app-key-0123456789abcdef0123456789)
+  helm template "$release" "$chart" -n "$namespace" "${common[@]}" \
+    --set "secrets.turnSecrets={first-secret-0123456789}" >"$a" || return 1
+  helm template "$release" "$chart" -n "$namespace" "${common[@]}" \
+    --set "secrets.turnSecrets={second-secret-0123456789}" >"$b" || return 1
+  "$py" - "$a" "$b" <<'PY'
+import json, sys, yaml
+def docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+a, b = docs(sys.argv[1]), docs(sys.argv[2])
+def templates(ds):
+    return {f"{d['kind']}/{d['metadata']['name']}": json.dumps(d["spec"]["template"], sort_keys=True)
+            for d in ds if d.get("kind") in ("Deployment", "DaemonSet", "StatefulSet")}
+ta, tb = templates(a), templates(b)
+assert len(ta) >= 3, sorted(ta)
+changed = sorted(k for k in ta if ta[k] != tb.get(k))
+if changed:
+    sys.exit(f"a TURN secret change rolls {changed}")
+secret = lambda ds: next(d for d in ds if d.get("kind") == "Secret")
+assert secret(a) != secret(b), "the Secret itself must change"
+print("a secret change updates the Secret and rolls no workload")
+PY
+}
+check "a rotated secret updates the Secret and rolls no pod (services reload the files)" secret_change_rolls_nothing
+
 # --- behind the chart's ingress, per-client limits key on X-Forwarded-For -------------------------
 forwarded_for_follows_the_ingress() {
   local on="$out/log/ingress_on.yaml" off="$out/log/ingress_off.yaml"

@@ -225,14 +225,12 @@ lifecycle:
   mountPath: /tmp
 {{- end -}}
 
-{{/* Pod annotations that roll the pods when their configuration changes. */}}
-{{/* Pod annotations that roll a component when its own configuration or the chart's Secret
-     changes: (dict "ctx" $ "component" "turn"). */}}
+{{/* Pod annotations that roll a component when its own configuration changes:
+     (dict "ctx" $ "component" "turn"). The chart's Secret (TURN secrets, app key) is not in
+     them: every service re-reads those files when the kubelet updates the mount, so rotating
+     a secret rolls nothing and cuts no call (docs/deploy-kubernetes.md). */}}
 {{- define "iceway.checksums" -}}
 checksum/config: {{ include "iceway.configMap" . | sha256sum }}
-{{- if not .ctx.Values.secrets.existingSecret }}
-checksum/secrets: {{ include (print .ctx.Template.BasePath "/secret.yaml") .ctx | sha256sum }}
-{{- end }}
 {{- end -}}
 
 {{/* The ConfigMap of one component: (dict "ctx" $ "component" "turn"). */}}
