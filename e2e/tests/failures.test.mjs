@@ -91,11 +91,44 @@ test('expired TURN credentials: no video, and the viewer page says why', async (
       ws.send(JSON.stringify(frame));
     });
   });
+  // The SDK refetches credentials it can see have expired: make the credential API hand out
+  // the same dead ones (as after a TURN secret rotated out of order).
+  await viewer.route(/\/v1\/ice-servers/, (route) => route.fulfill({
+    status: 200, contentType: 'application/json', body: JSON.stringify({ iceServers: expired, ttl: 3600 }),
+  }));
   await viewer.goto(withRelay(dev.viewer_url));
   const s = await waitForStats(viewer, (x) => x.iceError, 30000, 'the TURN credential error');
   assert.match(s.message, /expired|refused/i);
   assert.equal(s.framesDecoded, 0);
   assert.notEqual(s.connectionState, 'connected');
+  await context.close();
+  await camera.context().close();
+});
+
+test('expired TURN credentials in welcome: the page fetches fresh ones from the credential API and plays', async () => {
+  const camera = await openPage(browser, dev.http, withRelay(dev.camera_url));
+  await waitForStats(camera, (s) => s.signal === 'open', 20000, 'the camera to be online');
+  const context = await browser.newContext();
+  await context.grantPermissions(['camera', 'microphone'], { origin: dev.http });
+  const viewer = await context.newPage();
+  const expired = expiredTurnServers();
+  let fetched = 0;
+  await viewer.routeWebSocket(/\/v1\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    server.onMessage((message) => {
+      const frame = JSON.parse(message);
+      if (frame.type === 'welcome') frame.iceServers = expired;
+      ws.send(JSON.stringify(frame));
+    });
+  });
+  await viewer.route(/\/v1\/ice-servers/, (route) => {
+    fetched += 1;
+    return route.continue();
+  });
+  await viewer.goto(withRelay(dev.viewer_url));
+  const s = await waitForStats(viewer, (x) => x.framesDecoded > 10, 45000, 'video with refreshed credentials');
+  assert.equal(s.path, 'relay');
+  assert.ok(fetched >= 1, 'the credential API was asked');
   await context.close();
   await camera.context().close();
 });

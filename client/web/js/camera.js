@@ -1,12 +1,11 @@
-// Camera page: publishes this device's camera and microphone, one RTCPeerConnection per viewer,
-// and plays what viewers say with push-to-talk.
+// Camera page: publishes this device's camera and microphone with the SDK's Camera (one peer
+// connection per viewer), plays what viewers say with push-to-talk, keeps the screen on.
 import {
-  Signal, pageParams, rtcConfig, IceServerCache, candidateFrame, summarize,
-  pathLabel, formatKbps, showMessage, explain, explainIceError, tokenClaims, tokenExpired,
-} from './iceway.js';
+  Camera, openCamera, keepScreenOn, explain, summarize, tokenClaims, tokenExpired, IcewayError,
+} from './iceway/index.js';
+import { pageParams, showMessage, pathLabel, formatKbps, askForToken } from './page.js';
 
 const params = pageParams();
-const ice = new IceServerCache(params.token);
 const ui = {
   who: document.getElementById('who'),
   preview: document.getElementById('preview'),
@@ -16,214 +15,190 @@ const ui = {
   viewerCount: document.getElementById('viewer-count'),
   bitrate: document.getElementById('bitrate'),
   viewers: document.getElementById('viewers'),
+  flip: document.getElementById('flip'),
+  retry: document.getElementById('retry'),
+  renew: document.getElementById('renew'),
 };
 
-/** viewer session id -> { viewer, user, pc, pending: [], stats, restarted, audio } */
-const peers = new Map();
+let camera = null;
 let stream = null;
-let signal = null;
+let facing = params.facing;
+let wake = null;
 let lastMessage = '';
+/** viewer session id -> { stats, prevAudioIn, audio } */
+const extras = new Map();
 
 function say(text, tone) {
   lastMessage = text;
   showMessage(ui.message, text, tone);
 }
 
+function overlay(text) {
+  ui.overlay.hidden = !text;
+  if (text) ui.overlay.textContent = text;
+}
+
 async function start() {
   const claims = tokenClaims(params.token);
   if (!params.token || !claims) {
     say('This link has no valid access token. Open the camera link from the app.', 'bad');
-    ui.overlay.textContent = 'No access token';
+    overlay('No access token');
     return;
   }
   if (tokenExpired(params.token)) {
-    say(explain('unauthorized', params.token), 'bad');
-    ui.overlay.textContent = 'Access expired';
+    say(explain('token-expired'), 'bad');
+    overlay('Access expired');
+    offerNewLink();
     return;
   }
   ui.who.textContent = `camera ${claims.sub}`;
-  try {
-    stream = await getMedia();
-  } catch (e) {
-    say(`Cannot open the camera: ${e.message}. Allow camera access and reload.`, 'bad');
-    ui.overlay.textContent = 'No camera';
-    return;
-  }
-  ui.preview.srcObject = stream;
-  ui.overlay.hidden = true;
+  if (!(await openMedia())) return;
 
-  signal = new Signal({ url: params.signalUrl, token: params.token });
-  signal.addEventListener('state', (ev) => onSignalState(ev.detail));
-  signal.addEventListener('token-expiring', () => {
-    say('Your access link expires in a minute: ask the app for a new one to keep going.', 'warn');
+  camera = new Camera({
+    signalUrl: params.signalUrl,
+    token: params.token,
+    iceServersUrl: params.iceServersUrl,
+    stream,
+    relayOnly: params.relayOnly,
+    tokenProvider: typeof window.icewayRefreshToken === 'function' ? () => window.icewayRefreshToken() : undefined,
   });
-  signal.addEventListener('frame', (ev) => onFrame(ev.detail).catch((e) => say(`Error: ${e.message}`, 'bad')));
-  signal.addEventListener('fatal', (ev) => {
-    say(ev.detail.message, 'bad');
-    closeAll();
+  camera.on('state', (st) => {
+    ui.signalState.textContent = st;
+    if (st === 'reconnecting') say('Lost the signaling server; reconnecting… Viewers already connected keep watching.', 'warn');
   });
-  signal.start();
+  camera.on('online', () => say(camera.viewers.size ? `${camera.viewers.size} viewer(s) watching.` : 'Online. Waiting for viewers.', 'ok'));
+  camera.on('viewer-joined', (v) => {
+    extras.set(v.id, { stats: null, prevAudioIn: undefined, audio: null });
+    renderViewers();
+  });
+  camera.on('viewer-left', ({ id }) => {
+    const x = extras.get(id);
+    if (x && x.audio) x.audio.srcObject = null;
+    extras.delete(id);
+    renderViewers();
+  });
+  camera.on('viewer-state', ({ state }) => {
+    renderViewers();
+    if (state === 'connected') say(`${camera.viewers.size} viewer(s) watching.`, 'ok');
+  });
+  camera.on('viewer-audio', ({ viewer, track }) => {
+    const audio = new Audio();
+    audio.autoplay = true;
+    audio.srcObject = new MediaStream([track]);
+    audio.play().catch(() => say('Tap anywhere to hear viewers talking.', 'warn'));
+    document.addEventListener('pointerdown', () => audio.play().catch(() => {}), { once: true });
+    const x = extras.get(viewer.id);
+    if (x) x.audio = audio;
+  });
+  camera.on('error', (e) => say(explain(e, camera.signal.token), e.code === 'rate-limited' ? 'warn' : 'bad'));
+  camera.on('token-expiring', () => {
+    say('Your access link expires in a minute. Paste a new link from the app to keep the camera on.', 'warn');
+    renewToken();
+  });
+  camera.on('fatal', (e) => {
+    say(explain(e, camera.signal.token), 'bad');
+    overlay(e.code === 'replaced' ? 'Running on another device' : 'Stopped');
+    releaseWake();
+    if (e.code === 'unauthorized') offerNewLink();
+  });
+  camera.start();
+  wake = keepScreenOn();
   setInterval(refreshStats, 1000);
 }
 
-async function getMedia() {
-  const video = { width: { ideal: 1280 }, height: { ideal: 720 }, facingMode: 'environment' };
+/** Opens the camera; on failure says why in plain words and offers Retry. */
+async function openMedia() {
   try {
-    return await navigator.mediaDevices.getUserMedia({ video, audio: true });
+    stream = await openCamera({ facing });
   } catch (e) {
-    // A camera without a usable microphone still streams video.
-    return navigator.mediaDevices.getUserMedia({ video, audio: false });
+    const err = e instanceof IcewayError ? e : new IcewayError({ code: 'media-unavailable', message: String(e) });
+    say(explain(err), 'bad');
+    overlay(err.code === 'media-permission' ? 'Camera access blocked' : 'No camera');
+    ui.retry.hidden = false;
+    return false;
   }
+  ui.retry.hidden = true;
+  ui.preview.srcObject = stream;
+  // The front camera previews mirrored, as a phone's own camera app does; viewers see it unmirrored.
+  ui.preview.classList.toggle('mirror', facing === 'user');
+  overlay('');
+  return true;
 }
 
-function onSignalState(state) {
-  ui.signalState.textContent = state;
-  if (state === 'reconnecting') say('Lost the signaling server; reconnecting… Viewers already connected keep watching.', 'warn');
-}
-
-async function onFrame(f) {
-  switch (f.type) {
-    case 'token-refreshed':
-      // A fresh token came with fresh TURN credentials; later fetches use the new token.
-      ice.token = signal.token;
-      ice.set(f.iceServers);
-      break;
-    case 'welcome':
-      ice.set(f.iceServers);
-      // The same session, taken back after a dropped socket: the calls go on as they were.
-      if (f.resumed) {
-        say('Reconnected.', 'ok');
-        break;
-      }
-      signal.send({ type: 'publish' });
-      say('Online. Waiting for viewers.', 'ok');
-      break;
-    case 'viewer-joined':
-      await addViewer(f.viewer, f.user);
-      break;
-    case 'answer': {
-      const p = peers.get(f.from);
-      if (!p) return;
-      await p.pc.setRemoteDescription({ type: 'answer', sdp: f.sdp });
-      for (const c of p.pending.splice(0)) await addCandidate(p, c);
-      break;
-    }
-    case 'candidate': {
-      const p = peers.get(f.from);
-      if (!p) return;
-      if (p.pc.remoteDescription) await addCandidate(p, f);
-      else p.pending.push(f);
-      break;
-    }
-    case 'peer-left':
-      removeViewer(f.peer);
-      break;
-    case 'error':
-      if (f.code === 'peer-gone') {
-        // `peer` names the session that is gone (`ref` is the frame that found out).
-        if (f.peer && peers.has(f.peer)) removeViewer(f.peer);
-        return;
-      }
-      say(explain(f.code, params.token, f.message), f.code === 'rate-limited' ? 'warn' : 'bad');
-      break;
-    default:
-      break;
+ui.retry.addEventListener('click', async () => {
+  if (await openMedia()) {
+    if (camera) await camera.replaceStream(stream);
+    else start();
   }
-}
+});
 
-async function addCandidate(p, f) {
+ui.flip.addEventListener('click', async () => {
+  if (!stream) return;
+  const old = stream;
+  facing = facing === 'user' ? 'environment' : 'user';
+  // Phones open one camera at a time: stop the old one first.
+  old.getVideoTracks().forEach((t) => t.stop());
+  if (await openMedia()) {
+    old.getAudioTracks().forEach((t) => t.stop());
+    if (camera) await camera.replaceStream(stream);
+  }
+});
+
+async function renewToken() {
   try {
-    await p.pc.addIceCandidate({ candidate: f.candidate, sdpMid: f.sdpMid, sdpMLineIndex: f.sdpMLineIndex });
-  } catch (e) {
-    console.warn('addIceCandidate', e);
+    const token = await askForToken(ui.renew);
+    camera.updateToken(token);
+    say('New link accepted; the camera stays on.', 'ok');
+  } catch {
+    // The user dismissed the form; the server closes when the token runs out.
   }
 }
 
-
-async function addViewer(viewer, user) {
-  removeViewer(viewer);
-  const pc = new RTCPeerConnection(rtcConfig(await ice.current(), params.relayOnly));
-  const p = { viewer, user, pc, pending: [], stats: null, restarted: false, audio: null, iceError: null };
-  peers.set(viewer, p);
-  for (const t of stream.getVideoTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });
-  const mic = stream.getAudioTracks()[0];
-  // sendrecv even without a mic: the viewer's push-to-talk audio comes back on this m-line.
-  pc.addTransceiver(mic || 'audio', { direction: mic ? 'sendrecv' : 'recvonly', streams: [stream] });
-  pc.onicecandidate = (ev) => {
-    if (ev.candidate) signal.send(candidateFrame(viewer, ev.candidate));
-  };
-  pc.onicecandidateerror = (ev) => {
-    const why = explainIceError(ev);
-    if (why) {
-      p.iceError = why;
-      say(why, 'bad');
-    }
-  };
-  pc.ontrack = (ev) => {
-    if (ev.track.kind !== 'audio') return;
-    const audio = new Audio();
-    audio.autoplay = true;
-    audio.srcObject = new MediaStream([ev.track]);
-    audio.play().catch(() => say('Tap anywhere to hear viewers talking.', 'warn'));
-    document.addEventListener('pointerdown', () => audio.play().catch(() => {}), { once: true });
-    p.audio = audio;
-  };
-  pc.onconnectionstatechange = () => {
-    renderViewers();
-    if (pc.connectionState === 'connected') {
-      p.restarted = false;
-      say(`${peers.size} viewer(s) watching.`, 'ok');
-    } else if (pc.connectionState === 'failed') {
-      if (!p.restarted) {
-        // A network change: try an ICE restart once before giving the viewer up.
-        p.restarted = true;
-        offer(p, true).catch((e) => console.warn('ice restart', e));
-      } else {
-        removeViewer(viewer);
-        if (p.iceError) say(p.iceError, 'bad');
-      }
-    }
-  };
-  await offer(p, false);
-  renderViewers();
+function offerNewLink() {
+  askForToken(ui.renew).then((token) => {
+    const url = new URL(location.href);
+    url.searchParams.set('token', token);
+    location.replace(url);
+  }, () => {});
 }
 
-async function offer(p, iceRestart) {
-  const desc = await p.pc.createOffer({ iceRestart });
-  await p.pc.setLocalDescription(desc);
-  signal.send({ type: 'offer', to: p.viewer, sdp: p.pc.localDescription.sdp });
+function releaseWake() {
+  if (wake) wake.release();
+  wake = null;
 }
 
-function removeViewer(viewer) {
-  const p = peers.get(viewer);
-  if (!p) return;
-  peers.delete(viewer);
-  p.pc.close();
-  if (p.audio) p.audio.srcObject = null;
-  renderViewers();
-}
-
-function closeAll() {
-  for (const viewer of [...peers.keys()]) removeViewer(viewer);
-}
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState === 'hidden') {
+    // Phones stop the camera (and often the page) in the background.
+    say('Keep this page in front: in the background the phone may pause the camera.', 'warn');
+  } else if (camera) {
+    // Back in front: the socket may have died meanwhile.
+    camera.signal.checkConnection();
+    say(camera.viewers.size ? `${camera.viewers.size} viewer(s) watching.` : 'Online. Waiting for viewers.', 'ok');
+  }
+});
 
 function renderViewers() {
-  ui.viewerCount.textContent = String(peers.size);
-  ui.viewers.replaceChildren(...[...peers.values()].map((p) => {
+  const list = camera ? [...camera.viewers.values()] : [];
+  ui.viewerCount.textContent = String(list.length);
+  ui.viewers.replaceChildren(...list.map((v) => {
+    const x = extras.get(v.id) || {};
     const li = document.createElement('li');
-    const talking = p.stats && p.prevAudioIn !== undefined && p.stats.audioIn.packetsReceived > p.prevAudioIn;
-    li.textContent = `${p.user || p.viewer} · ${p.pc.connectionState} · ${pathLabel(p.stats)}${talking ? ' · talking' : ''}`;
+    const talking = x.stats && x.prevAudioIn !== undefined && x.stats.audioIn.packetsReceived > x.prevAudioIn;
+    li.textContent = `${v.user || v.id} · ${v.link.connectionState} · ${pathLabel(x.stats)}${talking ? ' · talking' : ''}`;
     return li;
   }));
 }
 
 async function refreshStats() {
   let kbps = 0;
-  for (const p of peers.values()) {
-    p.prevAudioIn = p.stats ? p.stats.audioIn.packetsReceived : undefined;
+  for (const v of camera.viewers.values()) {
+    const x = extras.get(v.id);
+    if (!x) continue;
+    x.prevAudioIn = x.stats ? x.stats.audioIn.packetsReceived : undefined;
     try {
-      p.stats = await summarize(p.pc, p.stats);
-      kbps += p.stats.bitrateOutKbps;
+      x.stats = await summarize(v.link.pc, x.stats);
+      kbps += x.stats.bitrateOutKbps;
     } catch {
       // closed meanwhile
     }
@@ -235,30 +210,32 @@ async function refreshStats() {
 // Test and debugging hook: what this page is doing, from getStats.
 window.icewayStats = async () => {
   const viewers = [];
-  for (const p of peers.values()) {
+  for (const v of camera ? camera.viewers.values() : []) {
     let s = null;
     try {
-      s = await summarize(p.pc, null);
+      s = await summarize(v.link.pc, null);
     } catch {
       s = null;
     }
     viewers.push({
-      viewer: p.viewer,
-      user: p.user,
-      connectionState: p.pc.connectionState,
+      viewer: v.id,
+      user: v.user,
+      connectionState: v.link.connectionState,
       path: s ? s.path : null,
       localCandidateType: s ? s.localCandidateType : null,
       framesSent: s ? s.video.framesSent : 0,
       audioPacketsSent: s ? s.audioOut.packetsSent : 0,
       audioPacketsReceived: s ? s.audioIn.packetsReceived : 0,
-      iceError: p.iceError,
+      iceError: v.link.iceError ? explain(v.link.iceError) : null,
     });
   }
   return {
     role: 'camera',
-    signal: signal ? signal.state : 'closed',
-    session: signal && signal.welcome ? signal.welcome.session : null,
+    signal: camera ? camera.signal.state : 'closed',
+    session: camera ? camera.signal.session : null,
     hasAudio: !!(stream && stream.getAudioTracks().length),
+    facing,
+    wakeLock: !!(wake && wake.held),
     viewers,
     message: lastMessage,
   };

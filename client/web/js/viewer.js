@@ -1,12 +1,9 @@
-// Viewer page: watches one camera, shows the live video, the connection state, the path (relay or
-// direct) and the bitrate, and talks back with push-to-talk.
-import {
-  Signal, pageParams, rtcConfig, IceServerCache, candidateFrame, summarize,
-  pathLabel, formatKbps, showMessage, explain, explainIceError, tokenClaims, tokenExpired,
-} from './iceway.js';
+// Viewer page: watches one camera with the SDK's Viewer, shows the live video, the connection
+// state, the path (relay or direct) and the bitrate, and talks back with push-to-talk.
+import { Viewer, explain, summarize, tokenClaims, tokenExpired } from './iceway/index.js';
+import { pageParams, showMessage, pathLabel, formatKbps, askForToken } from './page.js';
 
 const params = pageParams();
-const ice = new IceServerCache(params.token);
 const ui = {
   who: document.getElementById('who'),
   video: document.getElementById('remote'),
@@ -20,20 +17,14 @@ const ui = {
   frames: document.getElementById('frames'),
   ttff: document.getElementById('ttff'),
   signalState: document.getElementById('signal-state'),
+  renew: document.getElementById('renew'),
 };
 
-let signal = null;
-let pc = null;
-let cameraSession = null;
-let pending = [];
+let viewer = null;
 let stats = null;
 let ttffMs = null;
 let lastMessage = '';
-let cameraState = 'unknown';
-let iceError = null;
 let fatal = false;
-let mic = null;
-let talking = false;
 
 function say(text, tone) {
   lastMessage = text;
@@ -56,23 +47,93 @@ function start() {
     return;
   }
   if (tokenExpired(params.token)) {
-    fail(explain('unauthorized', params.token));
+    fail(explain('token-expired'));
+    offerNewLink();
     return;
   }
   ui.who.textContent = `${claims.sub} → ${params.camera}`;
-  signal = new Signal({ url: params.signalUrl, token: params.token });
-  signal.addEventListener('state', (ev) => onSignalState(ev.detail));
-  signal.addEventListener('token-expiring', () => {
-    say('Your access link expires in a minute: ask the app for a new one to keep going.', 'warn');
+  viewer = new Viewer({
+    signalUrl: params.signalUrl,
+    token: params.token,
+    camera: params.camera,
+    iceServersUrl: params.iceServersUrl,
+    relayOnly: params.relayOnly,
+    tokenProvider: typeof window.icewayRefreshToken === 'function' ? () => window.icewayRefreshToken() : undefined,
   });
-  signal.addEventListener('frame', (ev) => onFrame(ev.detail).catch((e) => say(`Error: ${e.message}`, 'bad')));
-  signal.addEventListener('fatal', (ev) => fail(ev.detail.message));
-  signal.start();
+  viewer.on('state', (st) => {
+    ui.signalState.textContent = st;
+    if (st === 'reconnecting' && !fatal) {
+      say(viewer.pc && viewer.pc.connectionState === 'connected'
+        ? 'Lost the signaling server; reconnecting. The video keeps playing.'
+        : 'Lost the signaling server; reconnecting…', 'warn');
+    }
+  });
+  viewer.on('camera-state', (s) => {
+    if (s === 'offline') {
+      say('The camera is offline. Waiting for it to come online…', 'warn');
+      overlay('Camera offline — waiting for it to come online');
+    } else if (s === 'online') {
+      say('The camera is online. Connecting…', 'ok');
+      if (!viewer.pc || viewer.pc.connectionState !== 'connected') overlay('Connecting to the camera…');
+    }
+  });
+  viewer.on('stream', (stream) => {
+    ui.video.srcObject = stream;
+    ui.video.play().catch(() => {});
+    watchFirstFrame();
+  });
+  viewer.on('connection-state', (s) => {
+    ui.connState.textContent = s === 'none' ? '–' : s;
+    ui.talk.disabled = s === 'none';
+    if (s === 'connected') {
+      say('Live.', 'ok');
+    } else if (s === 'disconnected') {
+      say('Connection interrupted; reconnecting…', 'warn');
+    } else if (s === 'failed') {
+      if (viewer.iceError) {
+        say(`No video: ${explain(viewer.iceError)}`, 'bad');
+        overlay('No video: the relay refused our credentials');
+      } else {
+        say('Connection failed; reconnecting…', 'warn');
+        overlay('Reconnecting…');
+      }
+    }
+  });
+  viewer.on('error', (e) => {
+    if (e.code === 'turn-refused') {
+      say(explain(e), 'bad');
+      return;
+    }
+    say(explain(e, viewer.signal.token), 'warn');
+  });
+  viewer.on('token-expiring', () => {
+    say('Your access link expires in a minute. Paste a new link from the app to keep watching.', 'warn');
+    askForToken(ui.renew).then((t) => {
+      viewer.updateToken(t);
+      say('New link accepted.', 'ok');
+    }, () => {});
+  });
+  viewer.on('fatal', (e) => {
+    fail(explain(e, viewer.signal.token));
+    if (e.code === 'unauthorized') offerNewLink();
+  });
+  viewer.on('talking', (on) => {
+    ui.talk.classList.toggle('active', on);
+    ui.talk.textContent = on ? 'Talking… release to stop' : 'Hold to talk';
+  });
+  viewer.start();
   setupTalk();
   ui.sound.addEventListener('click', () => {
     ui.video.muted = !ui.video.muted;
     ui.sound.textContent = ui.video.muted ? 'Sound on' : 'Sound off';
     ui.video.play().catch(() => {});
+  });
+  document.addEventListener('visibilitychange', () => {
+    // Back in front after the phone slept: the socket and the path may both be stale.
+    if (document.visibilityState === 'visible' && viewer && !fatal) {
+      viewer.signal.checkConnection();
+      ui.video.play().catch(() => {});
+    }
   });
   setInterval(refreshStats, 1000);
 }
@@ -81,162 +142,24 @@ function fail(text) {
   fatal = true;
   say(text, 'bad');
   overlay(text);
-  closePeer();
-  if (signal) signal.stop();
+  ui.talk.disabled = true;
+  if (viewer) viewer.stop();
 }
 
-function onSignalState(state) {
-  ui.signalState.textContent = state;
-  if (state === 'reconnecting' && !fatal) {
-    say(pc && pc.connectionState === 'connected'
-      ? 'Lost the signaling server; reconnecting. The video keeps playing.'
-      : 'Lost the signaling server; reconnecting…', 'warn');
-  }
+function offerNewLink() {
+  askForToken(ui.renew).then((token) => {
+    const url = new URL(location.href);
+    url.searchParams.set('token', token);
+    location.replace(url);
+  }, () => {});
 }
 
-async function onFrame(f) {
-  switch (f.type) {
-    case 'token-refreshed':
-      // A fresh token came with fresh TURN credentials; later fetches use the new token.
-      ice.token = signal.token;
-      ice.set(f.iceServers);
-      break;
-    case 'welcome':
-      ice.set(f.iceServers);
-      // The same session, taken back after a dropped socket: the calls go on as they were.
-      if (f.resumed) {
-        say('Reconnected.', 'ok');
-        break;
-      }
-      signal.send({ type: 'watch', camera: params.camera });
-      break;
-    case 'camera-offline':
-      if (f.camera && f.camera !== params.camera) return;
-      cameraState = 'offline';
-      closePeer();
-      say('The camera is offline. Waiting for it to come online…', 'warn');
-      overlay('Camera offline — waiting for it to come online');
-      break;
-    case 'camera-online':
-      if (f.camera && f.camera !== params.camera) return;
-      cameraState = 'online';
-      say('The camera is online. Connecting…', 'ok');
-      if (!pc || pc.connectionState !== 'connected') overlay('Connecting to the camera…');
-      break;
-    case 'offer':
-      await onOffer(f);
-      break;
-    case 'candidate':
-      if (pc && f.from === cameraSession && pc.remoteDescription) await addCandidate(f);
-      else pending.push(f);
-      break;
-    case 'peer-left':
-      if (f.peer === cameraSession) {
-        closePeer();
-        say('The camera left. Waiting for it to come back…', 'warn');
-        overlay('Camera offline — waiting for it to come online');
-      }
-      break;
-    case 'error':
-      if (f.code === 'forbidden' || f.code === 'unauthorized' || f.code === 'not-found') {
-        fail(explain(f.code, params.token, f.message));
-      } else if (f.code !== 'peer-gone') {
-        say(explain(f.code, params.token, f.message), 'warn');
-      }
-      break;
-    default:
-      break;
-  }
-}
+let watchingFrames = false;
 
-async function addCandidate(f) {
-  try {
-    await pc.addIceCandidate({ candidate: f.candidate, sdpMid: f.sdpMid, sdpMLineIndex: f.sdpMLineIndex });
-  } catch (e) {
-    console.warn('addIceCandidate', e);
-  }
-}
-
-
-async function onOffer(f) {
-  // The same camera session offering again is an ICE restart or renegotiation: keep the
-  // connection. A new session (the camera reconnected) gets a fresh connection.
-  const renegotiate = pc && f.from === cameraSession && pc.signalingState !== 'closed';
-  if (!renegotiate) {
-    closePeer();
-    cameraSession = f.from;
-    pc = newPeer(await ice.current());
-  }
-  try {
-    await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
-  } catch (e) {
-    if (!renegotiate) throw e;
-    // The camera replaced its connection (new certificate): start over with a fresh one.
-    closePeer();
-    cameraSession = f.from;
-    pc = newPeer(await ice.current());
-    await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
-  }
-  const audio = audioTransceiver();
-  if (audio && (audio.direction === 'recvonly' || audio.direction === 'inactive')) {
-    // Ready to talk back without renegotiating: the mic track is attached while the button is held.
-    audio.direction = 'sendrecv';
-  }
-  if (audio && talking && mic) await audio.sender.replaceTrack(mic);
-  const answer = await pc.createAnswer();
-  await pc.setLocalDescription(answer);
-  signal.send({ type: 'answer', to: cameraSession, sdp: pc.localDescription.sdp });
-  const queued = pending.filter((c) => c.from === cameraSession);
-  pending = [];
-  for (const c of queued) await addCandidate(c);
-  ui.talk.disabled = false;
-}
-
-function newPeer(servers) {
-  const peer = new RTCPeerConnection(rtcConfig(servers, params.relayOnly));
-  iceError = null;
-  const remote = new MediaStream();
-  peer.ontrack = (ev) => {
-    remote.addTrack(ev.track);
-    ui.video.srcObject = remote;
-    ui.video.play().catch(() => {});
-  };
-  peer.onicecandidate = (ev) => {
-    if (ev.candidate && cameraSession) signal.send(candidateFrame(cameraSession, ev.candidate));
-  };
-  peer.onicecandidateerror = (ev) => {
-    const why = explainIceError(ev);
-    if (why) {
-      iceError = why;
-      say(why, 'bad');
-    }
-  };
-  peer.onconnectionstatechange = () => {
-    if (peer !== pc) return;
-    const s = peer.connectionState;
-    ui.connState.textContent = s;
-    if (s === 'connected') {
-      say('Live.', 'ok');
-    } else if (s === 'disconnected') {
-      say('Connection interrupted; reconnecting…', 'warn');
-    } else if (s === 'failed') {
-      if (iceError) {
-        say(`No video: ${iceError}`, 'bad');
-        overlay('No video: the relay refused our credentials');
-      } else {
-        say('Connection failed; asking the camera to reconnect…', 'warn');
-        overlay('Reconnecting…');
-      }
-      // A new watch makes the camera offer again (after a network change, say).
-      signal.send({ type: 'watch', camera: params.camera });
-    }
-  };
-  watchFirstFrame();
-  return peer;
-}
-
+/** One frame-callback chain per page, however many streams arrive after reconnects. */
 function watchFirstFrame() {
-  if (ttffMs !== null) return;
+  if (watchingFrames) return;
+  watchingFrames = true;
   const onFrame = () => {
     if (ttffMs === null) {
       // From navigation start: what a person waits after opening the link.
@@ -254,20 +177,6 @@ function watchFirstFrame() {
   } else {
     ui.video.addEventListener('playing', onFrame);
   }
-}
-
-function audioTransceiver() {
-  if (!pc) return null;
-  return pc.getTransceivers().find((t) => t.receiver && t.receiver.track && t.receiver.track.kind === 'audio') || null;
-}
-
-function closePeer() {
-  if (pc) pc.close();
-  pc = null;
-  cameraSession = null;
-  pending = [];
-  ui.talk.disabled = true;
-  ui.connState.textContent = '–';
 }
 
 function setupTalk() {
@@ -290,32 +199,16 @@ function setupTalk() {
 }
 
 async function setTalking(on) {
-  if (on === talking) return;
-  talking = on;
-  ui.talk.classList.toggle('active', on);
-  ui.talk.textContent = on ? 'Talking… release to stop' : 'Hold to talk';
-  const t = audioTransceiver();
+  if (!viewer) return;
   try {
-    if (on) {
-      if (!mic) {
-        const s = await navigator.mediaDevices.getUserMedia({ audio: true });
-        mic = s.getAudioTracks()[0];
-      }
-      // Released while the permission prompt was open.
-      if (!talking) return;
-      if (t) await t.sender.replaceTrack(mic);
-    } else if (t) {
-      await t.sender.replaceTrack(null);
-    }
+    await viewer.talk(on);
   } catch (e) {
-    talking = false;
-    ui.talk.classList.remove('active');
-    ui.talk.textContent = 'Hold to talk';
-    say(`Cannot use the microphone: ${e.message}`, 'warn');
+    say(explain(e), 'warn');
   }
 }
 
 async function refreshStats() {
+  const pc = viewer && viewer.pc;
   if (!pc) {
     ui.path.textContent = '–';
     ui.bitrate.textContent = '–';
@@ -334,6 +227,7 @@ async function refreshStats() {
 
 // Test and debugging hooks.
 window.icewayStats = async () => {
+  const pc = viewer && viewer.pc;
   let s = null;
   if (pc) {
     try {
@@ -342,14 +236,15 @@ window.icewayStats = async () => {
       s = null;
     }
   }
+  const w = viewer && viewer.signal.welcome;
   return {
     role: 'viewer',
-    signal: signal ? signal.state : 'closed',
-    session: signal && signal.welcome ? signal.welcome.session : null,
-    resumed: !!(signal && signal.welcome && signal.welcome.resumed),
+    signal: viewer ? viewer.signal.state : 'closed',
+    session: viewer ? viewer.signal.session : null,
+    resumed: !!(w && w.resumed),
     camera: params.camera,
-    cameraState,
-    cameraSession,
+    cameraState: viewer ? viewer.cameraState : 'unknown',
+    cameraSession: viewer ? viewer.cameraSession : null,
     connectionState: pc ? pc.connectionState : 'none',
     path: s ? s.path : null,
     localCandidateType: s ? s.localCandidateType : null,
@@ -360,8 +255,8 @@ window.icewayStats = async () => {
     audioPacketsReceived: s ? s.audioIn.packetsReceived : 0,
     audioPacketsSent: s ? s.audioOut.packetsSent : 0,
     ttffMs,
-    talking,
-    iceError,
+    talking: viewer ? viewer.talking : false,
+    iceError: viewer && viewer.iceError ? explain(viewer.iceError) : null,
     fatal,
     message: lastMessage,
     overlay: ui.overlay.hidden ? '' : ui.overlay.textContent,

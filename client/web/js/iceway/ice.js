@@ -1,0 +1,162 @@
+// ICE servers: from signaling's `welcome` and `token-refreshed`, or from the credential API
+// (GET /v1/ice-servers with the app token), refreshed before their TURN credentials run out.
+import { Emitter } from './emitter.js';
+import { IcewayError } from './errors.js';
+import { tokenClaims } from './token.js';
+/** One call of the credential API (DESIGN §2). Errors are `IcewayError` with code `ice-servers`. */
+export async function fetchIceServers(opts) {
+    const f = opts.fetch ?? globalThis.fetch;
+    const url = `${opts.baseUrl.replace(/\/+$/, '')}/v1/ice-servers`;
+    let res;
+    try {
+        res = await f(url, { headers: { Authorization: `Bearer ${opts.token}` }, signal: opts.signal });
+    }
+    catch (e) {
+        throw new IcewayError({ code: 'ice-servers', message: `${url}: ${e.message}`, cause: e });
+    }
+    if (!res.ok) {
+        let detail = '';
+        try {
+            const body = (await res.json());
+            detail = body.detail || body.title || '';
+        }
+        catch {
+            // not a problem document
+        }
+        const code = res.status === 401 ? 'unauthorized' : res.status === 403 ? 'forbidden' : 'ice-servers';
+        throw new IcewayError({ code, message: `HTTP ${res.status}${detail ? `: ${detail}` : ''}` });
+    }
+    const body = (await res.json());
+    const iceServers = iceServersOf(body);
+    const ttl = body && typeof body === 'object' && typeof body.ttl === 'number'
+        ? body.ttl : undefined;
+    return ttl === undefined ? { iceServers } : { iceServers, ttl };
+}
+/** The list from a welcome frame's `iceServers` or a /v1/ice-servers body. */
+export function iceServersOf(value) {
+    if (Array.isArray(value))
+        return value;
+    if (value && typeof value === 'object' && Array.isArray(value.iceServers)) {
+        return value.iceServers;
+    }
+    return [];
+}
+/**
+ * When the earliest TURN credential in the list expires (ms since the epoch), from its username:
+ * coturn's REST format `expiry:user`, or a JWT's `exp`. Null when none says.
+ */
+export function credentialsExpireAt(servers) {
+    let earliest = null;
+    for (const s of servers) {
+        if (!s.username)
+            continue;
+        let at = null;
+        const rest = /^(\d{9,}):/.exec(s.username);
+        if (rest)
+            at = Number(rest[1]) * 1000;
+        else {
+            const exp = tokenClaims(s.username)?.exp;
+            if (typeof exp === 'number')
+                at = exp * 1000;
+        }
+        if (at !== null && (earliest === null || at < earliest))
+            earliest = at;
+    }
+    return earliest;
+}
+/**
+ * The ICE servers new peer connections use. Holds the latest list and, given the credential API,
+ * refetches it before the TURN credentials expire, so a page open for a day never offers expired
+ * ones; a failed refetch keeps the last list and retries.
+ */
+export class IceServerSource extends Emitter {
+    servers = [];
+    expiresAt = null;
+    timer = null;
+    inflight = null;
+    stopped = false;
+    opts;
+    constructor(opts = {}) {
+        super();
+        this.opts = opts;
+    }
+    /** The current list (may be stale if no refresh could succeed). */
+    get list() {
+        return this.servers;
+    }
+    /** Sets the list, e.g. from `welcome`; `ttlSeconds` if the source said, else read off usernames. */
+    set(servers, ttlSeconds) {
+        this.servers = servers;
+        this.expiresAt = ttlSeconds !== undefined ? Date.now() + ttlSeconds * 1000 : credentialsExpireAt(servers);
+        this.schedule();
+        this.emit('change', servers);
+    }
+    /** The list, refetched first if its credentials have expired (or none is held yet). */
+    async current() {
+        const stale = this.expiresAt !== null && this.expiresAt <= Date.now() + 5_000;
+        if ((stale || this.servers.length === 0) && this.opts.baseUrl) {
+            try {
+                return await this.refresh();
+            }
+            catch {
+                // The last list (possibly from signaling) is better than none.
+            }
+        }
+        return this.servers;
+    }
+    /** Fetches a fresh list from the credential API now. */
+    refresh() {
+        if (!this.opts.baseUrl)
+            return Promise.resolve(this.servers);
+        if (this.inflight)
+            return this.inflight;
+        const token = typeof this.opts.token === 'function' ? this.opts.token() : this.opts.token || '';
+        const p = fetchIceServers({ baseUrl: this.opts.baseUrl, token, fetch: this.opts.fetch })
+            .then((r) => {
+            this.set(r.iceServers, r.ttl);
+            return r.iceServers;
+        })
+            .catch((e) => {
+            const err = e instanceof IcewayError ? e : new IcewayError({ code: 'ice-servers', message: String(e) });
+            this.emit('error', err);
+            this.retryLater();
+            throw err;
+        })
+            .finally(() => {
+            this.inflight = null;
+        });
+        this.inflight = p;
+        return p;
+    }
+    stop() {
+        this.stopped = true;
+        if (this.timer)
+            clearTimeout(this.timer);
+        this.timer = null;
+    }
+    schedule() {
+        if (this.timer)
+            clearTimeout(this.timer);
+        this.timer = null;
+        if (this.stopped || !this.opts.baseUrl || this.expiresAt === null)
+            return;
+        const life = this.expiresAt - Date.now();
+        const lead = Math.min(this.opts.refreshLeadMs ?? 60_000, life / 2);
+        this.arm(Math.max(1_000, life - lead));
+    }
+    retryLater() {
+        if (this.stopped || !this.opts.baseUrl)
+            return;
+        this.arm(10_000 + Math.random() * 5_000);
+    }
+    arm(ms) {
+        if (this.timer)
+            clearTimeout(this.timer);
+        // setTimeout overflows past 2^31 ms; a day-long credential is re-armed on the way.
+        this.timer = setTimeout(() => {
+            this.timer = null;
+            this.refresh().catch(() => { });
+        }, Math.min(ms, 2 ** 31 - 1));
+        this.timer.unref?.();
+    }
+}

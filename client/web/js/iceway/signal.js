@@ -1,0 +1,310 @@
+// The signaling client (docs/signaling.md): authenticates with the first frame, reconnects with
+// jittered backoff, resumes its session after a drop, refreshes its token on the open socket,
+// keeps a heartbeat, and turns frames into typed events.
+import { Emitter } from './emitter.js';
+import { IcewayError } from './errors.js';
+import { parseServerFrame } from './protocol.js';
+const OPEN = 1;
+/** Closes after which reconnecting cannot help. 4001 first asks the token provider. */
+const FATAL_CLOSES = new Set([4003, 4010, 4011]);
+export class SignalClient extends Emitter {
+    ws = null;
+    _state = 'idle';
+    _token;
+    _welcome = null;
+    resume = null;
+    attempt = 0;
+    stopped = true;
+    retryTimer = null;
+    pingTimer = null;
+    probeTimer = null;
+    lastPong = 0;
+    refreshedAfterUnauthorized = false;
+    refreshSeq = 0;
+    opts;
+    onOnline = () => this.checkConnection();
+    constructor(opts) {
+        super();
+        this.opts = opts;
+        this._token = opts.token;
+    }
+    get state() {
+        return this._state;
+    }
+    get token() {
+        return this._token;
+    }
+    /** The last welcome: session id, role, ICE servers. */
+    get welcome() {
+        return this._welcome;
+    }
+    get session() {
+        return this._welcome ? this._welcome.session : null;
+    }
+    start() {
+        if (!this.stopped)
+            return;
+        this.stopped = false;
+        this.attempt = 0;
+        const g = globalThis;
+        if ((this.opts.watchNetwork ?? true) && typeof g.addEventListener === 'function') {
+            g.addEventListener('online', this.onOnline);
+        }
+        this.connect();
+    }
+    /** Closes the socket for good (1000) and stops reconnecting. */
+    stop() {
+        this.stopped = true;
+        this.clearTimers();
+        const g = globalThis;
+        if (typeof g.removeEventListener === 'function')
+            g.removeEventListener('online', this.onOnline);
+        const ws = this.ws;
+        this.ws = null;
+        if (ws) {
+            try {
+                ws.close(1000, 'bye');
+            }
+            catch {
+                // already closing
+            }
+        }
+        this.setState('closed');
+    }
+    /** Sends a frame; false when the socket is not open (the caller re-syncs on the next welcome). */
+    send(frame) {
+        const ws = this.ws;
+        if (!ws || ws.readyState !== OPEN || this._state !== 'open')
+            return false;
+        ws.send(JSON.stringify(frame));
+        return true;
+    }
+    /** Uses a fresh token: sent on the open socket at once, and on every later connect. */
+    updateToken(token) {
+        this._token = token;
+        this.refreshSeq += 1;
+        if (this.ws && this.ws.readyState === OPEN && this._state === 'open') {
+            this.ws.send(JSON.stringify({ type: 'auth', token, ref: `token-refresh-${this.refreshSeq}` }));
+        }
+    }
+    /**
+     * After a network change: ping, and if no pong comes within `probeTimeoutMs` drop the socket
+     * and reconnect (resuming the session). Reconnects at once when no socket is open.
+     */
+    checkConnection() {
+        if (this.stopped)
+            return;
+        const ws = this.ws;
+        if (!ws || ws.readyState !== OPEN) {
+            this.attempt = 0;
+            this.connect();
+            return;
+        }
+        if (this.probeTimer)
+            return;
+        const sentAt = Date.now();
+        this.sendRaw({ type: 'ping' });
+        this.probeTimer = setTimeout(() => {
+            this.probeTimer = null;
+            if (this.ws === ws && this.lastPong < sentAt)
+                this.drop(ws, 'probe timeout');
+        }, this.opts.probeTimeoutMs ?? 4_000);
+    }
+    setState(state) {
+        if (this._state === state)
+            return;
+        this._state = state;
+        this.emit('state', state);
+    }
+    connect() {
+        if (this.retryTimer)
+            clearTimeout(this.retryTimer);
+        this.retryTimer = null;
+        if (this.ws)
+            this.drop(this.ws, 'reconnect', false);
+        this.setState(this._welcome || this.attempt > 0 ? 'reconnecting' : 'connecting');
+        const Ctor = this.opts.WebSocket ?? globalThis.WebSocket;
+        if (!Ctor) {
+            this.fail(new IcewayError({ code: 'closed', message: 'no WebSocket implementation: pass options.WebSocket' }));
+            return;
+        }
+        let ws;
+        try {
+            ws = new Ctor(this.opts.url);
+        }
+        catch (e) {
+            this.fail(new IcewayError({ code: 'closed', message: `bad signaling URL ${this.opts.url}: ${e.message}` }));
+            return;
+        }
+        this.ws = ws;
+        ws.onopen = () => {
+            // Browsers cannot set headers on the upgrade: the token goes in the first frame, with the
+            // session the last welcome offered to resume.
+            const auth = { type: 'auth', token: this._token };
+            if (this.resume)
+                auth.resume = this.resume;
+            ws.send(JSON.stringify(auth));
+        };
+        ws.onmessage = (ev) => {
+            if (this.ws !== ws)
+                return;
+            const frame = parseServerFrame(ev.data);
+            if (frame)
+                this.onFrame(frame);
+        };
+        ws.onclose = (ev) => {
+            if (this.ws !== ws)
+                return;
+            this.ws = null;
+            this.stopHeartbeat();
+            if (!this.stopped)
+                this.onClosed(ev.code, ev.reason);
+        };
+        ws.onerror = () => {
+            // onclose follows and decides.
+        };
+    }
+    onClosed(code, reason) {
+        if (FATAL_CLOSES.has(code)) {
+            this.fail(IcewayError.fromClose(code, reason) ?? new IcewayError({ code: 'closed', closeCode: code, message: reason }));
+            return;
+        }
+        if (code === 4001) {
+            // The token was refused at connect or ran out: one fresh token from the provider may fix
+            // it; a second refusal in a row is final.
+            this.resume = null;
+            const provider = this.opts.tokenProvider;
+            if (provider && !this.refreshedAfterUnauthorized) {
+                this.refreshedAfterUnauthorized = true;
+                this.setState('reconnecting');
+                provider().then((t) => {
+                    this._token = t;
+                    if (!this.stopped)
+                        this.connect();
+                }, () => this.fail(IcewayError.fromClose(code, reason)));
+                return;
+            }
+            this.fail(IcewayError.fromClose(code, reason));
+            return;
+        }
+        this.scheduleReconnect(code === 1001);
+    }
+    fail(err) {
+        this.stopped = true;
+        this.clearTimers();
+        this.setState('closed');
+        this.emit('fatal', err);
+    }
+    onFrame(frame) {
+        switch (frame.type) {
+            case 'welcome':
+                this._welcome = frame;
+                this.resume = frame.resume ? { session: frame.session, token: frame.resume } : null;
+                this.attempt = 0;
+                this.refreshedAfterUnauthorized = false;
+                this.startHeartbeat(frame.heartbeat);
+                this.setState('open');
+                this.emit('welcome', frame);
+                break;
+            case 'pong':
+                this.lastPong = Date.now();
+                break;
+            case 'token-expiring':
+                this.refreshToken(frame);
+                break;
+            case 'token-refreshed':
+                this.emit('token-refreshed', frame);
+                break;
+            case 'error': {
+                const err = IcewayError.fromFrame(frame);
+                this.emit('error', err);
+                break;
+            }
+            case 'camera-online':
+            case 'camera-offline':
+            case 'viewer-joined':
+            case 'peer-left':
+            case 'offer':
+            case 'answer':
+            case 'candidate':
+                this.emit(frame.type, frame);
+                break;
+        }
+        this.emit('frame', frame);
+    }
+    refreshToken(frame) {
+        const provider = this.opts.tokenProvider;
+        if (!provider) {
+            this.emit('token-expiring', frame);
+            return;
+        }
+        provider().then((t) => this.updateToken(t), (e) => {
+            console.warn('iceway: the token provider failed', e);
+            this.emit('token-expiring', frame);
+        });
+    }
+    scheduleReconnect(immediately) {
+        if (this.stopped)
+            return;
+        this.setState('reconnecting');
+        const base = this.opts.backoffMs ?? 500;
+        const max = this.opts.maxBackoffMs ?? 10_000;
+        const ceiling = Math.min(max, base * 2 ** Math.min(this.attempt, 16));
+        this.attempt += 1;
+        // "Equal jitter": never zero, so thousands of clients dropped by one server restart
+        // spread over the window instead of arriving in the same millisecond.
+        const random = this.opts.random ?? Math.random;
+        const delay = immediately && this.attempt === 1 ? random() * base : ceiling / 2 + random() * (ceiling / 2);
+        this.retryTimer = setTimeout(() => this.connect(), delay);
+    }
+    drop(ws, why, reconnect = true) {
+        if (this.ws === ws)
+            this.ws = null;
+        ws.onclose = null;
+        ws.onmessage = null;
+        try {
+            ws.close(4000, why);
+        }
+        catch {
+            // already closed
+        }
+        this.stopHeartbeat();
+        if (reconnect && !this.stopped)
+            this.scheduleReconnect(true);
+    }
+    startHeartbeat(seconds) {
+        this.stopHeartbeat();
+        const period = Math.max(5, Number(seconds) || 20) * 1000;
+        this.lastPong = Date.now();
+        const ws = this.ws;
+        this.pingTimer = setInterval(() => {
+            if (!ws || this.ws !== ws)
+                return;
+            if (Date.now() - this.lastPong > 2.5 * period) {
+                // No pong for too long: the path is dead (a network change); start over.
+                this.drop(ws, 'heartbeat timeout');
+                return;
+            }
+            this.sendRaw({ type: 'ping' });
+        }, period);
+    }
+    stopHeartbeat() {
+        if (this.pingTimer)
+            clearInterval(this.pingTimer);
+        this.pingTimer = null;
+        if (this.probeTimer)
+            clearTimeout(this.probeTimer);
+        this.probeTimer = null;
+    }
+    clearTimers() {
+        if (this.retryTimer)
+            clearTimeout(this.retryTimer);
+        this.retryTimer = null;
+        this.stopHeartbeat();
+    }
+    sendRaw(frame) {
+        const ws = this.ws;
+        if (ws && ws.readyState === OPEN)
+            ws.send(JSON.stringify(frame));
+    }
+}
