@@ -494,7 +494,7 @@ fn run<'a>(
                         Message::Binary(_) => Incoming::Binary,
                         Message::Ping(_) => Incoming::Ping,
                         Message::Pong(_) => Incoming::Pong,
-                        Message::Close(_) => return End::Left,
+                        Message::Close(frame) => return closed_by_client(frame.as_ref()),
                     };
                     session.on_message(incoming, Instant::now());
                 }
@@ -627,6 +627,17 @@ fn write_result(r: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>)
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::Gone),
         Err(_) => Err(End::Close(close::POLICY, "not reading frames fast enough")),
+    }
+}
+
+/// A close frame from the client ends the session at once (its peers see `peer-left`), unless
+/// it says it is only reconnecting: a socket a client gave up on after a network change may
+/// still deliver that close frame once the network is back, after which the session must still
+/// be there for the resume that follows.
+fn closed_by_client(frame: Option<&CloseFrame>) -> End {
+    match frame {
+        Some(f) if f.code == close::RECONNECTING => End::Gone,
+        _ => End::Left,
     }
 }
 

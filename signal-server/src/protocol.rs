@@ -9,6 +9,9 @@ use iceway_auth::{IceServer, Role};
 
 /// Close codes the server uses (RFC 6455 §7.4.2 private range, plus 1001 for drains).
 pub mod close {
+    /// From a client: it closes this socket to reconnect (a probe after a network change found
+    /// it dead). The session stays resumable, as when a socket drops without a word.
+    pub const RECONNECTING: u16 = 4000;
     /// Missing, invalid or expired token.
     pub const UNAUTHORIZED: u16 = 4001;
     /// The token is valid but does not allow what the connection tried.

@@ -809,6 +809,54 @@ async fn a_viewer_whose_socket_drops_resumes_its_session_and_gets_what_was_sent_
     assert_ne!(forged.expect("welcome").await["session"], session.as_str());
 }
 
+/// A client that gave up on a socket (its probe after a network change went unanswered) closes
+/// it with 4000 and reconnects; that close frame may reach the server once the network is back,
+/// before the resume. The session stays resumable. Any other close ends it at once.
+#[tokio::test]
+async fn a_socket_closed_to_reconnect_keeps_its_session_and_a_normal_close_ends_it() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let server = TestServer::start_with(|c| c.signal.resume_grace = Duration::from_secs(5)).await;
+    let (mut camera, mut viewer, welcome) = joined_with_resume(&server).await;
+    let (session, secret) = (
+        viewer.session.clone(),
+        welcome["resume"].as_str().expect("resume"),
+    );
+    viewer
+        .ws
+        .close(Some(CloseFrame {
+            code: CloseCode::from(4000),
+            reason: "probe timeout".into(),
+        }))
+        .await
+        .expect("close");
+    drop(viewer);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    quiet_camera(&mut camera).await;
+    let mut viewer = resume_with_header(
+        &server.url(),
+        &viewer_token("alice", &["cam1"]),
+        &session,
+        secret,
+    )
+    .await;
+    let w = viewer.expect("welcome").await;
+    assert_eq!(w["session"], session.as_str(), "the same session");
+    assert_eq!(w["resumed"], true);
+    quiet_camera(&mut camera).await;
+
+    // Closing normally is leaving: the camera hears it now, not after the grace.
+    viewer
+        .ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .expect("close");
+    assert_eq!(camera.expect("peer-left").await["peer"], session.as_str());
+}
+
 /// The camera has nothing waiting: the next frame answers its ping.
 async fn quiet_camera(camera: &mut Client) {
     camera.send(json!({"type":"ping"})).await;

@@ -69,7 +69,9 @@ export interface SignalOptions {
   watchNetwork?: boolean;
 }
 
+const CONNECTING = 0;
 const OPEN = 1;
+const FRESH_CONNECT_MS = 2_000;
 
 /** Closes after which reconnecting cannot help. 4001 first asks the token provider. */
 const FATAL_CLOSES = new Set([4003, 4010, 4011]);
@@ -86,6 +88,7 @@ export class SignalClient extends Emitter<SignalEvents> {
   private pingTimer: ReturnType<typeof setInterval> | null = null;
   private probeTimer: ReturnType<typeof setTimeout> | null = null;
   private lastPong = 0;
+  private connectStartedAt = 0;
   private refreshedAfterUnauthorized = false;
   private refreshSeq = 0;
   private readonly opts: SignalOptions;
@@ -167,6 +170,9 @@ export class SignalClient extends Emitter<SignalEvents> {
   checkConnection(): void {
     if (this.stopped) return;
     const ws = this.ws;
+    // A connect started just now (by an `online` event and a network-change event of the same
+    // change) is left to finish; an older one may be stuck on the previous network.
+    if (ws && ws.readyState === CONNECTING && Date.now() - this.connectStartedAt < FRESH_CONNECT_MS) return;
     if (!ws || ws.readyState !== OPEN) {
       this.attempt = 0;
       this.connect();
@@ -205,6 +211,7 @@ export class SignalClient extends Emitter<SignalEvents> {
       return;
     }
     this.ws = ws;
+    this.connectStartedAt = Date.now();
     ws.onopen = () => {
       // Browsers cannot set headers on the upgrade: the token goes in the first frame, with the
       // session the last welcome offered to resume.
@@ -332,6 +339,7 @@ export class SignalClient extends Emitter<SignalEvents> {
     ws.onclose = null;
     ws.onmessage = null;
     try {
+      // 4000: reconnecting, not leaving; the server keeps the session for the resume.
       ws.close(4000, why);
     } catch {
       // already closed

@@ -4,7 +4,9 @@
 import { Emitter } from './emitter.js';
 import { IcewayError } from './errors.js';
 import { parseServerFrame } from './protocol.js';
+const CONNECTING = 0;
 const OPEN = 1;
+const FRESH_CONNECT_MS = 2_000;
 /** Closes after which reconnecting cannot help. 4001 first asks the token provider. */
 const FATAL_CLOSES = new Set([4003, 4010, 4011]);
 export class SignalClient extends Emitter {
@@ -19,6 +21,7 @@ export class SignalClient extends Emitter {
     pingTimer = null;
     probeTimer = null;
     lastPong = 0;
+    connectStartedAt = 0;
     refreshedAfterUnauthorized = false;
     refreshSeq = 0;
     opts;
@@ -95,6 +98,10 @@ export class SignalClient extends Emitter {
         if (this.stopped)
             return;
         const ws = this.ws;
+        // A connect started just now (by an `online` event and a network-change event of the same
+        // change) is left to finish; an older one may be stuck on the previous network.
+        if (ws && ws.readyState === CONNECTING && Date.now() - this.connectStartedAt < FRESH_CONNECT_MS)
+            return;
         if (!ws || ws.readyState !== OPEN) {
             this.attempt = 0;
             this.connect();
@@ -137,6 +144,7 @@ export class SignalClient extends Emitter {
             return;
         }
         this.ws = ws;
+        this.connectStartedAt = Date.now();
         ws.onopen = () => {
             // Browsers cannot set headers on the upgrade: the token goes in the first frame, with the
             // session the last welcome offered to resume.
@@ -263,6 +271,7 @@ export class SignalClient extends Emitter {
         ws.onclose = null;
         ws.onmessage = null;
         try {
+            // 4000: reconnecting, not leaving; the server keeps the session for the resume.
             ws.close(4000, why);
         }
         catch {
