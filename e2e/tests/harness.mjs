@@ -66,7 +66,9 @@ export async function startDev(extraArgs = [], opts = {}) {
     '--http-port', String(opts.httpPort || 0), '--turn-port', String(opts.turnPort || 0),
     '--relay-range', `${relayLo}-${relayLo + 200}`, ...extraArgs,
   ];
-  const child = spawn(icewayBin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' } });
+  // opts.netns: run it inside that network namespace (`ip netns exec` execs, so the PID is its).
+  const [cmd, argv] = opts.netns ? ['ip', ['netns', 'exec', opts.netns, icewayBin, ...args]] : [icewayBin, args];
+  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' } });
   const logs = [];
   child.stderr.on('data', (d) => logs.push(d.toString()));
   const exited = new Promise((resolve) => child.once('exit', resolve));
