@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what Iceway's tests need on a fresh Debian machine: real peers and servers (coturn's
-# clients, redis-server, prometheus/promtool, chromium), network-namespace tools, the image tools
+# clients, redis-server, prometheus/promtool, chromium), network-namespace tools, openssl and
+# zbarimg (iceway/tests/dev_lan.rs checks the dev CA and the QR codes), the image tools
 # (buildah, podman, skopeo, runc: scripts/build-images.sh, scripts/test-images.sh), helm, the
 # schema validators and cargo-deny. Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_pkgs=(coturn redis-server prometheus nftables iproute2 iputils-ping chromium chromium-driver
-          unzip ca-certificates procps curl file binutils buildah podman skopeo runc)
+          unzip ca-certificates procps curl file binutils buildah podman skopeo runc openssl
+          zbar-tools)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,9 +1,13 @@
 //! `iceway dev`: signaling (with the credential API and the browser pages) and STUN/TURN in one
 //! process, on loopback or a given address, keyed with the dev secrets. Prints the URLs and a
 //! camera and a viewer token; `--json` prints the same as one JSON line for scripts and tests.
+//!
+//! `--lan` serves the same on the machine's LAN address over HTTPS (a certificate from the dev CA,
+//! see `devca`), because phones only allow the camera on a secure origin, and prints the URLs as
+//! QR codes.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,16 +18,28 @@ use iceway_turn::config::{Config as TurnServerConfig, TurnConfig};
 use iceway_turn::server::TurnServer;
 use serde::Serialize;
 
+use crate::devca::DevCa;
 use crate::devstate::DevState;
-use crate::token;
+use crate::tls_front::TlsFront;
 use crate::url_host;
+use crate::{lan, qr, token};
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Address every listener binds and the URLs name (e.g. a LAN address to try it from a phone;
-    /// browsers only allow the camera on http://localhost or https).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub bind: IpAddr,
+    /// Address every listener binds and the URLs name [default: 127.0.0.1; with --lan the
+    /// detected LAN address]. Browsers only allow the camera on http://localhost or https: use
+    /// --lan for phones.
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<IpAddr>,
+    /// Serve on this machine's LAN address over HTTPS/WSS with a certificate from the local dev
+    /// CA (kept in the state directory; install it on the phone once), and print the URLs as QR
+    /// codes. Development only.
+    #[arg(long)]
+    pub lan: bool,
+    /// With --lan: also write the camera and viewer URLs' QR codes as `camera.pgm` and
+    /// `viewer.pgm` into DIR.
+    #[arg(long, value_name = "DIR", requires = "lan")]
+    pub qr_dir: Option<PathBuf>,
     /// HTTP/WebSocket port of signaling and the browser pages (0: any free port).
     #[arg(long, default_value_t = 8080)]
     pub http_port: u16,
@@ -68,28 +84,55 @@ pub struct DevInfo {
     pub turn_admin: Option<String>,
     pub signal_admin: String,
     pub state_dir: String,
+    /// With --lan: the dev CA certificate (PEM) the phone must trust, the same as DER, and its
+    /// SHA-256 fingerprint as the phone shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_cert_der: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint_sha256: Option<String>,
+    /// With --qr-dir: the PGM images of the camera and viewer URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub camera_qr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewer_qr: Option<String>,
 }
+
+const DEFAULT_BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const DRAIN: Duration = Duration::from_secs(1);
 
 pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     let state = DevState::load_or_create(&state_dir)?;
-    let host = url_host(args.bind);
+    let bind = if args.lan {
+        lan::choose(args.bind, lan::detect)?
+    } else {
+        args.bind.unwrap_or(DEFAULT_BIND)
+    };
+    let ca = if args.lan {
+        Some(DevCa::load_or_create(&state.dir).context("the dev CA")?)
+    } else {
+        None
+    };
+    let host = url_host(bind);
+    // Metrics are for this machine; phones on the LAN need only the pages, signaling and TURN.
+    let admin_ip = if args.lan { DEFAULT_BIND } else { bind };
 
     // TURN refuses relaying to private and loopback addresses unless allowed; here every peer
     // (a relayed address of this very server, or a host on the same machine) is on `bind`.
-    let peer_net = if args.bind.is_loopback() {
-        match args.bind {
+    let peer_net = if bind.is_loopback() {
+        match bind {
             IpAddr::V4(_) => "127.0.0.0/8".parse()?,
             IpAddr::V6(_) => "::1/128".parse()?,
         }
     } else {
-        ipnet::IpNet::from(args.bind)
+        ipnet::IpNet::from(bind)
     };
     let mut turn_cfg = TurnServerConfig {
         turn: TurnConfig {
-            listen: vec![SocketAddr::new(args.bind, args.turn_port)],
+            listen: vec![SocketAddr::new(bind, args.turn_port)],
             tls_listen: Vec::new(),
             realm: "iceway".into(),
             relay_range: args.relay_range.clone(),
@@ -110,7 +153,7 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     let turn_port = turn_server.local_addrs()[0].port();
     let turn_shutdown = Shutdown::new();
     let turn_admin = AdminServer::bind(
-        SocketAddr::new(args.bind, 0),
+        SocketAddr::new(admin_ip, 0),
         turn_registry,
         turn_shutdown.clone(),
     )
@@ -124,9 +167,15 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     ];
 
     let web_root = args.web_root.clone().unwrap_or_else(default_web_root);
+    // With --lan signaling listens on loopback only and the HTTPS front takes the public port.
+    let signal_listen = if args.lan {
+        SocketAddr::new(DEFAULT_BIND, 0)
+    } else {
+        SocketAddr::new(bind, args.http_port)
+    };
     let mut signal_cfg = SignalServerConfig {
         signal: SignalConfig {
-            listen: SocketAddr::new(args.bind, args.http_port),
+            listen: signal_listen,
             web_root: web_root.clone(),
             ..SignalConfig::default()
         },
@@ -144,10 +193,26 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     let server = SignalServer::bind(&signal_cfg, &registry)
         .await
         .context("starting signaling")?;
-    let http_addr = server.local_addr();
     let signal_shutdown = Shutdown::new();
+    let (http_addr, secure) = match &ca {
+        Some(ca) => {
+            let cert = ca
+                .issue_server_cert(bind)
+                .context("the dev server certificate")?;
+            let front = TlsFront::bind(
+                SocketAddr::new(bind, args.http_port),
+                cert,
+                server.local_addr(),
+            )
+            .await?;
+            let addr = front.local_addr()?;
+            tokio::spawn(front.run(signal_shutdown.clone()));
+            (addr, true)
+        }
+        None => (server.local_addr(), false),
+    };
     let signal_admin = AdminServer::bind(
-        SocketAddr::new(args.bind, 0),
+        SocketAddr::new(admin_ip, 0),
         registry,
         signal_shutdown.clone(),
     )
@@ -161,8 +226,13 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         tracing::warn!(web_root = %web_root.display(), "no camera.html there: pass --web-root");
     }
 
-    let http = format!("http://{}", url_host_port(http_addr));
-    let signal_url = format!("ws://{}/v1/ws", url_host_port(http_addr));
+    let (http_scheme, ws_scheme) = if secure {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    let http = format!("{http_scheme}://{}", url_host_port(http_addr));
+    let signal_url = format!("{ws_scheme}://{}/v1/ws", url_host_port(http_addr));
     let camera_token = token::mint(&state, Role::Camera, &args.camera, &[], args.token_ttl);
     let viewer_token = token::mint(
         &state,
@@ -171,7 +241,7 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         std::slice::from_ref(&args.camera),
         args.token_ttl,
     );
-    let info = DevInfo {
+    let mut info = DevInfo {
         camera_url: format!("{http}/camera?token={camera_token}"),
         viewer_url: format!("{http}/viewer?token={viewer_token}&camera={}", args.camera),
         http,
@@ -184,11 +254,22 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         turn_admin: Some(format!("http://{}", url_host_port(turn_admin))),
         signal_admin: format!("http://{}", url_host_port(signal_admin)),
         state_dir: state.dir.display().to_string(),
+        ca_cert: ca.as_ref().map(|ca| ca.cert_pem_path.display().to_string()),
+        ca_cert_der: ca.as_ref().map(|ca| ca.cert_der_path.display().to_string()),
+        ca_fingerprint_sha256: ca.as_ref().map(DevCa::fingerprint_sha256),
+        camera_qr: None,
+        viewer_qr: None,
     };
+    if let Some(dir) = &args.qr_dir {
+        write_qr_files(&mut info, dir)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&info)?);
     } else {
         print_banner(&info);
+        if args.lan {
+            print_lan_banner(&info)?;
+        }
     }
 
     let stop = Shutdown::new();
@@ -269,6 +350,34 @@ fn print_banner(info: &DevInfo) {
     );
 }
 
+fn write_qr_files(info: &mut DevInfo, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let camera = dir.join("camera.pgm");
+    let viewer = dir.join("viewer.pgm");
+    qr::write_pgm(&info.camera_url, &camera)?;
+    qr::write_pgm(&info.viewer_url, &viewer)?;
+    info.camera_qr = Some(camera.display().to_string());
+    info.viewer_qr = Some(viewer.display().to_string());
+    Ok(())
+}
+
+fn print_lan_banner(info: &DevInfo) -> anyhow::Result<()> {
+    let or_empty = |v: &Option<String>| v.clone().unwrap_or_default();
+    println!(
+        "Phones: install the dev CA once and trust it (docs/clients.md, \"From a phone\"):\n  \
+         {}\n  {} (DER, for phones)\n\
+         and check that the phone shows this SHA-256 fingerprint:\n  {}\n\n\
+         Scan with the camera phone:\n{}\n\
+         Scan with the viewer phone:\n{}",
+        or_empty(&info.ca_cert),
+        or_empty(&info.ca_cert_der),
+        or_empty(&info.ca_fingerprint_sha256),
+        qr::terminal(&info.camera_url)?,
+        qr::terminal(&info.viewer_url)?,
+    );
+    Ok(())
+}
+
 fn url_host_port(addr: SocketAddr) -> String {
     format!("{}:{}", url_host(addr.ip()), addr.port())
 }
@@ -298,5 +407,45 @@ mod tests {
             url_host_port("127.0.0.1:8080".parse().expect("addr")),
             "127.0.0.1:8080"
         );
+    }
+
+    #[test]
+    fn json_without_lan_has_no_ca_or_qr_keys() {
+        let info = DevInfo {
+            http: String::new(),
+            signal_url: String::new(),
+            camera_url: String::new(),
+            viewer_url: String::new(),
+            camera_id: String::new(),
+            viewer_id: String::new(),
+            camera_token: String::new(),
+            viewer_token: String::new(),
+            turn_urls: Vec::new(),
+            turn_admin: None,
+            signal_admin: String::new(),
+            state_dir: String::new(),
+            ca_cert: None,
+            ca_cert_der: None,
+            ca_fingerprint_sha256: None,
+            camera_qr: None,
+            viewer_qr: None,
+        };
+        let json = serde_json::to_value(&info).expect("json");
+        let keys: Vec<&str> = json
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for lan_only in [
+            "ca_cert",
+            "ca_cert_der",
+            "ca_fingerprint_sha256",
+            "camera_qr",
+        ] {
+            assert!(!keys.contains(&lan_only), "{keys:?}");
+        }
+        // What scripts already read stays, turn_admin included even when null.
+        assert!(keys.contains(&"turn_admin") && keys.contains(&"state_dir"));
     }
 }

@@ -2,7 +2,11 @@
 //! tests; `iceway token` mints app tokens with the dev key. See docs/clients.md.
 
 mod dev;
+mod devca;
 mod devstate;
+mod lan;
+mod qr;
+mod tls_front;
 mod token;
 
 use std::net::IpAddr;
