@@ -1,8 +1,9 @@
 // Two phones (issue 16): the camera and viewer pages, built on the SDK (client/js), in Chromium's
 // mobile emulation (a phone's viewport, touch, a mobile user agent; fake camera and microphone),
 // relay only through iceway-turn. Video goes one way, push-to-talk audio (held by a touch on the
-// talk button) the other, both counted in getStats; then the viewer phone's network link goes
-// down and comes back, and the call resumes on the same page, with no reload.
+// talk button) the other, both counted in getStats; the camera switches between back and front
+// by a tap; then the viewer phone's network link goes down and comes back, and the call resumes
+// on the same page, with no reload.
 //
 // Each phone is its own browser in its own network namespace, so "the viewer's network drops"
 // is a real link going down under one browser only (Chromium sees it, fires `offline`/`online`,
@@ -163,6 +164,13 @@ test('two phones: video one way, push-to-talk the other, and the call survives t
   await release();
   await waitForStats(viewer, (s) => !s.talking, 5000, 'talk released');
   console.log(`push-to-talk: viewer sent ${talking.audioPacketsSent} audio packets, camera received ${cameraViewer(heard).audioPacketsReceived}`);
+
+  // The camera phone's owner taps the front/back switch: the track is replaced under the live
+  // call (no renegotiation), and video goes on at the viewer.
+  const beforeFlip = await stats(viewer);
+  await camera.tap('#flip');
+  await waitForStats(camera, (s) => s.facing === 'user', 10000, 'the front camera');
+  await waitForStats(viewer, (s) => s.connectionState === 'connected' && s.framesDecoded > beforeFlip.framesDecoded + 30, 30000, 'video after the camera switch');
 
   // The viewer phone loses its network: video stops, the connection notices.
   const beforeDrop = await stats(viewer);

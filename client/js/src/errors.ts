@@ -36,6 +36,8 @@ export type ErrorReason = 'camera-full' | 'not-allowed' | 'wrong-role' | undefin
 
 /** WebSocket close codes of the signaling server. */
 export const CloseCode = {
+  /** Sent by the client: closing to reconnect, the session stays resumable. */
+  Reconnecting: 4000,
   /** Missing, invalid or expired token. */
   Unauthorized: 4001,
   Forbidden: 4003,
@@ -112,7 +114,7 @@ function reasonOf(code: ErrorCode, message: string): ErrorReason {
   if (code !== 'forbidden') return undefined;
   // The server words these (signal-server session/mod.rs); the code alone cannot tell them apart.
   if (/already has \d+ viewers/.test(message)) return 'camera-full';
-  if (/role/.test(message)) return 'wrong-role';
+  if (/^only an? (camera|viewer) token may /.test(message)) return 'wrong-role';
   return 'not-allowed';
 }
 

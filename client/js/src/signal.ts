@@ -3,7 +3,7 @@
 // keeps a heartbeat, and turns frames into typed events.
 
 import { Emitter } from './emitter.js';
-import { IcewayError } from './errors.js';
+import { CloseCode, IcewayError } from './errors.js';
 import type {
   AnswerFrame, CameraOfflineFrame, CameraOnlineFrame, CandidateFrame, ClientFrame, OfferFrame,
   PeerLeftFrame, ServerFrame, TokenExpiringFrame, TokenRefreshedFrame, ViewerJoinedFrame, WelcomeFrame,
@@ -340,7 +340,7 @@ export class SignalClient extends Emitter<SignalEvents> {
     ws.onmessage = null;
     try {
       // 4000: reconnecting, not leaving; the server keeps the session for the resume.
-      ws.close(4000, why);
+      ws.close(CloseCode.Reconnecting, why);
     } catch {
       // already closed
     }

@@ -14,6 +14,15 @@ test('forbidden tells a full camera from one that is not yours', () => {
   assert.equal(notYours.reason, 'not-allowed');
   assert.match(explain(notYours), /not yours/);
   assert.notEqual(explain(full), explain(notYours));
+  // The server's own words (signal-server/src/session/mod.rs; docs/signaling.md, Error codes).
+  for (const message of ['only a viewer token may watch', 'only a camera token may publish']) {
+    const e = IcewayError.fromFrame({ code: 'forbidden', message });
+    assert.equal(e.reason, 'wrong-role', message);
+    assert.match(explain(e), /other side/);
+  }
+  for (const message of ['camera is not in this token\'s cams', 'a camera publishes only as its own sub', 'this connection watches too many cameras']) {
+    assert.equal(IcewayError.fromFrame({ code: 'forbidden', message }).reason, 'not-allowed', message);
+  }
 });
 
 test('close codes become typed errors: replaced and resumed-elsewhere are worded apart', () => {

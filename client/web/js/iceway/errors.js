@@ -3,6 +3,8 @@
 import { tokenExpired } from './token.js';
 /** WebSocket close codes of the signaling server. */
 export const CloseCode = {
+    /** Sent by the client: closing to reconnect, the session stays resumable. */
+    Reconnecting: 4000,
     /** Missing, invalid or expired token. */
     Unauthorized: 4001,
     Forbidden: 4003,
@@ -62,7 +64,7 @@ function reasonOf(code, message) {
     // The server words these (signal-server session/mod.rs); the code alone cannot tell them apart.
     if (/already has \d+ viewers/.test(message))
         return 'camera-full';
-    if (/role/.test(message))
+    if (/^only an? (camera|viewer) token may /.test(message))
         return 'wrong-role';
     return 'not-allowed';
 }

@@ -2,7 +2,7 @@
 // jittered backoff, resumes its session after a drop, refreshes its token on the open socket,
 // keeps a heartbeat, and turns frames into typed events.
 import { Emitter } from './emitter.js';
-import { IcewayError } from './errors.js';
+import { CloseCode, IcewayError } from './errors.js';
 import { parseServerFrame } from './protocol.js';
 const CONNECTING = 0;
 const OPEN = 1;
@@ -272,7 +272,7 @@ export class SignalClient extends Emitter {
         ws.onmessage = null;
         try {
             // 4000: reconnecting, not leaving; the server keeps the session for the resume.
-            ws.close(4000, why);
+            ws.close(CloseCode.Reconnecting, why);
         }
         catch {
             // already closed
