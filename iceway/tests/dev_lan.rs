@@ -6,14 +6,13 @@
 //! and `zbarimg` (CI has them); traffic stays inside the namespace, which is deleted on drop.
 
 use std::net::{IpAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use iceway_testkit::netns::Netns;
 use iceway_testkit::{Proc, read_first_line, require, which};
 use tokio_rustls::rustls;
 use tokio_tungstenite::tungstenite::Message;
@@ -21,91 +20,34 @@ use tokio_tungstenite::tungstenite::Message;
 const LAN_IP: &str = "10.213.7.1";
 const INSTALL: &str = "scripts/install-test-deps.sh";
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A namespace whose default route leaves through `v0` (10.213.7.1/24), deleted on drop.
+/// A namespace whose default route leaves through `v0` (10.213.7.1/24).
 struct Lan {
-    ns: String,
+    ns: Netns,
 }
 
 impl Lan {
     fn new() -> Self {
-        assert!(
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() } == 0,
-            "needs root (network namespaces)"
-        );
-        require("ip", INSTALL);
-        static N: AtomicU32 = AtomicU32::new(0);
-        let lan = Lan {
-            ns: format!(
-                "iwlan{}n{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ),
-        };
-        let ns = lan.ns.as_str();
-        sh(&["ip", "netns", "add", ns]);
-        sh(&[
-            "ip", "-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{LAN_IP}/24"),
-            "dev",
-            "v0",
-        ]);
-        for link in ["lo", "v0", "v1"] {
-            sh(&["ip", "-n", ns, "link", "set", link, "up"]);
+        let ns = Netns::new("iwlan");
+        ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+        ns.ip(&["addr", "add", &format!("{LAN_IP}/24"), "dev", "v0"]);
+        for link in ["v0", "v1"] {
+            ns.ip(&["link", "set", link, "up"]);
         }
         // The route a phone's packets would come back on; its source address is what
         // `--lan` must pick.
-        sh(&["ip", "-n", ns, "route", "add", "default", "dev", "v0"]);
-        lan
+        ns.ip(&["route", "add", "default", "dev", "v0"]);
+        Self { ns }
     }
 
     /// `program args…` run inside the namespace.
     fn run(&self, program: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns, program])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program} {args:?} in {}: {e}", self.ns))
+        self.ns.run(program, args)
     }
 
-    /// A TCP connection to `addr` from inside the namespace (a thread enters it just to connect).
+    /// A TCP connection to `addr` from inside the namespace.
     fn connect(&self, addr: String) -> TcpStream {
-        let path = format!("/run/netns/{}", self.ns);
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).expect("netns file");
-            // SAFETY: setns on a namespace fd this thread opened; it changes only this thread,
-            // which ends right after connecting.
-            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}");
-            TcpStream::connect(addr.as_str()).expect("connect in namespace")
-        })
-        .join()
-        .expect("connect thread")
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        self.ns
+            .enter(move || TcpStream::connect(addr.as_str()).expect("connect in namespace"))
     }
 }
 
@@ -113,8 +55,8 @@ impl Drop for Lan {
 fn start_dev(lan: &Lan, state: &Path, qr: &Path) -> (Proc, serde_json::Value) {
     // `ip netns exec` execs iceway, so the pid Proc kills is iceway's.
     let mut proc = Proc::spawn(
-        Command::new("ip")
-            .args(["netns", "exec", &lan.ns, env!("CARGO_BIN_EXE_iceway")])
+        lan.ns
+            .command(env!("CARGO_BIN_EXE_iceway"))
             .arg("--state-dir")
             .arg(state)
             .args([

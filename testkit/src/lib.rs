@@ -7,6 +7,7 @@
 //! - [`ready`]: bounded waits until a server listens (TCP, STUN, a first line, any condition);
 //! - [`coturn`]: coturn's `turnserver` and its `turnutils_peer` echo peer;
 //! - [`redis`]: a `redis-server` that can be paused, resumed and restarted empty;
+//! - [`netns`]: network namespaces made and deleted by a test, entered by a thread for a socket;
 //! - [`proxy`]: a TCP proxy that cuts the network between its sides and heals it, and a
 //!   front (load balancer) that switches targets and strands old connections.
 //!
@@ -14,6 +15,7 @@
 //! every launcher here takes a program path or a prepared [`std::process::Command`].
 
 pub mod coturn;
+pub mod netns;
 pub mod port;
 pub mod process;
 pub mod proxy;

@@ -10,13 +10,13 @@
 mod common;
 
 use std::net::{IpAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{Client, PASSWORD, Proc, REALM, USER};
+use iceway_testkit::netns::{Netns, sh};
 use stun::attributes::ATTR_XOR_RELAYED_ADDRESS;
 use stun::message::CLASS_SUCCESS_RESPONSE;
 
@@ -24,62 +24,42 @@ const STUN_IP: &str = "203.0.113.1";
 const NAT_PUBLIC: &str = "203.0.113.2";
 const RELAY_IP: &str = "10.77.0.2";
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The three namespaces, deleted on drop.
 struct Nat {
-    public: String,
-    router: String,
-    relay: String,
+    public: Netns,
+    router: Netns,
+    relay: Netns,
 }
 
 impl Nat {
     fn new() -> Self {
-        assert!(
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() } == 0,
-            "needs root (network namespaces)"
-        );
         common::require("ip");
         common::require("nft");
+        let nat = Nat {
+            public: Netns::new("iwsp"),
+            router: Netns::new("iwsr"),
+            relay: Netns::new("iwsl"),
+        };
+        // Link names are made in the root namespace before they move: unique per test too.
         static N: AtomicU32 = AtomicU32::new(0);
         let id = format!(
             "{}{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let nat = Nat {
-            public: format!("iwsp{id}"),
-            router: format!("iwsr{id}"),
-            relay: format!("iwsl{id}"),
-        };
-        for ns in [&nat.public, &nat.router, &nat.relay] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
         let (wan, wan_peer) = (format!("sw{id}"), format!("sp{id}"));
         let (lan, lan_peer) = (format!("sl{id}"), format!("sh{id}"));
         sh(&[
             "ip", "link", "add", &wan, "type", "veth", "peer", "name", &wan_peer,
         ]);
-        sh(&["ip", "link", "set", &wan, "netns", &nat.router]);
-        sh(&["ip", "link", "set", &wan_peer, "netns", &nat.public]);
+        sh(&["ip", "link", "set", &wan, "netns", nat.router.name()]);
+        sh(&["ip", "link", "set", &wan_peer, "netns", nat.public.name()]);
         sh(&[
             "ip", "link", "add", &lan, "type", "veth", "peer", "name", &lan_peer,
         ]);
-        sh(&["ip", "link", "set", &lan, "netns", &nat.router]);
-        sh(&["ip", "link", "set", &lan_peer, "netns", &nat.relay]);
-        let (pu, ro, re) = (&nat.public, &nat.router, &nat.relay);
+        sh(&["ip", "link", "set", &lan, "netns", nat.router.name()]);
+        sh(&["ip", "link", "set", &lan_peer, "netns", nat.relay.name()]);
+        let (pu, ro, re) = (nat.public.name(), nat.router.name(), nat.relay.name());
         sh(&[
             "ip", "-n", pu, "link", "set", &wan_peer, "name", "eth0", "up",
         ]);
@@ -149,28 +129,10 @@ impl Nat {
         nat
     }
 
-    /// A UDP socket bound to `addr` inside namespace `ns` (a thread enters it just to bind).
-    fn udp_socket(ns: &str, addr: &str) -> UdpSocket {
-        let path = format!("/run/netns/{ns}");
+    /// A UDP socket bound to `addr` inside namespace `ns`.
+    fn udp_socket(ns: &Netns, addr: &str) -> UdpSocket {
         let addr = addr.to_owned();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).expect("netns file");
-            // SAFETY: setns on a namespace fd this thread opened; it changes only this thread,
-            // which ends right after binding.
-            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}");
-            UdpSocket::bind(addr.as_str()).expect("bind in namespace")
-        })
-        .join()
-        .expect("bind thread")
-    }
-}
-
-impl Drop for Nat {
-    fn drop(&mut self) {
-        for ns in [&self.relay, &self.router, &self.public] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        ns.enter(move || UdpSocket::bind(addr.as_str()).expect("bind in namespace"))
     }
 }
 
@@ -227,7 +189,7 @@ fn wait_message(
 
 fn start_stun_server(nat: &Nat) -> Proc {
     let listen = format!("{STUN_IP}:3478");
-    let (proc, log) = turn_in(&nat.public, &["--stun-only", "--listen", &listen]);
+    let (proc, log) = turn_in(nat.public.name(), &["--stun-only", "--listen", &listen]);
     let v = wait_message(
         &log,
         &["ready", "iceway-turn failed"],
@@ -247,7 +209,7 @@ fn relay_behind_nat_advertises_the_address_stun_reports() {
     let _stun = start_stun_server(&nat);
     let listen = format!("{RELAY_IP}:3478");
     let (_relay, log) = turn_in(
-        &nat.relay,
+        nat.relay.name(),
         &[
             "--listen",
             &listen,
@@ -300,7 +262,7 @@ fn unreachable_stun_server_fails_the_start_within_the_deadline() {
     let listen = format!("{RELAY_IP}:3478");
     let started = Instant::now();
     let (mut relay, log) = turn_in_env(
-        &nat.relay,
+        nat.relay.name(),
         &[
             "--listen",
             &listen,
