@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Iceway's tests need on a fresh Debian machine: real peers and servers (coturn's
 # clients, redis-server, prometheus/promtool, chromium), network-namespace tools, openssl and
-# zbarimg (iceway/tests/dev_lan.rs checks the dev CA and the QR codes), the image tools
+# zbarimg (iceway/tests/dev_lan.rs checks the dev CA and the QR codes), GStreamer's RTSP server
+# with x264 (bridge/tests/fake_camera.py, an IP camera for iceway-bridge's tests), the image tools
 # (buildah, podman, skopeo, runc: scripts/build-images.sh, scripts/test-images.sh), helm, the
 # schema validators and cargo-deny. Idempotent: a second run only checks.
 set -euo pipefail
@@ -9,7 +10,9 @@ cd "$(dirname "$0")/.."
 
 apt_pkgs=(coturn redis-server prometheus nftables iproute2 iputils-ping chromium chromium-driver
           unzip ca-certificates procps curl file binutils buildah podman skopeo runc openssl
-          zbar-tools)
+          zbar-tools
+          python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-tools
+          gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

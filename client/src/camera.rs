@@ -112,6 +112,8 @@ pub async fn run(opts: CameraOptions, stop: CancellationToken) -> Result<(), Cam
             relay_only: opts.relay_only,
             bind: opts.bind,
             signal_url: opts.signal_url.clone(),
+            codecs: None,
+            keyframe_requests: false,
         };
         let closed = loop {
             let msg = tokio::select! {

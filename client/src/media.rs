@@ -88,6 +88,27 @@ pub fn is_vp8_keyframe(frame: &[u8]) -> bool {
     frame.first().is_some_and(|b| b & 0x01 == 0)
 }
 
+/// An H.264 access unit (Annex B, as webrtc-rs depacketizes it) a decoder can start from: an
+/// IDR slice (NAL type 5) with the SPS (7) and PPS (8) in front of it.
+pub fn is_h264_keyframe(frame: &[u8]) -> bool {
+    let (mut sps, mut pps) = (false, false);
+    for nal in annex_b_nal_types(frame) {
+        match nal {
+            7 => sps = true,
+            8 => pps = true,
+            5 => return sps && pps,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The `nal_unit_type` of each NAL unit after a 3- or 4-byte start code.
+fn annex_b_nal_types(data: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    data.windows(4)
+        .filter_map(|w| (w[0] == 0 && w[1] == 0 && w[2] == 1).then_some(w[3] & 0x1f))
+}
+
 /// Counts what a viewer receives on one video track.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct FrameStats {
@@ -153,6 +174,12 @@ impl FrameAssembler {
         }
     }
 
+    /// Whether this codec's key frames are recognised (VP8, H.264), so that a missing one means
+    /// the decoder could not start.
+    pub fn knows_keyframes(&self) -> bool {
+        matches!(self.builder, Builder::Vp8(_) | Builder::H264(_))
+    }
+
     /// Takes one RTP packet; returns how many frames it completed.
     pub fn push(&mut self, now: Instant, packet: rtc::rtp::Packet) -> u64 {
         self.stats.packets += 1;
@@ -188,7 +215,10 @@ impl FrameAssembler {
         let n = completed.len() as u64;
         for data in completed {
             self.stats.bytes += data.len() as u64;
-            let key = self.vp8 && is_vp8_keyframe(&data);
+            let key = match &self.builder {
+                Builder::H264(_) => is_h264_keyframe(&data),
+                _ => self.vp8 && is_vp8_keyframe(&data),
+            };
             self.count_frame(now, key);
         }
         n
@@ -208,6 +238,19 @@ impl FrameAssembler {
 mod tests {
     use super::*;
     use rtc::rtp::packetizer::Payloader;
+
+    #[test]
+    fn h264_keyframes_need_the_idr_and_its_parameter_sets() {
+        let sps_pps_idr = [0, 0, 0, 1, 0x67, 1, 0, 0, 0, 1, 0x68, 2, 0, 0, 1, 0x65, 3];
+        assert!(is_h264_keyframe(&sps_pps_idr));
+        assert!(
+            !is_h264_keyframe(&[0, 0, 0, 1, 0x65, 3]),
+            "an IDR alone cannot start a decoder"
+        );
+        assert!(!is_h264_keyframe(&[
+            0, 0, 0, 1, 0x67, 1, 0, 0, 1, 0x68, 2, 0, 0, 1, 0x41, 9
+        ]));
+    }
 
     #[test]
     fn builtin_clip_is_30fps_vp8_with_keyframes() {

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RtpCodecKind};
+use rtc::sansio::Protocol;
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
@@ -70,7 +73,77 @@ pub struct PeerOptions {
     /// Local address to gather on; chosen from the route to the ICE servers when absent.
     pub bind: Option<IpAddr>,
     pub signal_url: String,
+    /// Codecs to offer and accept instead of webrtc-rs's defaults (the bridge offers only the
+    /// H.264 it passes through, so a browser cannot pick VP8).
+    pub codecs: Option<Vec<(RTCRtpCodecParameters, RtpCodecKind)>>,
+    /// Hand the remote's keyframe requests (PLI, FIR) to the local tracks
+    /// (`TrackLocalEvent::OnRtcpPacket`), for a sender that can answer them from a cache.
+    pub keyframe_requests: bool,
 }
+
+/// Marks inbound PLI and FIR for the application; every other RTCP packet stays with the
+/// interceptors that act on it (receiver reports, NACKs).
+#[derive(Default)]
+struct KeyframeRequests {
+    read: std::collections::VecDeque<TaggedPacket>,
+    write: std::collections::VecDeque<TaggedPacket>,
+}
+
+fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
+    use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+    use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+    let any = p.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet
+            && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
+        {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+}
+
+impl Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// Where rtc's rtcp-processing example puts its marker: after every default interceptor.
+const KEYFRAME_REQUESTS_SLOT: usize = 14_000;
 
 pub type Pc = Arc<dyn PeerConnection>;
 
@@ -78,8 +151,23 @@ pub async fn new_peer(
     opts: &PeerOptions,
 ) -> Result<(Pc, mpsc::UnboundedReceiver<PcEvent>), webrtc::error::Error> {
     let mut media = MediaEngine::default();
-    media.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    match &opts.codecs {
+        Some(codecs) => {
+            for (codec, kind) in codecs {
+                media.register_codec(codec.clone(), *kind)?;
+            }
+        }
+        None => media.register_default_codecs()?,
+    }
+    let base = if opts.keyframe_requests {
+        Registry::new().with(
+            Slot::from(KEYFRAME_REQUESTS_SLOT),
+            KeyframeRequests::default(),
+        )
+    } else {
+        Registry::new()
+    };
+    let registry = register_default_interceptors(base, &mut media)?;
     let policy = if opts.relay_only {
         RTCIceTransportPolicy::Relay
     } else {

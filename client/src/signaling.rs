@@ -197,6 +197,50 @@ pub async fn connect_resuming(
     token_file: Option<PathBuf>,
     resume: Option<&Resume>,
 ) -> Result<(Welcome, SignalSender, mpsc::UnboundedReceiver<Incoming>), SignalError> {
+    let refresh = token_file.map_or(TokenRefresh::None, TokenRefresh::File);
+    connect_with(url, token, refresh, resume).await
+}
+
+/// Where a fresh token comes from when the server says the current one is expiring.
+#[derive(Clone, Default)]
+pub enum TokenRefresh {
+    /// Nowhere: the socket closes (4001) when the token runs out.
+    #[default]
+    None,
+    /// The token in this file, which a sidecar or the operator keeps current.
+    File(PathBuf),
+    /// Minted on demand by a service that holds the signing key (iceway-bridge).
+    Mint(Arc<dyn Fn() -> String + Send + Sync>),
+}
+
+impl std::fmt::Debug for TokenRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+            Self::Mint(_) => f.write_str("Mint"),
+        }
+    }
+}
+
+impl TokenRefresh {
+    /// The token to use now; `current` when no fresher one is to be had.
+    pub fn fresh(&self, current: &str) -> String {
+        match self {
+            Self::None => current.to_owned(),
+            Self::File(path) => current_token(Some(path), current),
+            Self::Mint(mint) => mint(),
+        }
+    }
+}
+
+/// As [`connect_resuming`], with fresh tokens from `refresh`.
+pub async fn connect_with(
+    url: &str,
+    token: &str,
+    refresh: TokenRefresh,
+    resume: Option<&Resume>,
+) -> Result<(Welcome, SignalSender, mpsc::UnboundedReceiver<Incoming>), SignalError> {
     if !(url.starts_with("ws://") || url.starts_with("wss://")) {
         return Err(SignalError::BadUrl(url.to_owned()));
     }
@@ -348,12 +392,9 @@ pub async fn connect_resuming(
                 Ok(Message::Text(text)) => match ServerFrame::parse(&text) {
                     Ok(ServerFrame::Pong) => {}
                     Ok(ServerFrame::TokenExpiring { exp }) => {
-                        let fresh = current_token(token_file.as_deref(), &current);
+                        let fresh = refresh.fresh(&current);
                         if fresh != current {
-                            tracing::info!(
-                                exp,
-                                "token expiring: sending the one in the token file"
-                            );
+                            tracing::info!(exp, "token expiring: sending a fresh one");
                             current = fresh.clone();
                             let _ = refresh_tx.send(ClientFrame::Auth { token: fresh });
                         } else {

@@ -146,6 +146,8 @@ pub async fn run(
             relay_only: opts.relay_only,
             bind: opts.bind,
             signal_url: opts.signal_url.clone(),
+            codecs: None,
+            keyframe_requests: false,
         };
         sender.attach(&connection, welcome.resumed);
         resume = welcome.resume.clone();
@@ -379,6 +381,9 @@ async fn read_track(
     frames: watch::Sender<u64>,
 ) {
     let mut seen_ssrc = HashSet::new();
+    // Frames that cannot be decoded yet (no key frame since the start): ask the sender for one,
+    // as browsers do, at most once a second.
+    let mut last_pli: Option<Instant> = None;
     while let Some(event) = track.poll().await {
         let packet = match event {
             TrackRemoteEvent::OnRtpPacket(p) => p,
@@ -404,14 +409,29 @@ async fn read_track(
                 *guard = Some(FrameAssembler::new(&mime, rate));
             }
         }
-        let count = {
+        let (count, want_keyframe) = {
             let Ok(mut guard) = assembler.lock() else {
                 return;
             };
             let Some(asm) = guard.as_mut() else { continue };
             asm.push(Instant::now(), packet);
-            asm.stats.frames
+            let s = asm.stats;
+            (
+                s.frames,
+                asm.knows_keyframes() && s.frames > 0 && s.keyframes == 0,
+            )
         };
+        if want_keyframe && last_pli.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            last_pli = Some(Instant::now());
+            let pli =
+                rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc: ssrc,
+                };
+            if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
+                tracing::debug!(error = %e, "PLI not sent");
+            }
+        }
         frames.send_if_modified(|v| {
             let changed = *v != count;
             *v = count;
