@@ -29,7 +29,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   exit 1
 fi
 
-cargo build -p iceway -p iceway-client
+cargo build -p iceway -p iceway-client -p iceway-bridge
 
 failed=0
 echo "== 4a: Rust camera and viewer behind separate NATs, relay only"

@@ -83,6 +83,11 @@ fn load(service: &str, toml_text: &str, f: &Files) -> Result<toml::Value, String
                 .map_err(|e| e.to_string())?;
             toml::Value::try_from(cfg)
         }
+        "iceway-bridge" => {
+            let cli = iceway_bridge::Cli::parse_from(args);
+            let cfg = iceway_bridge::Config::load(&cli, env).map_err(|e| e.to_string())?;
+            toml::Value::try_from(cfg)
+        }
         other => panic!("example for unknown service {other}"),
     };
     value.map_err(|e| e.to_string())
@@ -111,7 +116,10 @@ fn every_documented_example_loads_with_its_service() {
     let f = files();
     let found = examples();
     let services: Vec<&str> = found.iter().map(|(s, _)| s.as_str()).collect();
-    assert_eq!(services, ["iceway-turn", "iceway-signal", "iceway-auth"]);
+    assert_eq!(
+        services,
+        ["iceway-turn", "iceway-signal", "iceway-auth", "iceway-bridge"]
+    );
     for (service, text) in &found {
         load(service, text, &f).unwrap_or_else(|e| panic!("{service} example: {e}"));
     }
