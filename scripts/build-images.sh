@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Builds the three service images FROM scratch, pulling no base image: a fully static, stripped
-# release binary each, CA certificates, /etc/passwd and /etc/group with user nonroot (65532), and
-# for iceway-signal the browser pages (client/web) at /usr/share/iceway/web. The layout is the one
-# deploy/docker/Dockerfile produces for users with a registry.
+# Builds the service images (iceway-turn, iceway-signal, iceway-auth, iceway-bridge) FROM scratch,
+# pulling no base image: a fully static, stripped release binary each, CA certificates, /etc/passwd
+# and /etc/group with user nonroot (65532), and for iceway-signal the browser pages (client/web) at
+# /usr/share/iceway/web. The layout is the one deploy/docker/Dockerfile produces for users with a
+# registry.
 #
-#   scripts/build-images.sh [--out DIR] [--tag TAG] [--skip-build]
+#   scripts/build-images.sh [--out DIR] [--tag TAG] [--skip-build] [--only NAME]...
+#
+# --only iceway-bridge (repeatable) builds just those images (and compiles just those binaries).
 #
 # Results: localhost/iceway/<name>:<tag> in the local containers store (buildah/podman) and
 # DIR/<name>-<tag>.oci.tar (default DIR: images/), ready for
@@ -15,7 +18,8 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-services=(iceway-turn iceway-signal iceway-auth)
+services=(iceway-turn iceway-signal iceway-auth iceway-bridge)
+only=()
 triple=x86_64-unknown-linux-gnu
 version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)"
 out="$repo/images"
@@ -26,10 +30,17 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --tag) tag="$2"; shift 2 ;;
     --skip-build) build=0; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --only) only+=("$2"); shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "build-images: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+if [ "${#only[@]}" -gt 0 ]; then
+  for svc in "${only[@]}"; do
+    [[ " ${services[*]} " == *" $svc "* ]] || { echo "build-images: unknown image $svc (${services[*]})" >&2; exit 2; }
+  done
+  services=("${only[@]}")
+fi
 [ -n "$version" ] || { echo "build-images: no workspace version in Cargo.toml" >&2; exit 1; }
 command -v buildah >/dev/null || { echo "build-images: needs buildah (apt-get install -y buildah)" >&2; exit 1; }
 certs=/etc/ssl/certs/ca-certificates.crt
@@ -39,7 +50,7 @@ target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 if [ "$build" = 1 ]; then
   echo "== static release build ($triple, crt-static) =="
   RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-    cargo build --release --locked --target "$triple" -p iceway-turn -p iceway-signal -p iceway-auth
+    cargo build --release --locked --target "$triple" $(printf -- '-p %s ' "${services[@]}")
 fi
 
 revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
@@ -71,6 +82,8 @@ for svc in "${services[@]}"; do
     iceway-turn) ports=(3478/udp 3478/tcp 5349/tcp 9478/tcp); title="Iceway TURN/STUN relay" ;;
     iceway-signal) ports=(8080/tcp 9480/tcp); title="Iceway signaling" ;;
     iceway-auth) ports=(8081/tcp 9481/tcp); title="Iceway TURN credential API" ;;
+    # Admin only: the bridge dials out to cameras, signal and TURN and listens on nothing else.
+    iceway-bridge) ports=(9482/tcp); title="Iceway RTSP bridge" ;;
   esac
   image="localhost/iceway/$svc:$tag"
   echo "== $image =="

@@ -257,6 +257,109 @@ check "refuses: externalIP.value with fromStun" must_fail extip-stun "exclude ea
 check "refuses: a fromStun entry without a port" must_fail extip-stun-port "fromStun" \
   --set 'turn.externalIP.fromStun={stun.example.net}'
 
+# --- the RTSP bridge: cameras and their credentials reach it as mounted Secret files only ---------
+bridge_cameras_from_values() {
+  local f="$out/log/bridge_values.yaml" g="$out/log/bridge_values_2.yaml"
+  local common=(--set bridge.enabled=true --set bridge.relayOnly=true
+    --set 'bridge.cameras[0].id=porch' --set 'bridge.cameras[0].url=rtsp://192.168.1.64:554/Streaming/Channels/101'
+    --set 'bridge.cameras[0].username=viewer' --set 'bridge.cameras[1].id=gate'
+    --set 'bridge.cameras[1].url=rtsp://192.168.1.65/live' --set 'bridge.cameras[1].transport=udp'
+    --set networkPolicy.enabled=true --set 'networkPolicy.httpFrom[0].namespaceSelector.matchLabels.team=edge'
+    --set bridge.networkPolicy.restrictEgress=true --set 'bridge.networkPolicy.cameras[0].cidr=192.168.1.0/24')
+  helm template "$release" "$chart" -n "$namespace" "${common[@]}" \
+    --set 'bridge.cameras[0].password=hunter2-camera-password' >"$f" || return 1
+  helm template "$release" "$chart" -n "$namespace" "${common[@]}" \
+    --set 'bridge.cameras[0].password=other-camera-password' >"$g" || return 1
+  "$py" - "$f" "$g" <<'PY'
+import base64, json, sys, tomllib, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+other = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
+by = lambda ds, kind, name: next(d for d in ds if d["kind"] == kind and d["metadata"]["name"] == name)
+dep = by(docs, "Deployment", "t-iceway-bridge")
+assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}, dep["spec"]
+pod = dep["spec"]["template"]["spec"]
+c = pod["containers"][0]
+assert c["image"].endswith("/iceway-bridge:0.1.0"), c["image"]
+for d in docs:
+    spec = d["spec"]["template"]["spec"] if d["kind"] in ("Deployment", "DaemonSet") else d["spec"] if d["kind"] == "Pod" else None
+    for k in (spec or {}).get("containers", []):
+        shown = json.dumps([k.get("args", []), k.get("env", []), k.get("envFrom", [])])
+        assert "hunter2" not in shown and "rtsp://" not in shown, f"{d['metadata']['name']}: camera in argv or env: {shown}"
+args = c["args"]
+for want in ("--config=/etc/iceway/bridge/bridge.toml", "--admin=0.0.0.0:9482", "--relay-only",
+             "--signal-url=ws://t-iceway-signal:8080/v1/ws", "--jwt-secret-file=/etc/iceway/secrets/jwt-secret"):
+    assert want in args, (want, args)
+assert [p["containerPort"] for p in c["ports"] if p["name"] == "admin"] == [9482], c["ports"]
+assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}, c["livenessProbe"]
+assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}, c["readinessProbe"]
+vols = {v["name"]: v for v in pod["volumes"]}
+assert vols["cameras"]["secret"]["secretName"] == "t-iceway-bridge", vols
+# The app key only: the bridge has no use for the TURN secrets.
+assert [i["key"] for i in vols["secrets"]["secret"]["items"]] == ["jwt-secret"], vols["secrets"]
+mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+assert mounts["cameras"] == "/etc/iceway/bridge" and mounts["secrets"] == "/etc/iceway/secrets", mounts
+data = {k: base64.b64decode(v).decode() for k, v in by(docs, "Secret", "t-iceway-bridge")["data"].items()}
+cams = tomllib.loads(data["bridge.toml"])["bridge"]["cameras"]
+assert [(k["id"], k["transport"]) for k in cams] == [("porch", "tcp"), ("gate", "udp")], cams
+assert "hunter2" not in data["bridge.toml"] and "credentials_file" not in cams[1], data
+cred = cams[0]["credentials_file"]
+assert cred.startswith("/etc/iceway/bridge/"), cred
+assert data[cred.rsplit("/", 1)[1]] == "viewer:hunter2-camera-password", data
+svc = by(docs, "Service", "t-iceway-bridge-admin")
+assert svc["metadata"]["labels"]["iceway/admin"] == "true" and svc["spec"]["ports"][0]["port"] == 9482, svc
+check = by(docs, "Pod", "t-iceway-check-config-bridge")["spec"]
+assert check["containers"][0]["args"] == ["--check-config"] + args, check["containers"][0]["args"]
+assert {v["name"]: v for v in check["volumes"]}["cameras"] == vols["cameras"], check["volumes"]
+np = by(docs, "NetworkPolicy", "t-iceway-bridge")["spec"]
+assert np["policyTypes"] == ["Ingress", "Egress"] and [r["ports"][0]["port"] for r in np["ingress"]] == [9482], np
+assert {"ipBlock": {"cidr": "192.168.1.0/24"}} in [t for r in np["egress"] for t in r.get("to", [])], np["egress"]
+sig = by(docs, "NetworkPolicy", "t-iceway-signal")["spec"]["ingress"][0]["from"]
+assert any((p.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "bridge" for p in sig), sig
+# A camera password change rolls the bridge (it reads its files at start), and only the bridge.
+tpl = lambda ds: {d["metadata"]["name"]: json.dumps(d["spec"]["template"], sort_keys=True) for d in ds if d["kind"] in ("Deployment", "DaemonSet")}
+ta, tb = tpl(docs), tpl(other)
+assert sorted(k for k in ta if ta[k] != tb.get(k)) == ["t-iceway-bridge"], "a camera password change must roll the bridge only"
+print("bridge: Deployment (1, Recreate), cameras and credentials in its Secret only, probes on 9482, check-config, egress policy")
+PY
+}
+check "bridge with bridge.cameras: Secret files mounted, nothing secret in args, probes on 9482" bridge_cameras_from_values
+
+bridge_cameras_from_existing_secret() {
+  local f="$out/log/bridge_secret.yaml" off="$out/log/bridge_off.yaml"
+  helm template "$release" "$chart" -n "$namespace" -f "$chart/ci/bridge-secret-values.yaml" >"$f" || return 1
+  helm template "$release" "$chart" -n "$namespace" >"$off" || return 1
+  "$py" - "$f" "$off" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+assert not [d for d in docs if d["kind"] == "Secret"], "existing Secrets are not rendered"
+dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "t-iceway-bridge")
+tmpl = dep["spec"]["template"]
+pod, c = tmpl["spec"], tmpl["spec"]["containers"][0]
+assert "--signal-url=wss://signal.example.com/v1/ws" in c["args"], c["args"]
+assert "--jwt-secret-file=/etc/iceway/secrets/jwt-secret" in c["args"], c["args"]
+vols = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+assert vols == {"cameras": "bridge-cameras", "secrets": "iceway-secrets"}, vols
+assert {"name": "cameras", "mountPath": "/etc/iceway/bridge", "readOnly": True} in c["volumeMounts"], c["volumeMounts"]
+assert "checksum/cameras" not in (tmpl["metadata"].get("annotations") or {}), "the chart cannot hash a Secret it does not render"
+off = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
+assert not [d for d in off if d["metadata"]["name"].startswith("t-iceway-bridge") or "bridge" in d["metadata"]["name"]], "bridge is off by default"
+print("bridge with bridge.existingSecret: that Secret mounted at /etc/iceway/bridge, no Secret rendered; off by default")
+PY
+}
+check "bridge with bridge.existingSecret mounts it; the bridge is off by default" bridge_cameras_from_existing_secret
+
+cam=(--set bridge.enabled=true --set 'bridge.cameras[0].id=porch' --set 'bridge.cameras[0].url=rtsp://10.0.0.5/s')
+check "refuses: two bridge replicas" must_fail bridge-replicas "bridge.replicas must be 0 or 1" "${cam[@]}" --set bridge.replicas=2
+check "refuses: bridge without cameras" must_fail bridge-none "needs bridge.cameras or bridge.existingSecret" --set bridge.enabled=true
+check "refuses: bridge cameras from values and a Secret" must_fail bridge-both "exclude each other" \
+  "${cam[@]}" --set bridge.existingSecret=cams
+check "refuses: bridge.config with bridge.existingSecret" must_fail bridge-config "put those settings in its bridge.toml" \
+  --set bridge.enabled=true --set bridge.existingSecret=cams --set bridge.config.bridge.rtsp_timeout=5s
+check "refuses: camera credentials in the URL" must_fail bridge-url-creds "not the URL" \
+  --set bridge.enabled=true --set 'bridge.cameras[0].id=porch' --set 'bridge.cameras[0].url=rtsp://admin:pw@10.0.0.5/s'
+check "refuses: bridge without signal or signalUrl" must_fail bridge-signal "set bridge.signalUrl" "${cam[@]}" --set signal.enabled=false
+check "refuses: bridge minting without the HS256 app key" must_fail bridge-hs256 "needs appAuth.hs256" "${cam[@]}" --set appAuth.hs256=false
+
 # --- values the chart must refuse ---------------------------------------------------------------
 check "refuses: signal scaled out without Redis" must_fail signal-no-redis "needs signal.redis.url" --set signal.replicas=3
 check "refuses: signal HPA without Redis" must_fail hpa-no-redis "needs signal.redis.url" --set signal.autoscaling.enabled=true

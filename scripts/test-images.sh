@@ -2,7 +2,9 @@
 # Builds the images (scripts/build-images.sh, arguments passed on, e.g. --skip-build) and runs each
 # one with podman, hardened as the chart runs it (read-only root, no capabilities): the container
 # starts, its admin /healthz answers and it runs as nonroot; iceway-signal serves /viewer from the
-# image's web root; iceway-turn relays a coturn turnutils_uclient run to turnutils_peer.
+# image's web root; iceway-turn relays a coturn turnutils_uclient run to turnutils_peer;
+# iceway-bridge passes --check-config, mints its camera's token with the mounted app key and holds
+# a session on the signal container while its camera (nothing listening) stays down.
 # Configuration and secrets are mounted files; every port is picked free at run time on
 # 127.0.0.1, traffic stays on loopback; the containers are removed on exit.
 # Needs: buildah podman runc (scripts/install-test-deps.sh), coturn's clients, curl, python3.
@@ -61,6 +63,7 @@ turn_secret="$(cat "$work/turn-secrets")"
 turn_port=$(free_port); turn_admin=$(free_port)
 signal_port=$(free_port); signal_admin=$(free_port)
 auth_port=$(free_port); auth_admin=$(free_port)
+bridge_admin=$(free_port); camera_port=$(free_port)
 
 shared() {  # shared() ADMIN_PORT
   cat <<TOML
@@ -97,6 +100,28 @@ TOML
   shared "$auth_admin"
   printf '\n[jwt]\nsecret_file = "/etc/iceway/jwt-secret"\n\n[auth]\nlisten = "127.0.0.1:%s"\n' "$auth_port"
 } >"$work/auth.toml"
+# The bridge: one camera on a loopback port nothing listens on, credentials from a mounted file.
+printf 'viewer:camera-password\n' >"$work/porch.credentials"
+chmod 0644 "$work/porch.credentials"
+cat >"$work/bridge.toml" <<TOML
+[admin]
+listen = "127.0.0.1:$bridge_admin"
+
+[log]
+format = "json"
+
+[jwt]
+secret_file = "/etc/iceway/jwt-secret"
+
+[bridge]
+signal_url = "ws://127.0.0.1:$signal_port/v1/ws"
+reconnect_max = "2s"
+
+[[bridge.cameras]]
+id = "porch"
+url = "rtsp://127.0.0.1:$camera_port/cam"
+credentials_file = "/etc/iceway/porch.credentials"
+TOML
 chmod 0644 "$work"/*.toml
 
 # start NAME: runs localhost/iceway/NAME:TAG with its config file.
@@ -129,14 +154,28 @@ ok() { echo "ok   $1"; }
 fail() { echo "FAIL $1"; failed=$((failed + 1)); }
 
 echo "== run =="
-for svc in turn signal auth; do start_container "$svc"; done
-for pair in "turn $turn_admin" "signal $signal_admin" "auth $auth_admin"; do
+# The configuration check the chart's `helm test` runs, here in the image as the chart runs it.
+if check_out="$(podman run --rm --pull never --runtime runc --ulimit nofile=20000:20000 \
+     --ulimit nproc=32768:32768 --network none --read-only --cap-drop ALL \
+     --security-opt no-new-privileges -v "$work:/etc/iceway:ro" "localhost/iceway/iceway-bridge:$tag" \
+     --check-config --config /etc/iceway/bridge.toml 2>&1)" && grep -q porch <<<"$check_out" \
+   && ! grep -q camera-password <<<"$check_out"; then
+  ok "iceway-bridge image: --check-config accepts the mounted config, shows no credential"
+else
+  fail "iceway-bridge image: --check-config"; echo "$check_out" | tail -20
+fi
+
+for svc in turn signal auth bridge; do start_container "$svc"; done
+for pair in "turn $turn_admin" "signal $signal_admin" "auth $auth_admin" "bridge $bridge_admin"; do
   read -r svc port <<<"$pair"
   if wait_http "$run_id-$svc" "http://127.0.0.1:$port/healthz"; then ok "iceway-$svc container: /healthz 200"
   else fail "iceway-$svc container: /healthz"; fi
 done
 
-for svc in turn signal auth; do
+if wait_http "$run_id-bridge" "http://127.0.0.1:$bridge_admin/readyz"; then ok "iceway-bridge container: /readyz 200"
+else fail "iceway-bridge container: /readyz"; fi
+
+for svc in turn signal auth bridge; do
   who="$(podman top "$run_id-$svc" user group | tail -1 | tr -s ' ')"
   if [ "$who" = "nonroot nonroot " ] || [ "$who" = "nonroot nonroot" ]; then ok "iceway-$svc container: runs as nonroot (65532)"
   else fail "iceway-$svc container: runs as '$who', not nonroot"; fi
@@ -174,8 +213,28 @@ relayed="$(curl -fsS --max-time 5 "http://127.0.0.1:$turn_admin/metrics" \
 if [ -n "$relayed" ] && [ "${relayed%.*}" -gt 0 ]; then ok "iceway-turn container: /metrics counts $relayed packets to the peer"
 else fail "iceway-turn container: relayed packets in /metrics"; fi
 
+# The bridge mints the camera's token with the mounted app key: signal accepts the session (the
+# only WebSocket client here), while the camera stays down and is retried.
+metric() {  # metric URL SERIES: its value, or empty
+  curl -fsS --max-time 5 "$1" 2>/dev/null | awk -v s="$2" '$1 == s { print $2 }'
+}
+deadline=$(( $(date +%s) + 30 )); sessions=""; down=""
+while [ "$(date +%s)" -lt "$deadline" ]; do
+  sessions="$(metric "http://127.0.0.1:$signal_admin/metrics" iceway_signal_connections)"
+  down="$(metric "http://127.0.0.1:$bridge_admin/metrics" 'iceway_bridge_cameras{state="down"}')"
+  [ "${sessions:-0}" -ge 1 ] && [ "${down:-0}" = 1 ] && break
+  sleep 0.5
+done
+if [ "${sessions:-0}" -ge 1 ]; then ok "iceway-bridge container: its minted camera token opens a session on iceway-signal"
+else fail "iceway-bridge container: no session on signal"; podman logs "$run_id-bridge" 2>&1 | tail -20; fi
+if [ "${down:-0}" = 1 ]; then ok "iceway-bridge container: /metrics shows the unreachable camera down"
+else fail "iceway-bridge container: iceway_bridge_cameras{state=\"down\"} is '${down}', not 1"; fi
+if podman logs "$run_id-bridge" 2>&1 | grep -q camera-password; then
+  fail "iceway-bridge container: the camera password is in its log"
+else ok "iceway-bridge container: the camera password is not logged"; fi
+
 echo "== image sizes =="
-for svc in iceway-turn iceway-signal iceway-auth; do
+for svc in iceway-turn iceway-signal iceway-auth iceway-bridge; do
   printf '%-36s %s (oci-archive %s)\n' "localhost/iceway/$svc:$tag" \
     "$(podman image inspect -f '{{.Size}}' "localhost/iceway/$svc:$tag" | numfmt --to=si)B" \
     "$(du -h "$out/$svc-$tag.oci.tar" 2>/dev/null | cut -f1)"

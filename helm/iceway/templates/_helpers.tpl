@@ -334,3 +334,121 @@ namespace="{{ .Release.Namespace }}"
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* Bridge ------------------------------------------------------------------------------------ */}}
+
+{{- define "iceway.bridgeSecretName" -}}
+{{- default (printf "%s-bridge" (include "iceway.fullname" .)) .Values.bridge.existingSecret -}}
+{{- end -}}
+
+{{- define "iceway.bridgeSignalURL" -}}
+{{- if .Values.bridge.signalUrl -}}
+{{- .Values.bridge.signalUrl -}}
+{{- else if .Values.signal.enabled -}}
+{{- printf "ws://%s-signal:%d/v1/ws" (include "iceway.fullname" .) (int .Values.signal.service.port) -}}
+{{- else -}}
+{{- fail "bridge: set bridge.signalUrl (signal.enabled is false, so there is no in-cluster signal to default to)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Refuses bridge values that cannot work, naming the key. */}}
+{{- define "iceway.bridgeValidate" -}}
+{{- $b := .Values.bridge -}}
+{{- if gt (int $b.replicas) 1 -}}
+{{- fail "bridge.replicas must be 0 or 1: each camera must be published by exactly one bridge (signal hands a camera id to its newest publisher); run another release with a disjoint camera list instead" -}}
+{{- end -}}
+{{- if and $b.existingSecret $b.cameras -}}
+{{- fail "bridge.existingSecret and bridge.cameras exclude each other: the cameras come from one Secret" -}}
+{{- end -}}
+{{- if not (or $b.existingSecret $b.cameras) -}}
+{{- fail "bridge.enabled needs bridge.cameras or bridge.existingSecret (a Secret with key bridge.toml)" -}}
+{{- end -}}
+{{- if and $b.existingSecret $b.config -}}
+{{- fail "bridge.config applies to the chart-rendered bridge.toml only: with bridge.existingSecret put those settings in its bridge.toml" -}}
+{{- end -}}
+{{- if and $b.cameras (not .Values.appAuth.hs256) -}}
+{{- fail "bridge.cameras: the bridge mints its camera tokens with the HS256 app key, which needs appAuth.hs256 (or use bridge.existingSecret with a token_file per camera)" -}}
+{{- end -}}
+{{- if hasKey (default dict $b.config.bridge) "cameras" -}}
+{{- fail "bridge.config.bridge.cameras: list the cameras in bridge.cameras" -}}
+{{- end -}}
+{{- range $i, $cam := $b.cameras -}}
+{{- if not (and $cam.id $cam.url) -}}
+{{- fail (printf "bridge.cameras[%d]: id and url are required" $i) -}}
+{{- end -}}
+{{- if contains "@" (regexReplaceAll "^[a-z]+://([^/]*).*$" $cam.url "${1}") -}}
+{{- fail (printf "bridge.cameras[%d].url: credentials go in username and password, not the URL" $i) -}}
+{{- end -}}
+{{- if contains ":" (default "" $cam.username) -}}
+{{- fail (printf "bridge.cameras[%d].username: no ':' (the credentials file is USER:PASSWORD)" $i) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The chart-rendered bridge.toml: bridge.config, then one [[bridge.cameras]] per camera. */}}
+{{- define "iceway.bridgeToml" -}}
+# iceway-bridge cameras: rendered by the chart from values.bridge.cameras and values.bridge.config
+{{- with .Values.bridge.config }}
+{{- include "iceway.toml" (dict "table" . "prefix" "") }}
+{{- end }}
+{{- range $i, $cam := .Values.bridge.cameras }}
+
+[[bridge.cameras]]
+id = {{ toJson (toString $cam.id) }}
+url = {{ toJson $cam.url }}
+transport = {{ toJson (default "tcp" $cam.transport) }}
+{{- if $cam.username }}
+credentials_file = {{ toJson (printf "/etc/iceway/bridge/camera-%d.credentials" $i) }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The bridge's flags: everything but the cameras, which are in the mounted Secret. No secret
+     here: the app key and the camera credentials are files. */}}
+{{- define "iceway.bridgeArgs" -}}
+{{- $b := .Values.bridge -}}
+{{- $drain := max 1 (sub (int $b.terminationGracePeriodSeconds) (add (int $b.preStopSleepSeconds) 5)) -}}
+- --config=/etc/iceway/bridge/bridge.toml
+- --admin=0.0.0.0:{{ $b.ports.admin }}
+- --log-format={{ .Values.logFormat }}
+- --drain-timeout={{ $drain }}s
+- --signal-url={{ include "iceway.bridgeSignalURL" . }}
+{{- if .Values.appAuth.hs256 }}
+- --jwt-secret-file=/etc/iceway/secrets/{{ .Values.secrets.jwtSecretKey }}
+{{- end }}
+{{- if $b.relayOnly }}
+- --relay-only
+{{- end }}
+{{- end -}}
+
+{{- define "iceway.bridgeVolumes" -}}
+- name: cameras
+  secret:
+    secretName: {{ include "iceway.bridgeSecretName" . }}
+    defaultMode: 0440
+{{- if .Values.appAuth.hs256 }}
+- name: secrets
+  secret:
+    secretName: {{ include "iceway.secretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.secrets.jwtSecretKey }}
+        path: {{ .Values.secrets.jwtSecretKey }}
+{{- end }}
+- name: tmp
+  emptyDir:
+    sizeLimit: 16Mi
+{{- end -}}
+
+{{- define "iceway.bridgeVolumeMounts" -}}
+- name: cameras
+  mountPath: /etc/iceway/bridge
+  readOnly: true
+{{- if .Values.appAuth.hs256 }}
+- name: secrets
+  mountPath: /etc/iceway/secrets
+  readOnly: true
+{{- end }}
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
