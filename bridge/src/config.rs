@@ -191,8 +191,12 @@ impl Config {
                 return Err(ConfigError::invalid(key("id"), format!("{} twice", cam.id)));
             }
             let url = url::Url::parse(&cam.url).map_err(|e| ConfigError::invalid(key("url"), e))?;
-            if !matches!(url.scheme(), "rtsp" | "rtsps") {
-                return Err(ConfigError::invalid(key("url"), "must be an rtsp:// URL"));
+            // retina speaks RTSP over TCP (and RTP over UDP), not RTSP over TLS.
+            if url.scheme() != "rtsp" {
+                return Err(ConfigError::invalid(
+                    key("url"),
+                    "must be an rtsp:// URL (rtsps:// is not supported)",
+                ));
             }
             if cam.token_file.is_none() && self.jwt.secret_file.is_none() {
                 return Err(ConfigError::invalid(
