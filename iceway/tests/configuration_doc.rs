@@ -118,7 +118,12 @@ fn every_documented_example_loads_with_its_service() {
     let services: Vec<&str> = found.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(
         services,
-        ["iceway-turn", "iceway-signal", "iceway-auth", "iceway-bridge"]
+        [
+            "iceway-turn",
+            "iceway-signal",
+            "iceway-auth",
+            "iceway-bridge"
+        ]
     );
     for (service, text) in &found {
         load(service, text, &f).unwrap_or_else(|e| panic!("{service} example: {e}"));
