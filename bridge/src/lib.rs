@@ -26,9 +26,6 @@ use crate::metrics::Metrics;
 use crate::publisher::{CameraToken, Publisher};
 use crate::rtsp::Source;
 
-/// How long the drain leaves the signaling writers to send their last frames.
-const FLUSH: Duration = Duration::from_millis(300);
-
 /// A configured bridge: every camera's source and token ready, nothing connected yet.
 pub struct Bridge {
     cfg: Arc<BridgeConfig>,
@@ -121,12 +118,9 @@ impl Bridge {
         tracing::info!("draining: cameras leave signaling");
         stop.cancel();
         let _ = tokio::time::timeout(self.drain, async {
+            // Each publisher sends `leave` and closes its socket before it ends (viewers hear
+            // `camera-offline` now, not when a resume grace runs out).
             while tasks.join_next().await.is_some() {}
-            // The publishers are gone, and with them the last senders of their signaling
-            // connections: the writer tasks send the queued `leave` and a close frame (so
-            // viewers hear `camera-offline` now, not when a resume grace runs out). Give them
-            // that moment before the runtime ends.
-            tokio::time::sleep(FLUSH).await;
         })
         .await;
         Ok(())

@@ -20,6 +20,9 @@ use crate::feed::Feed;
 use crate::metrics::Metrics;
 use crate::viewer::{self, ToViewer};
 
+/// How long a draining camera waits for its `leave` and close frame to go out.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Where a camera's app token comes from.
 #[derive(Clone)]
 pub enum CameraToken {
@@ -144,6 +147,7 @@ impl Publisher {
                         viewers_stop.cancel();
                         if published { sender.send(ClientFrame::Leave); }
                         self.drop_viewers(&mut viewers);
+                        sender.close(CLOSE_WAIT).await;
                         return;
                     }
                 };

@@ -38,6 +38,9 @@ pub const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 const H264_PT: u8 = 102;
 
+/// Longest wait for ICE gathering before the offer goes out without every candidate.
+const GATHER_WAIT: Duration = Duration::from_secs(2);
+
 /// Cached GOP units are written this far apart: the decoder gets the reference frames at once
 /// and shows the newest picture within a few frame times, instead of replaying the GOP at its
 /// original pace behind live.
@@ -168,6 +171,27 @@ impl Session {
             .await?;
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
+        // The candidates go in the offer, not one frame each: when a camera comes back, all its
+        // viewers join at once, and trickling would send each of them several frames in the
+        // same second, past signaling's per-connection rate (20/s, bursts of 60). Gathering
+        // (host and a TURN allocation) takes tens of milliseconds; past GATHER_WAIT the offer
+        // goes out and the rest trickle.
+        let mut relay_candidates = 0u32;
+        let mut gathered = Vec::new();
+        let gather_deadline = tokio::time::sleep(GATHER_WAIT);
+        tokio::pin!(gather_deadline);
+        let complete = loop {
+            tokio::select! {
+                () = &mut gather_deadline => break false,
+                () = stop.cancelled() => { let _ = pc.close().await; return Ok(()); }
+                ev = events.recv() => match ev {
+                    None => { let _ = pc.close().await; return Ok(()); }
+                    Some(PcEvent::Candidate(c)) => gathered.push(c),
+                    Some(PcEvent::GatheringComplete) => break true,
+                    Some(_) => {}
+                },
+            }
+        };
         let sdp = pc
             .local_description()
             .await
@@ -177,10 +201,22 @@ impl Session {
             to: self.viewer.clone(),
             sdp,
         });
+        for c in &gathered {
+            if c.typ == webrtc::peer_connection::RTCIceCandidateType::Relay {
+                relay_candidates += 1;
+            }
+            // The description carries what was gathered when it was read; only a slow gathering
+            // leaves candidates to trickle.
+            if !complete && let Some(f) = peer::candidate_frame(&self.viewer, c) {
+                self.signal.send(f);
+            }
+        }
+        if complete && self.opts.relay_only && relay_candidates == 0 {
+            tracing::error!(camera = %self.camera, viewer = %self.viewer, "no relay candidate: the TURN allocation failed");
+        }
         let streaming = stop.child_token();
         let mut pending = Vec::new();
         let mut have_answer = false;
-        let mut relay_candidates = 0u32;
         let result = loop {
             tokio::select! {
                 () = stop.cancelled() => break Ok(()),

@@ -270,7 +270,10 @@ pub async fn selected_pair(pc: &Pc) -> Option<SelectedPair> {
         })
     };
     let (local, local_address) = lookup(&pair.local_candidate_id, true)?;
-    let (remote, remote_address) = lookup(&pair.remote_candidate_id, false)?;
+    // webrtc-rs has no stats entry for a remote candidate that came in the SDP (not trickled):
+    // the pair is still the selected one, its far end just unnamed.
+    let (remote, remote_address) =
+        lookup(&pair.remote_candidate_id, false).unwrap_or_else(|| ("unknown".to_owned(), None));
     Some(SelectedPair {
         local,
         remote,

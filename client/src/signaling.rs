@@ -113,6 +113,14 @@ pub struct SignalSender {
 struct Outbox {
     tx: Option<mpsc::UnboundedSender<ClientFrame>>,
     unsent: VecDeque<ClientFrame>,
+    /// The current connection's writer: asked to finish, and telling when it has.
+    writer: Option<WriterControl>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct WriterControl {
+    close: tokio_util::sync::CancellationToken,
+    done: tokio_util::sync::CancellationToken,
 }
 
 impl SignalSender {
@@ -133,18 +141,33 @@ impl SignalSender {
         false
     }
 
-    /// Sends from now on through `connection`'s socket. `resumed`: the frames kept meanwhile
-    /// go first; else they belonged to the old session and are dropped.
-    pub fn attach(&self, connection: &SignalSender, resumed: bool) {
-        let tx = connection
+    /// Sends what is queued, closes the socket with a close frame (1000: the session ends now,
+    /// its peers hear it at once) and waits up to `wait` for that to be done. For a clean exit:
+    /// a process that just ends leaves the server waiting out a resume grace.
+    pub async fn close(&self, wait: Duration) {
+        let writer = self
             .inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .tx
-            .clone();
+            .writer
+            .take();
+        if let Some(w) = writer {
+            w.close.cancel();
+            let _ = tokio::time::timeout(wait, w.done.cancelled()).await;
+        }
+    }
+
+    /// Sends from now on through `connection`'s socket. `resumed`: the frames kept meanwhile
+    /// go first; else they belonged to the old session and are dropped.
+    pub fn attach(&self, connection: &SignalSender, resumed: bool) {
+        let (tx, writer) = {
+            let c = connection.inner.lock().unwrap_or_else(|e| e.into_inner());
+            (c.tx.clone(), c.writer.clone())
+        };
         let mut outbox = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let unsent = std::mem::take(&mut outbox.unsent);
         outbox.tx = tx;
+        outbox.writer = writer;
         if resumed && let Some(tx) = &outbox.tx {
             for frame in unsent {
                 let _ = tx.send(frame);
@@ -152,11 +175,12 @@ impl SignalSender {
         }
     }
 
-    fn connected(tx: mpsc::UnboundedSender<ClientFrame>) -> Self {
+    fn connected(tx: mpsc::UnboundedSender<ClientFrame>, writer: WriterControl) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Outbox {
                 tx: Some(tx),
                 unsent: VecDeque::new(),
+                writer: Some(writer),
             })),
         }
     }
@@ -342,8 +366,14 @@ pub async fn connect_with(
     let heard = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let silent = tokio_util::sync::CancellationToken::new();
     let (heard_w, silent_w) = (heard.clone(), silent.clone());
+    let control = WriterControl {
+        close: tokio_util::sync::CancellationToken::new(),
+        done: tokio_util::sync::CancellationToken::new(),
+    };
+    let writer_control = control.clone();
 
     tokio::spawn(async move {
+        let _done = writer_control.done.drop_guard();
         let mut ping = tokio::time::interval(heartbeat);
         ping.tick().await;
         let limit = heartbeat * SILENT_HEARTBEATS;
@@ -353,6 +383,15 @@ pub async fn connect_with(
                     Some(f) => f,
                     None => break,
                 },
+                () = writer_control.close.cancelled() => {
+                    // Asked to close: what is queued goes first, then the close frame.
+                    while let Ok(f) = out_rx.try_recv() {
+                        if sink.send(Message::text(f.to_json())).await.is_err() {
+                            return;
+                        }
+                    }
+                    break;
+                }
                 _ = ping.tick() => {
                     let last = Duration::from_millis(heard_w.load(std::sync::atomic::Ordering::Relaxed));
                     if epoch.elapsed().saturating_sub(last) > limit {
@@ -429,7 +468,7 @@ pub async fn connect_with(
         let _ = in_tx.send(Incoming::Closed(closed));
     });
 
-    Ok((welcome, SignalSender::connected(out_tx), in_rx))
+    Ok((welcome, SignalSender::connected(out_tx, control), in_rx))
 }
 
 fn close_error(frame: Option<CloseFrame>) -> SignalError {
@@ -467,7 +506,7 @@ mod tests {
         assert!(!sender.send(ClientFrame::Ping), "no connection yet");
         assert!(!sender.send(ClientFrame::Publish));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        sender.attach(&SignalSender::connected(tx), true);
+        sender.attach(&SignalSender::connected(tx, WriterControl::default()), true);
         assert_eq!(rx.try_recv().ok(), Some(ClientFrame::Ping));
         assert_eq!(rx.try_recv().ok(), Some(ClientFrame::Publish));
         assert!(sender.send(ClientFrame::Leave));
@@ -478,7 +517,10 @@ mod tests {
             sender.send(ClientFrame::Ping);
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
-        sender.attach(&SignalSender::connected(tx), false);
+        sender.attach(
+            &SignalSender::connected(tx, WriterControl::default()),
+            false,
+        );
         assert!(
             rx.try_recv().is_err(),
             "a new session does not get the old one's frames"
@@ -489,7 +531,7 @@ mod tests {
             sender.send(ClientFrame::Ping);
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
-        sender.attach(&SignalSender::connected(tx), true);
+        sender.attach(&SignalSender::connected(tx, WriterControl::default()), true);
         let mut n = 0;
         while rx.try_recv().is_ok() {
             n += 1;
