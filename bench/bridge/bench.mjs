@@ -70,20 +70,30 @@ function token(dev, args) {
 
 /** N iceway-client viewers of `camera`; resolves once all are connected. */
 async function viewers(dev, camera, n) {
-  const vt = token(dev, ['--role', 'viewer', '--sub', 'bench', '--cams', camera, '--ttl', '1h']);
   const procs = [];
   const connected = [];
   for (let i = 0; i < n; i++) {
+    // One user each: signaling caps the connections of one user.
+    const vt = token(dev, ['--role', 'viewer', '--sub', `bench-${i}`, '--cams', camera, '--ttl', '1h']);
     const p = start(path.join(release, 'iceway-client'), ['--signal', dev.signal_url, '--token', vt, 'viewer', '--camera', camera, '--frames', '100000000', '--timeout', '300s'], { env: { ...process.env, RUST_LOG: 'info' } });
     procs.push(p);
+    p.log = [];
+    p.up = false;
     connected.push(new Promise((resolve) => {
       createInterface({ input: p.stderr }).on('line', (l) => {
-        if (l.includes('peer connection') && l.endsWith('connected')) resolve();
+        p.log.push(l);
+        if (l.includes('peer connection') && l.endsWith('connected')) {
+          p.up = true;
+          resolve();
+        }
       });
     }));
   }
   const all = Promise.all(connected);
-  const deadline = sleep(90000).then(() => { throw new Error(`${camera}: not all ${n} viewers connected in 90 s`); });
+  const deadline = sleep(90000).then(() => {
+    const down = procs.filter((p) => !p.up);
+    throw new Error(`${camera}: ${down.length} of ${n} viewers not connected in 90 s; one of them said:\n${down[0].log.slice(-15).join('\n')}`);
+  });
   await Promise.race([all, deadline]);
   return procs;
 }
@@ -105,7 +115,7 @@ function median(xs) {
 async function main() {
   mkdirSync(OUT, { recursive: true });
   process.env.ICEWAY_BIN = path.join(release, 'iceway');
-  const dev = await startDev(['--bind', BIND]);
+  const dev = await startDev(['--bind', BIND, '--max-viewers-per-camera', String(Math.max(...VIEWERS) + 8)]);
   const baseline = await fakeCamera(['--profile', 'baseline', '--size', '1280x720', '--bitrate', '2000']);
   const high = await fakeCamera(['--profile', 'high', '--size', '1280x720', '--bitrate', '2000']);
   const bridge = start(path.join(release, 'iceway-bridge'), [
@@ -114,6 +124,9 @@ async function main() {
   ], { env: { ...process.env, RUST_LOG: 'error' } });
   const ct = token(dev, ['--role', 'camera', '--sub', 'camG', '--ttl', '2h']);
   const gst = start('/usr/bin/python3', [path.join(here, 'gst_camera.py'), '--signal', dev.signal_url, '--token', ct, '--rtsp', baseline]);
+  const gstLog = [];
+  globalThis.gstLogTail = () => gstLog.join('').split('\n').slice(-40).join('\n');
+  gst.stderr.on('data', (d) => gstLog.push(d.toString()));
   await firstLine(gst, (l) => l === 'READY', 20000, 'gst camera');
   await sleep(3000); // the bridge's RTSP sessions up and published
 
@@ -187,6 +200,7 @@ main().then(async () => {
   process.exit(0);
 }, async (e) => {
   console.error(e);
+  if (globalThis.gstLogTail) console.error(globalThis.gstLogTail());
   await stopAll(children);
   process.exit(1);
 });

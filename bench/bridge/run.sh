@@ -24,4 +24,4 @@ ip -n "$ns" addr add 10.250.0.1/24 dev v0
 ip -n "$ns" link set v0 up
 ip -n "$ns" link set v1 up
 ip -n "$ns" route add default dev v0
-ip netns exec "$ns" env BENCH_IP=10.250.0.1 node "$ROOT/bench/bridge/bench.mjs"
+ip netns exec "$ns" env BENCH_IP=10.250.0.1 ICEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/iceway" node "$ROOT/bench/bridge/bench.mjs"

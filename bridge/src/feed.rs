@@ -71,11 +71,19 @@ pub struct Subscription {
     pub live: broadcast::Receiver<Media>,
 }
 
+/// The camera's audio, when it sends one a browser can play as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audio {
+    Pcmu,
+    Pcma,
+}
+
 #[derive(Debug)]
 pub struct Feed {
     gop: Mutex<Gop>,
     tx: broadcast::Sender<Media>,
     max_gop_bytes: usize,
+    audio: Mutex<Option<Audio>>,
 }
 
 impl Feed {
@@ -84,6 +92,7 @@ impl Feed {
             gop: Mutex::new(Gop::default()),
             tx: broadcast::channel(LIVE_BACKLOG).0,
             max_gop_bytes,
+            audio: Mutex::new(None),
         }
     }
 
@@ -108,6 +117,17 @@ impl Feed {
     /// The stream ended: what is cached belongs to it, not to the next one.
     pub fn reset(&self) {
         self.gop.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.set_audio(None);
+    }
+
+    /// What the current RTSP session's audio is (set at SETUP), so a viewer's audio track is
+    /// offered with that codec.
+    pub fn set_audio(&self, audio: Option<Audio>) {
+        *self.audio.lock().unwrap_or_else(|e| e.into_inner()) = audio;
+    }
+
+    pub fn audio(&self) -> Option<Audio> {
+        *self.audio.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -138,18 +138,22 @@ impl Publisher {
                     }
                 }
                 let msg = tokio::select! {
-                    m = incoming.recv() => m,
+                    m = incoming.recv() => Some(m),
                     r = self.up.changed() => {
-                        if r.is_err() { return; }
-                        continue;
+                        // The RTSP side ends only when the bridge stops: the same as `stop`.
+                        if r.is_ok() { continue; }
+                        None
                     }
-                    () = stop.cancelled() => {
-                        viewers_stop.cancel();
-                        if published { sender.send(ClientFrame::Leave); }
-                        self.drop_viewers(&mut viewers);
-                        sender.close(CLOSE_WAIT).await;
-                        return;
+                    () = stop.cancelled() => None,
+                };
+                let Some(msg) = msg else {
+                    viewers_stop.cancel();
+                    if published {
+                        sender.send(ClientFrame::Leave);
                     }
+                    self.drop_viewers(&mut viewers);
+                    sender.close(CLOSE_WAIT).await;
+                    return;
                 };
                 let frame = match msg {
                     Some(Incoming::Frame(f)) => f,

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, BridgeConfig, CameraConfig};
-use crate::feed::{Feed, Media, Unit};
+use crate::feed::{Audio, Feed, Media, Unit};
 use crate::metrics::Metrics;
 
 /// One camera as the RTSP side needs it: the URL without credentials (what logs show).
@@ -219,6 +219,13 @@ async fn session(
         .streams()
         .iter()
         .position(|s| s.media() == "audio" && matches!(s.encoding_name(), "pcmu" | "pcma"));
+    feed.set_audio(audio.map(|i| {
+        if described.streams()[i].encoding_name() == "pcma" {
+            Audio::Pcma
+        } else {
+            Audio::Pcmu
+        }
+    }));
     let transport = match source.transport {
         config::Transport::Tcp => Transport::Tcp(TcpTransportOptions::default()),
         config::Transport::Udp => Transport::Udp(UdpTransportOptions::default()),

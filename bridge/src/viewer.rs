@@ -26,7 +26,7 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCPeerConnectionState, RTCSessionDescription};
 
-use crate::feed::{Feed, Media, Unit};
+use crate::feed::{Audio, Feed, Media, Unit};
 use crate::metrics::Metrics;
 
 /// What the bridge offers for video: constrained baseline, level 3.1, packetization mode 1 —
@@ -165,10 +165,19 @@ impl Session {
         let video_sender = pc
             .add_track(Arc::clone(&video) as Arc<dyn TrackLocal>)
             .await?;
-        let audio = track(RtpCodecKind::Audio, audio_codec(MIME_TYPE_PCMU), "audio")?;
-        let audio_sender = pc
-            .add_track(Arc::clone(&audio) as Arc<dyn TrackLocal>)
-            .await?;
+        // An audio m-line only when the camera sends G.711, with its law; AAC is not sent.
+        let audio = match self.feed.audio() {
+            Some(law) => {
+                let mime = match law {
+                    Audio::Pcmu => MIME_TYPE_PCMU,
+                    Audio::Pcma => MIME_TYPE_PCMA,
+                };
+                let t = track(RtpCodecKind::Audio, audio_codec(mime), "audio")?;
+                let s = pc.add_track(Arc::clone(&t) as Arc<dyn TrackLocal>).await?;
+                Some((t, s))
+            }
+            None => None,
+        };
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
         // The candidates go in the offer, not one frame each: when a camera comes back, all its
@@ -261,11 +270,14 @@ impl Session {
                         match state {
                             RTCPeerConnectionState::Connected => {
                                 let video_pt = payload_type(&video_sender).await?.unwrap_or(H264_PT);
-                                let audio_pt = payload_type(&audio_sender).await?;
+                                let audio = match &audio {
+                                    Some((t, s)) => payload_type(s).await?.map(|pt| (Arc::clone(t), pt)),
+                                    None => None,
+                                };
                                 let out = Outputs {
                                     video: Arc::clone(&video),
                                     video_pt,
-                                    audio: audio_pt.map(|pt| (Arc::clone(&audio), pt)),
+                                    audio,
                                 };
                                 tokio::spawn(stream(
                                     Arc::clone(&self.feed),

@@ -61,6 +61,9 @@ pub struct DevArgs {
     /// Lifetime of the TURN credentials handed out with each welcome.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub turn_ttl: Duration,
+    /// Viewers one camera may have at once (signal.max_viewers_per_camera; benchmarks raise it).
+    #[arg(long)]
+    pub max_viewers_per_camera: Option<usize>,
     /// Directory of the browser pages (default: client/web of this source tree).
     #[arg(long)]
     pub web_root: Option<PathBuf>,
@@ -181,6 +184,9 @@ pub async fn run(args: DevArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         },
         ..SignalServerConfig::default()
     };
+    if let Some(n) = args.max_viewers_per_camera {
+        signal_cfg.signal.max_viewers_per_camera = n;
+    }
     signal_cfg.jwt.secret_file = Some(state.jwt_secret_path());
     signal_cfg.turn_credentials.secret_file = Some(state.turn_secret_path());
     signal_cfg.turn_credentials.urls = turn_urls.clone();
