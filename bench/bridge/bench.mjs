@@ -121,7 +121,7 @@ async function main() {
   const bridge = start(path.join(release, 'iceway-bridge'), [
     '--signal-url', dev.signal_url, '--camera', `camA=${baseline}`, '--camera', `camH=${high}`,
     '--jwt-secret-file', path.join(dev.stateDir, 'jwt-secret'), '--admin', '127.0.0.1:0',
-  ], { env: { ...process.env, RUST_LOG: 'error' } });
+  ], { env: { ...process.env, RUST_LOG: 'error', ICEWAY_BRIDGE__MAX_VIEWERS_PER_CAMERA: String(Math.max(...VIEWERS) + 8) } });
   const ct = token(dev, ['--role', 'camera', '--sub', 'camG', '--ttl', '2h']);
   const gst = start('/usr/bin/python3', [path.join(here, 'gst_camera.py'), '--signal', dev.signal_url, '--token', ct, '--rtsp', baseline]);
   const gstLog = [];
@@ -161,7 +161,7 @@ async function main() {
       await stopAll(procs);
       const perStream = (cpu - idle[cam]) / n;
       results.cpu.push({ publisher: cam === 'camA' ? 'iceway-bridge' : 'gstreamer', viewers: n, cpu, idle: idle[cam], perStream });
-      await sleep(2000); // the publisher notices the viewers left
+      await sleep(3000); // the viewers closed their sessions; the publisher frees their calls
     }
   }
 

@@ -335,6 +335,9 @@ pub async fn run(
     }
 
     close(call.take()).await;
+    // A close frame ends the session now (the camera hears `peer-left` and frees the call);
+    // a process that just exits would leave it held for the resume grace.
+    sender.close(Duration::from_secs(2)).await;
     Ok(report(&opts, start, &assembler, state))
 }
 
