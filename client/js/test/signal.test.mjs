@@ -193,14 +193,19 @@ test('the server restarting: the client reconnects by itself and starts a new se
   const s = track(new SignalClient({ url: dev.signal_url, token, backoffMs: 100, maxBackoffMs: 1_000 }));
   s.start();
   const first = await next(s, 'welcome');
+  const states = [];
+  s.on('state', (st) => states.push(`${Date.now() % 100000}:${st}`));
   const reconnecting = next(s, 'state', { pred: (st) => st === 'reconnecting' });
   const port = dev.port;
   await dev.stop({ keepState: true });
   await reconnecting;
   // Listen first: the client may be back before startDev has read the server's banner.
-  const again = next(s, 'welcome', { timeoutMs: 30_000 });
+  const again = next(s, 'welcome', { timeoutMs: 60_000 });
   dev = await startDev({ stateDir: dev.stateDir, httpPort: port });
-  const w = await again;
+  const restartedAt = Date.now() % 100000;
+  const w = await again.catch((e) => {
+    throw new Error(`${e.message}; states: ${states.join(' ')}; server back at ${restartedAt}`);
+  });
   assert.notEqual(w.session, first.session);
   assert.equal(w.resumed ?? false, false);
   s.stop();
