@@ -261,7 +261,9 @@ pub async fn run(
                             match code.as_str() {
                                 "forbidden" => {
                                     close(call.take()).await;
-                                    return Err(SignalError::Forbidden(format!("camera {} is not in this token's cams ({text})", opts.camera)).into());
+                                    // The server's words say which refusal it is (not in the
+                                    // token's cams, the camera full, the wrong role).
+                                    return Err(SignalError::Forbidden(format!("watching {}: {text}", opts.camera)).into());
                                 }
                                 "unauthorized" => {
                                     close(call.take()).await;
