@@ -60,6 +60,8 @@ export interface SignalOptions {
   maxBackoffMs?: number;
   /** How long a probe ping waits for its pong after a network change (default 4 s). */
   probeTimeoutMs?: number;
+  /** How long one connect may take until `welcome` (default 10 s, 30 s when resuming). */
+  welcomeTimeoutMs?: number;
   /** A source of randomness for the jitter (tests pin it). */
   random?: () => number;
   /**
@@ -87,6 +89,7 @@ export class SignalClient extends Emitter<SignalEvents> {
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private pingTimer: ReturnType<typeof setInterval> | null = null;
   private probeTimer: ReturnType<typeof setTimeout> | null = null;
+  private welcomeTimer: ReturnType<typeof setTimeout> | null = null;
   private lastPong = 0;
   private connectStartedAt = 0;
   private refreshedAfterUnauthorized = false;
@@ -212,6 +215,15 @@ export class SignalClient extends Emitter<SignalEvents> {
     }
     this.ws = ws;
     this.connectStartedAt = Date.now();
+    // Every attempt has a deadline: a socket that neither opens nor fails (a SYN lost on a
+    // network that just changed, a server that accepted and went quiet) must not hold the
+    // client in 'reconnecting' for good. A resume may wait for the server to find the old
+    // replica dead, hence the longer default.
+    if (this.welcomeTimer) clearTimeout(this.welcomeTimer);
+    this.welcomeTimer = setTimeout(() => {
+      this.welcomeTimer = null;
+      if (this.ws === ws) this.drop(ws, 'no welcome in time');
+    }, this.opts.welcomeTimeoutMs ?? (this.resume ? 30_000 : 10_000));
     ws.onopen = () => {
       // Browsers cannot set headers on the upgrade: the token goes in the first frame, with the
       // session the last welcome offered to resume.
@@ -270,6 +282,8 @@ export class SignalClient extends Emitter<SignalEvents> {
   private onFrame(frame: ServerFrame): void {
     switch (frame.type) {
       case 'welcome':
+        if (this.welcomeTimer) clearTimeout(this.welcomeTimer);
+        this.welcomeTimer = null;
         this._welcome = frame;
         this.resume = frame.resume ? { session: frame.session, token: frame.resume } : null;
         this.attempt = 0;
@@ -374,6 +388,8 @@ export class SignalClient extends Emitter<SignalEvents> {
   private clearTimers(): void {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
+    if (this.welcomeTimer) clearTimeout(this.welcomeTimer);
+    this.welcomeTimer = null;
     this.stopHeartbeat();
   }
 

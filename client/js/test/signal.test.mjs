@@ -235,3 +235,21 @@ test('ICE servers from the credential API, refreshed before the credentials expi
   await assert.rejects(refused.refresh(), (e) => e instanceof IcewayError && e.code === 'unauthorized');
   refused.stop();
 });
+
+test('a connect that neither opens nor fails is given up after welcomeTimeoutMs and retried', async () => {
+  const { createServer } = await import('node:net');
+  let accepted = 0;
+  const held = [];
+  // Accepts and never answers the upgrade: a server gone quiet mid-handshake.
+  const quiet = createServer((sock) => { accepted += 1; held.push(sock); });
+  await new Promise((r) => quiet.listen(0, '127.0.0.1', r));
+  const url = `ws://127.0.0.1:${quiet.address().port}/v1/ws`;
+  const s = track(new SignalClient({ url, token: dev.token('camera', 'cam-quiet'), welcomeTimeoutMs: 300, backoffMs: 50, maxBackoffMs: 100 }));
+  s.start();
+  const deadline = Date.now() + 10_000;
+  while (accepted < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  s.stop();
+  held.forEach((x) => x.destroy());
+  quiet.close();
+  assert.ok(accepted >= 3, `only ${accepted} attempts: a stalled connect held the client`);
+});

@@ -20,6 +20,7 @@ export class SignalClient extends Emitter {
     retryTimer = null;
     pingTimer = null;
     probeTimer = null;
+    welcomeTimer = null;
     lastPong = 0;
     connectStartedAt = 0;
     refreshedAfterUnauthorized = false;
@@ -145,6 +146,17 @@ export class SignalClient extends Emitter {
         }
         this.ws = ws;
         this.connectStartedAt = Date.now();
+        // Every attempt has a deadline: a socket that neither opens nor fails (a SYN lost on a
+        // network that just changed, a server that accepted and went quiet) must not hold the
+        // client in 'reconnecting' for good. A resume may wait for the server to find the old
+        // replica dead, hence the longer default.
+        if (this.welcomeTimer)
+            clearTimeout(this.welcomeTimer);
+        this.welcomeTimer = setTimeout(() => {
+            this.welcomeTimer = null;
+            if (this.ws === ws)
+                this.drop(ws, 'no welcome in time');
+        }, this.opts.welcomeTimeoutMs ?? (this.resume ? 30_000 : 10_000));
         ws.onopen = () => {
             // Browsers cannot set headers on the upgrade: the token goes in the first frame, with the
             // session the last welcome offered to resume.
@@ -206,6 +218,9 @@ export class SignalClient extends Emitter {
     onFrame(frame) {
         switch (frame.type) {
             case 'welcome':
+                if (this.welcomeTimer)
+                    clearTimeout(this.welcomeTimer);
+                this.welcomeTimer = null;
                 this._welcome = frame;
                 this.resume = frame.resume ? { session: frame.session, token: frame.resume } : null;
                 this.attempt = 0;
@@ -309,6 +324,9 @@ export class SignalClient extends Emitter {
         if (this.retryTimer)
             clearTimeout(this.retryTimer);
         this.retryTimer = null;
+        if (this.welcomeTimer)
+            clearTimeout(this.welcomeTimer);
+        this.welcomeTimer = null;
         this.stopHeartbeat();
     }
     sendRaw(frame) {
