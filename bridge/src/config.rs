@@ -2,7 +2,6 @@
 //! `[bridge]` table with one `[[bridge.cameras]]` entry per camera, and the shared `[admin]`,
 //! `[log]`, `[drain]` and `[jwt]` (the app-token key the bridge mints its cameras' tokens with).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -240,10 +239,6 @@ impl Config {
             cam.url = redact_url(&cam.url);
         }
         c
-    }
-
-    pub fn admin_listen(&self) -> SocketAddr {
-        self.admin.listen
     }
 }
 

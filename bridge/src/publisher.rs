@@ -111,7 +111,7 @@ impl Publisher {
                 // A new session: nothing of the old one holds (viewers watch it again).
                 viewers_stop.cancel();
                 viewers_stop = stop.child_token();
-                self.drop_viewers(&mut viewers);
+                viewers.clear();
                 published = false;
             }
             let peer_opts = PeerOptions {
@@ -134,7 +134,7 @@ impl Publisher {
                         sender.send(ClientFrame::Leave);
                         viewers_stop.cancel();
                         viewers_stop = stop.child_token();
-                        self.drop_viewers(&mut viewers);
+                        viewers.clear();
                     }
                 }
                 let msg = tokio::select! {
@@ -151,7 +151,7 @@ impl Publisher {
                     if published {
                         sender.send(ClientFrame::Leave);
                     }
-                    self.drop_viewers(&mut viewers);
+                    viewers.clear();
                     sender.close(CLOSE_WAIT).await;
                     return;
                 };
@@ -214,9 +214,8 @@ impl Publisher {
                 }
                 tracing::info!(camera = %self.id, %viewer, user = user.as_deref().unwrap_or("?"), "viewer joined");
                 let (tx, rx) = mpsc::unbounded_channel();
-                if let Some(old) = viewers.insert(viewer.clone(), tx) {
-                    drop(old);
-                }
+                // A viewer that joins again replaces its session (the old one's inbox closes).
+                viewers.insert(viewer.clone(), tx);
                 let session = viewer::Session {
                     camera: self.id.clone(),
                     viewer,
@@ -264,9 +263,5 @@ impl Publisher {
             }
             _ => {}
         }
-    }
-
-    fn drop_viewers(&self, viewers: &mut HashMap<String, mpsc::UnboundedSender<ToViewer>>) {
-        viewers.clear();
     }
 }
