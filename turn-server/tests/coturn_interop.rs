@@ -26,6 +26,10 @@ fn interop_server() -> TurnServer {
 }
 
 fn uclient(server_port: u16, flags: &[&str]) -> (UclientReport, String) {
+    uclient_to("127.0.0.1", server_port, flags)
+}
+
+fn uclient_to(server_ip: &str, server_port: u16, flags: &[&str]) -> (UclientReport, String) {
     let _one_at_a_time = UCLIENT.lock().unwrap_or_else(|p| p.into_inner());
     let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
     args.extend([
@@ -36,7 +40,7 @@ fn uclient(server_port: u16, flags: &[&str]) -> (UclientReport, String) {
         "-m".into(),
         "4".into(),
     ]);
-    args.extend(["-l".into(), "180".into(), "127.0.0.1".into()]);
+    args.extend(["-l".into(), "180".into(), server_ip.into()]);
     let run = run_bounded("turnutils_uclient", &args, RUN_LIMIT);
     let report = parse_uclient(&run.output).unwrap_or_else(|| {
         panic!(
@@ -100,6 +104,43 @@ fn static_user_relays_over_channels_and_over_reserved_rtcp_ports() {
     // and sends those sessions to the peer's second port.
     let (report, out) = uclient(server.port, &flags(&base, &["-u", USER, "-w", PASSWORD]));
     assert_no_loss(report, &out);
+}
+
+/// The shipped listener, `0.0.0.0`: every answer and every relayed datagram leaves from the
+/// address its client sent to (uclient's sockets are connected and drop anything else), while
+/// the shard batches them (one sendmmsg per socket, each datagram with its own source).
+#[test]
+fn the_wildcard_listener_answers_from_the_address_each_client_used() {
+    let server = TurnServer::start(ServerOptions {
+        listen_ip: Some("0.0.0.0"),
+        args: vec!["--allow-peers", "127.0.0.0/8"],
+        env: vec![
+            ("ICEWAY_TURN__RFC5766_CHANNEL_NUMBERS", "true".into()),
+            ("ICEWAY_TURN__RELAY_IP", "127.0.0.1".into()),
+        ],
+        ..Default::default()
+    });
+    let peer = EchoPeer::start();
+    let base = peer_flags(&peer);
+    for server_ip in ["127.0.0.2", "127.0.0.3"] {
+        // Channels (ChannelData back), then Send/Data indications.
+        let (report, out) =
+            uclient_to(server_ip, server.port, &flags(&base, &["-c", "-W", SECRET]));
+        assert_no_loss(report, &out);
+        let (report, out) =
+            uclient_to(server_ip, server.port, &flags(&base, &["-s", "-W", SECRET]));
+        assert_no_loss(report, &out);
+    }
+    // A Binding answered from each address it was sent to, mapped address right.
+    let client = Client::new(server.addr);
+    for last in 1..=8u8 {
+        let to = std::net::SocketAddr::from(([127, 0, 0, last], server.port));
+        let m = request(stun::message::METHOD_BINDING);
+        client.socket.send_to(&m.raw, to).expect("send");
+        let mut buf = [0u8; 1500];
+        let (_, from) = client.socket.recv_from(&mut buf).expect("a Binding answer");
+        assert_eq!(from, to, "answered from another address");
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use iceway_service::net::send_mmsg;
+use iceway_service::net::{Outgoing, send_mmsg_with};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
@@ -83,7 +83,7 @@ impl RelayPorts for RelayTable {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Sock {
     Listener(usize),
     Relay(RelayId),
@@ -104,12 +104,12 @@ struct Train {
 }
 
 /// What one wake-up sends, flushed once at its end: consecutive datagrams to one destination
-/// become GSO trains; single datagrams from one socket to many destinations leave in one
-/// sendmmsg.
+/// become GSO trains, and all of one socket's trains leave in one sendmmsg.
 struct Outbox {
     buf: Vec<u8>,
     trains: Vec<Train>,
-    mmsg: Vec<(usize, usize, SocketAddr)>,
+    /// Train indices by socket, rebuilt per flush.
+    order: Vec<usize>,
 }
 
 const OUTBOX_BYTES: usize = 512 * 1024;
@@ -141,7 +141,7 @@ impl Outbox {
         Self {
             buf: Vec::with_capacity(OUTBOX_BYTES),
             trains: Vec::with_capacity(OUTBOX_TRAINS),
-            mmsg: Vec::with_capacity(OUTBOX_TRAINS),
+            order: Vec::with_capacity(OUTBOX_TRAINS),
         }
     }
 
@@ -192,46 +192,63 @@ impl Outbox {
     }
 
     fn flush(&mut self, sockets: &Sockets<'_>) {
+        // One sendmmsg per socket per wake-up, each train one message (with its source address
+        // on a wildcard listener, its GSO segment size when it holds several datagrams). A
+        // socket's trains keep their order (the sort is stable); trains of different sockets
+        // belong to different 5-tuples and need none.
+        self.order.clear();
+        self.order.extend(0..self.trains.len());
+        let trains = &self.trains;
+        if !self.order.is_sorted_by_key(|&k| trains[k].sock) {
+            self.order.sort_by_key(|&k| trains[k].sock);
+        }
         let mut i = 0;
-        while i < self.trains.len() {
-            let t = &self.trains[i];
-            let Some((socket, state)) = sockets.get(t.sock) else {
-                i += 1;
-                continue;
-            };
-            if t.count > 1 || t.src_ip.is_some() {
-                let transmit = Transmit {
-                    destination: t.to,
-                    ecn: None,
-                    contents: &self.buf[t.start..t.start + t.len],
-                    segment_size: (t.count > 1).then_some(t.segment),
-                    src_ip: t.src_ip,
-                };
-                // A full socket buffer drops the datagrams, as the network would.
-                if let Err(e) = state.try_send(socket.into(), &transmit) {
-                    tracing::trace!(error = %e, "send dropped");
-                }
-                i += 1;
-                continue;
-            }
-            // A run of single datagrams from this socket: one sendmmsg.
-            self.mmsg.clear();
-            let sock = t.sock;
-            while let Some(t) = self
-                .trains
-                .get(i)
-                .filter(|t| t.sock == sock && t.count == 1 && t.src_ip.is_none())
-            {
-                self.mmsg.push((t.start, t.len, t.to));
-                i += 1;
-            }
-            let buf = &self.buf;
-            let datagrams = self
-                .mmsg
+        while i < self.order.len() {
+            let sock = trains[self.order[i]].sock;
+            let end = i + self.order[i..]
                 .iter()
-                .map(|&(start, len, to)| (&buf[start..start + len], Some(to)));
-            // A full socket buffer ends the batch early and drops the rest, as the network would.
-            let _ = send_mmsg::<MMSG_CHUNK>(socket.as_raw_fd(), datagrams, libc::MSG_DONTWAIT);
+                .take_while(|&&k| trains[k].sock == sock)
+                .count();
+            if let Some((socket, state)) = sockets.get(sock) {
+                let mut at = i;
+                while at < end {
+                    let buf = &self.buf;
+                    let msgs = self.order[at..end].iter().map(|&k| {
+                        let t = &trains[k];
+                        Outgoing {
+                            data: &buf[t.start..t.start + t.len],
+                            to: t.to,
+                            src: t.src_ip,
+                            segment: (t.count > 1).then_some(t.segment as u16),
+                        }
+                    });
+                    let (sent, err) =
+                        send_mmsg_with::<MMSG_CHUNK>(socket.as_raw_fd(), msgs, libc::MSG_DONTWAIT);
+                    at += sent;
+                    let Some(e) = err else { break };
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::ENOBUFS)
+                    {
+                        // A full socket buffer drops the rest, as the network would.
+                        break;
+                    }
+                    // Anything else (EIO: a device that cannot segment) goes through
+                    // quinn-udp once, which learns from it to stop offering GSO.
+                    let t = &trains[self.order[at]];
+                    let transmit = Transmit {
+                        destination: t.to,
+                        ecn: None,
+                        contents: &self.buf[t.start..t.start + t.len],
+                        segment_size: (t.count > 1).then_some(t.segment),
+                        src_ip: t.src_ip,
+                    };
+                    if let Err(e) = state.try_send(socket.into(), &transmit) {
+                        tracing::trace!(error = %e, "send dropped");
+                    }
+                    at += 1;
+                }
+            }
+            i = end;
         }
         self.buf.clear();
         self.trains.clear();

@@ -35,6 +35,8 @@ pub struct TurnServer {
 }
 
 pub struct ServerOptions<'a> {
+    /// The listen address's IP (default 127.0.0.1; "0.0.0.0" is the shipped default).
+    pub listen_ip: Option<&'a str>,
     pub args: Vec<&'a str>,
     pub env: Vec<(&'a str, String)>,
     pub secret: bool,
@@ -44,6 +46,7 @@ pub struct ServerOptions<'a> {
 impl Default for ServerOptions<'_> {
     fn default() -> Self {
         Self {
+            listen_ip: None,
             args: Vec::new(),
             env: Vec::new(),
             secret: true,
@@ -55,13 +58,16 @@ impl Default for ServerOptions<'_> {
 impl TurnServer {
     pub fn start(opts: ServerOptions<'_>) -> Self {
         let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let listen: SocketAddr = format!("{}:{port}", opts.listen_ip.unwrap_or("127.0.0.1"))
+            .parse()
+            .expect("listen addr");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut secret_file = tempfile::NamedTempFile::new().expect("temp file");
         writeln!(secret_file, "{SECRET}").expect("write secret");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_iceway-turn"));
         cmd.args([
             "--listen",
-            &addr.to_string(),
+            &listen.to_string(),
             "--admin",
             "127.0.0.1:0",
             "--log-format",
