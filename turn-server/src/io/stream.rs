@@ -11,21 +11,23 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
 use bytes::{Buf, BytesMut};
-use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use iceway_service::net::send_mmsg;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use super::socket::{self, RelaySettings};
 use crate::limits::{AcceptBackoff, Expiry, Refusal, StreamConnections, StreamDeadlines};
-use crate::proto::channel_data::stream_frame_len;
+use crate::proto::channel_data::{self, is_channel_data, stream_frame_len};
+use crate::proto::server::data_indication;
 use crate::proto::{
-    Family, FiveTuple, Now, Output, PortRequest, Relay, RelayError, RelayId, RelayPorts, Server,
-    Shared, Transport,
+    Family, FiveTuple, Now, Output, PeerRoute, PortRequest, Relay, RelayError, RelayId, RelayPorts,
+    Server, Shared, Transport,
 };
 
 /// Longest frame: a STUN message of 65535 bytes after its 20-byte header.
@@ -39,26 +41,15 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
-/// Splits a byte stream into STUN messages and ChannelData frames.
-#[derive(Debug, Default)]
-pub struct TurnFrames;
-
-impl Decoder for TurnFrames {
-    type Item = BytesMut;
-    type Error = FrameError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
-        let Some(first4) = src.get(..4) else {
-            return Ok(None);
-        };
-        let first4 = [first4[0], first4[1], first4[2], first4[3]];
-        let len = stream_frame_len(first4).ok_or(FrameError::NotTurn(first4[0]))?;
-        if src.len() < len {
-            src.reserve(len.min(MAX_FRAME) - src.len());
-            return Ok(None);
-        }
-        Ok(Some(src.split_to(len)))
-    }
+/// The length of the frame at the start of `buf` (a STUN message or a padded ChannelData),
+/// `None` until it is complete.
+pub fn complete_frame(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    let Some(first4) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let first4 = [first4[0], first4[1], first4[2], first4[3]];
+    let len = stream_frame_len(first4).ok_or(FrameError::NotTurn(first4[0]))?;
+    Ok((buf.len() >= len).then_some(len))
 }
 
 /// Relay sockets of one connection's allocation (at most one per family).
@@ -86,22 +77,13 @@ impl RelayPorts for ConnRelays {
     }
 }
 
-impl ConnRelays {
-    fn get(&self, id: RelayId) -> Option<&UdpSocket> {
-        self.sockets.iter().find(|(i, _)| *i == id).map(|(_, s)| s)
-    }
-}
-
-/// Waits for a datagram on any relay socket; pending forever when there are none.
-async fn recv_any(
-    sockets: &[(RelayId, UdpSocket)],
-    buf: &mut [u8],
-) -> io::Result<(RelayId, usize, SocketAddr)> {
+/// Waits until a relay socket is readable; pending forever when there are none. The caller
+/// then drains them without waiting ([`Connection::drain_relays`]).
+async fn relay_readable(sockets: &[(RelayId, UdpSocket)]) {
     poll_fn(|cx| {
-        for (id, s) in sockets {
-            let mut rb = tokio::io::ReadBuf::new(buf);
-            if let Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
-                return Poll::Ready(r.map(|addr| (*id, rb.filled().len(), addr)));
+        for (_, s) in sockets {
+            if s.poll_recv_ready(cx).is_ready() {
+                return Poll::Ready(());
             }
         }
         Poll::Pending
@@ -109,15 +91,149 @@ async fn recv_any(
     .await
 }
 
-/// A new connection's read buffer: room for a typical STUN request; the framer grows it for
-/// larger frames, so an idle connection costs little.
+/// A new connection's read buffer: room for a typical STUN request; it grows for larger frames
+/// and for the bursts of a connection that relays, so an idle connection costs little.
 const INITIAL_READ_BUFFER: usize = 512;
+/// What one read asks for once the connection holds an allocation.
+const ACTIVE_READ_BUFFER: usize = 16 * 1024;
 /// The largest UDP payload a relay socket can receive.
 const RELAY_BUFFER: usize = 65_536;
+/// Datagrams taken from the relay sockets per wake-up before the client's writes go out: the
+/// write buffer stays bounded (about this many payloads) and the client keeps its turn.
+const RELAY_BUDGET: usize = 64;
+/// Datagrams per sendmmsg towards peers.
+const PEER_CHUNK: usize = 32;
+
+/// One connection's buffers and relay sockets, reused for its whole life: nothing is allocated
+/// per frame or per datagram on the relay paths.
+struct Connection {
+    ft: FiveTuple,
+    server: Server,
+    relays: ConnRelays,
+    /// Frames from the client not yet complete.
+    read: BytesMut,
+    /// Bytes for the client, written once per wake-up (one TLS record per 16 KiB).
+    write: Vec<u8>,
+    /// Payloads for peers, sent once per wake-up: (relay, peer, start, len) into `to_peer_buf`.
+    to_peer: Vec<(RelayId, SocketAddr, usize, usize)>,
+    to_peer_buf: Vec<u8>,
+    /// Allocated with the first relay socket and freed with the last.
+    datagram: Vec<u8>,
+}
+
+impl Connection {
+    /// Handles every complete frame in the read buffer. `Err` when the stream is not TURN.
+    fn take_frames(&mut self, deadlines: &mut StreamDeadlines) -> Result<(), FrameError> {
+        let now = Now::system();
+        while let Some(len) = complete_frame(&self.read)? {
+            let frame = &self.read[..len];
+            deadlines.on_frame(frame, now.instant);
+            if let Some(cd) = is_channel_data(frame)
+                .then(|| channel_data::parse(frame).ok())
+                .flatten()
+            {
+                // The fast path: straight into the peer batch.
+                if let Some((relay, peer)) = self.server.route_channel_data(
+                    &self.ft,
+                    cd.number,
+                    cd.payload.len(),
+                    now.instant,
+                ) {
+                    let start = self.to_peer_buf.len();
+                    self.to_peer_buf.extend_from_slice(cd.payload);
+                    self.to_peer.push((relay, peer, start, cd.payload.len()));
+                }
+            } else {
+                self.server
+                    .handle_client(frame, self.ft, now, &mut self.relays);
+                self.take_outputs();
+            }
+            self.read.advance(len);
+        }
+        // Room for the rest of a frame that has started (a STUN message may be 64 KiB).
+        if let Some(first4) = self.read.get(..4) {
+            let len = stream_frame_len([first4[0], first4[1], first4[2], first4[3]]).unwrap_or(0);
+            self.read
+                .reserve(len.min(MAX_FRAME).saturating_sub(self.read.len()));
+        }
+        Ok(())
+    }
+
+    /// Moves what the core queued into the write buffer and the peer batch.
+    fn take_outputs(&mut self) {
+        while let Some(out) = self.server.poll_output() {
+            match out {
+                Output::ToClient { data, .. } => self.write.extend_from_slice(&data),
+                Output::ToPeer { relay, peer, data } => {
+                    let start = self.to_peer_buf.len();
+                    self.to_peer_buf.extend_from_slice(&data);
+                    self.to_peer.push((relay, peer, start, data.len()));
+                }
+            }
+        }
+    }
+
+    /// Takes what the relay sockets hold, up to the budget, without waiting.
+    fn drain_relays(&mut self) {
+        if self.relays.sockets.is_empty() {
+            return;
+        }
+        if self.datagram.is_empty() {
+            self.datagram = vec![0u8; RELAY_BUFFER];
+        }
+        let now = Instant::now();
+        let mut taken = 0;
+        for i in 0..self.relays.sockets.len() {
+            while taken < RELAY_BUDGET {
+                let (id, socket) = &self.relays.sockets[i];
+                let id = *id;
+                let (n, peer) = match socket.try_recv_from(&mut self.datagram) {
+                    Ok(r) => r,
+                    Err(_) => break,
+                };
+                taken += 1;
+                let payload = &self.datagram[..n];
+                match self.server.route_from_peer(id, peer, n, now) {
+                    PeerRoute::Drop => {}
+                    PeerRoute::Channel { number, .. } => {
+                        let len = u16::try_from(n).unwrap_or(u16::MAX);
+                        self.write
+                            .extend_from_slice(&channel_data::header(number, len));
+                        self.write.extend_from_slice(payload);
+                        // RFC 8656 §12.5: padded to 4 bytes on a stream.
+                        let pad = channel_data::padded(n) - n;
+                        self.write.extend_from_slice(&[0u8; 3][..pad]);
+                    }
+                    PeerRoute::Indication { .. } => self
+                        .write
+                        .extend_from_slice(&data_indication(peer, payload)),
+                }
+            }
+        }
+    }
+
+    /// Sends the peer batch: one sendmmsg per relay socket.
+    fn flush_peers(&mut self) {
+        for (id, socket) in &self.relays.sockets {
+            let buf = &self.to_peer_buf;
+            let msgs = self
+                .to_peer
+                .iter()
+                .filter(|(relay, ..)| relay == id)
+                .map(|&(_, peer, start, len)| (&buf[start..start + len], Some(peer)));
+            // Straight to the kernel: tokio's try_send_to refuses (WouldBlock) until its reactor
+            // has seen a new socket writable, which would drop a fresh allocation's first
+            // datagrams. A full socket buffer drops the rest, as the network would.
+            let _ = send_mmsg::<PEER_CHUNK>(socket.as_raw_fd(), msgs, libc::MSG_DONTWAIT);
+        }
+        self.to_peer.clear();
+        self.to_peer_buf.clear();
+    }
+}
 
 /// Serves one connection until the client closes it, a deadline of `deadlines` passes, or `stop`.
 pub async fn serve_connection<S>(
-    stream: S,
+    mut stream: S,
     ft: FiveTuple,
     shared: Arc<Shared>,
     settings: RelaySettings,
@@ -126,27 +242,32 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (reader, mut writer) = tokio::io::split(stream);
-    let mut frames = FramedRead::with_capacity(reader, TurnFrames, INITIAL_READ_BUFFER);
-    let mut server = Server::new(Arc::clone(&shared));
-    let mut relays = ConnRelays {
-        settings,
-        sockets: Vec::new(),
-        next: 0,
+    let mut conn = Connection {
+        ft,
+        server: Server::new(Arc::clone(&shared)),
+        relays: ConnRelays {
+            settings,
+            sockets: Vec::new(),
+            next: 0,
+        },
+        read: BytesMut::with_capacity(INITIAL_READ_BUFFER),
+        write: Vec::new(),
+        to_peer: Vec::new(),
+        to_peer_buf: Vec::new(),
+        datagram: Vec::new(),
     };
-    // Allocated with the first relay socket and freed with the last.
-    let mut buf: Vec<u8> = Vec::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut deadline = deadlines.next(false);
     let timer = tokio::time::sleep_until(deadlines.handshake_by().into());
     tokio::pin!(timer);
     let expired = loop {
-        let has_allocation = server.allocation_count() > 0;
-        match (relays.sockets.is_empty(), buf.is_empty()) {
-            (false, true) => buf = vec![0u8; RELAY_BUFFER],
-            (true, false) => buf = Vec::new(),
-            _ => {}
+        let has_allocation = conn.server.allocation_count() > 0;
+        if conn.relays.sockets.is_empty() && !conn.datagram.is_empty() {
+            conn.datagram = Vec::new();
+        }
+        if has_allocation && conn.read.capacity() < ACTIVE_READ_BUFFER {
+            conn.read.reserve(ACTIVE_READ_BUFFER - conn.read.len());
         }
         let next = deadlines.next(has_allocation);
         if next != deadline {
@@ -156,49 +277,44 @@ pub async fn serve_connection<S>(
             deadline = next;
         }
         tokio::select! {
-            frame = frames.next() => match frame {
-                Some(Ok(frame)) => {
-                    let now = Now::system();
-                    deadlines.on_frame(frame.chunk(), now.instant);
-                    server.handle_client(frame.chunk(), ft, now, &mut relays);
+            // Cancel-safe: nothing is read unless the future completes.
+            r = stream.read_buf(&mut conn.read) => match r {
+                Ok(0) => break None,
+                Ok(_) => {
+                    if let Err(e) = conn.take_frames(&mut deadlines) {
+                        tracing::debug!(client = %ft.client, error = %e, "closing stream");
+                        break None;
+                    }
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     tracing::debug!(client = %ft.client, error = %e, "closing stream");
                     break None;
                 }
-                None => break None,
             },
-            r = recv_any(&relays.sockets, &mut buf), if !relays.sockets.is_empty() => {
-                if let Ok((id, n, peer)) = r {
-                    server.handle_peer(id, peer, &buf[..n], Instant::now());
-                }
+            () = relay_readable(&conn.relays.sockets), if !conn.relays.sockets.is_empty() => {}
+            _ = sweep.tick(), if has_allocation => {
+                conn.server.sweep(Now::system(), &mut conn.relays);
+                conn.take_outputs();
             }
-            _ = sweep.tick(), if has_allocation => server.sweep(Now::system(), &mut relays),
             () = &mut timer, if deadline.is_some() => break deadline.map(|(_, why)| why),
             _ = stop.cancelled() => break None,
         }
-        let mut failed = false;
-        while let Some(out) = server.poll_output() {
-            match out {
-                Output::ToClient { data, .. } => {
-                    if writer.write_all(&data).await.is_err() {
-                        failed = true;
-                        break;
-                    }
-                }
-                Output::ToPeer { relay, peer, data } => {
-                    if let Some(s) = relays.get(relay) {
-                        // Straight to the kernel: tokio's try_send_to refuses (WouldBlock) until
-                        // its reactor has seen the new socket writable, which would drop the
-                        // first datagrams of a fresh allocation.
-                        let _ = socket2::SockRef::from(s).send_to(&data, &peer.into());
-                    }
-                }
+        // Whatever else is ready goes out with this wake-up's writes.
+        conn.drain_relays();
+        conn.flush_peers();
+        conn.server.flush_stats();
+        if !conn.write.is_empty() {
+            let sent = async {
+                stream.write_all(&conn.write).await?;
+                stream.flush().await
+            };
+            if sent.await.is_err() {
+                break None;
             }
-        }
-        server.flush_stats();
-        if failed {
-            break None;
+            conn.write.clear();
+            if conn.write.capacity() > 4 * ACTIVE_READ_BUFFER + RELAY_BUDGET * RELAY_BUFFER {
+                conn.write = Vec::new();
+            }
         }
     };
     if let Some(why) = expired {
@@ -209,8 +325,9 @@ pub async fn serve_connection<S>(
             .with_label_values(&[why.reason()])
             .inc();
     }
-    server.connection_closed(&ft, Instant::now(), &mut relays);
-    server.flush_stats();
+    conn.server
+        .connection_closed(&ft, Instant::now(), &mut conn.relays);
+    conn.server.flush_stats();
 }
 
 /// Accepts TCP (and, with `tls`, TLS) connections until `stop`, within the caps and deadlines
@@ -325,29 +442,19 @@ mod tests {
 
     #[test]
     fn frames_split_stun_and_padded_channel_data() {
-        let mut codec = TurnFrames;
-        let mut src = BytesMut::new();
-        src.extend_from_slice(&[0x00, 0x01, 0x00, 0x00]);
-        src.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
-        assert!(
-            codec.decode(&mut src).expect("ok").is_none(),
-            "header incomplete"
-        );
+        let mut src = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        assert_eq!(complete_frame(&src).expect("ok"), None, "header incomplete");
         src.extend_from_slice(&[0u8; 12]);
         src.extend_from_slice(&[0x40, 0x00, 0x00, 0x01, 0xaa, 0, 0, 0, 0x40]);
-        assert_eq!(codec.decode(&mut src).expect("ok").expect("stun").len(), 20);
+        assert_eq!(complete_frame(&src).expect("ok"), Some(20), "stun");
         assert_eq!(
-            codec
-                .decode(&mut src)
-                .expect("ok")
-                .expect("channel data")
-                .len(),
-            8
+            complete_frame(&src[20..]).expect("ok"),
+            Some(8),
+            "channel data"
         );
-        assert!(codec.decode(&mut src).expect("ok").is_none());
-        let mut bad = BytesMut::from(&[0xff, 0, 0, 0][..]);
+        assert_eq!(complete_frame(&src[28..]).expect("ok"), None);
         assert!(matches!(
-            codec.decode(&mut bad),
+            complete_frame(&[0xff, 0, 0, 0]),
             Err(FrameError::NotTurn(0xff))
         ));
     }

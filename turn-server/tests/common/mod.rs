@@ -57,7 +57,13 @@ impl Default for ServerOptions<'_> {
 
 impl TurnServer {
     pub fn start(opts: ServerOptions<'_>) -> Self {
-        let port = free_port();
+        // A wildcard listener takes its port on every address, which another test's socket on
+        // some 127.x address may hold: it asks for port 0 and reads the port from the log.
+        let port = if opts.listen_ip.is_some() {
+            0
+        } else {
+            free_port()
+        };
         let listen: SocketAddr = format!("{}:{port}", opts.listen_ip.unwrap_or("127.0.0.1"))
             .parse()
             .expect("listen addr");
@@ -111,6 +117,11 @@ impl TurnServer {
                 "admin listening" => admin = v["addr"].as_str().and_then(|a| a.parse().ok()),
                 "listening tls" => {
                     server.tls_addr = v["addr"].as_str().and_then(|a| a.parse().ok())
+                }
+                "listening udp" if server.port == 0 => {
+                    let bound: Option<SocketAddr> = v["addr"].as_str().and_then(|a| a.parse().ok());
+                    server.port = bound.expect("listening udp names its address").port();
+                    server.addr = SocketAddr::from(([127, 0, 0, 1], server.port));
                 }
                 "ready" => ready = true,
                 "iceway-turn failed" => panic!("iceway-turn failed to start: {v}"),
