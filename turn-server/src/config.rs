@@ -152,8 +152,11 @@ pub struct TurnConfig {
     pub stun_only: bool,
     /// UDP shards (threads with their own SO_REUSEPORT socket); 0 = one per CPU.
     pub threads: usize,
-    /// SO_RCVBUF / SO_SNDBUF asked for on every UDP socket.
+    /// SO_RCVBUF / SO_SNDBUF asked for on the client listeners' UDP sockets (all clients).
     pub socket_buffer_bytes: usize,
+    /// SO_RCVBUF / SO_SNDBUF of each allocation's relay socket (one client's peers): what a
+    /// stranger's allocation can make the kernel queue for us; `0` keeps the system default.
+    pub relay_socket_buffer_bytes: usize,
     pub unauthorized_per_sec: u32,
     pub unauthorized_burst: u32,
     /// Open TCP and TLS connections, all listeners together.
@@ -225,6 +228,7 @@ impl Default for TurnConfig {
             stun_only: false,
             threads: 0,
             socket_buffer_bytes: 4 << 20,
+            relay_socket_buffer_bytes: 512 << 10,
             unauthorized_per_sec: defaults::DEFAULT_UNAUTHORIZED_PER_SEC,
             unauthorized_burst: defaults::DEFAULT_UNAUTHORIZED_BURST,
             stream_max_connections: 10_000,

@@ -107,7 +107,7 @@ pub(crate) fn relay_settings(cfg: &TurnConfig) -> Result<RelaySettings, ConfigEr
         v4: pick(true),
         v6: pick(false),
         range: cfg.relay_range()?,
-        buffer: cfg.socket_buffer_bytes,
+        buffer: cfg.relay_socket_buffer_bytes,
         reservations: Arc::new(socket::Reservations::new(cfg.max_reservations)),
     })
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::socket::{self, RelaySettings};
 use crate::limits::{AcceptBackoff, Expiry, Refusal, StreamConnections, StreamDeadlines};
 use crate::proto::channel_data::{self, is_channel_data, stream_frame_len};
-use crate::proto::server::data_indication;
+use crate::proto::server::data_indication_parts;
 use crate::proto::{
     Family, FiveTuple, Now, Output, PeerRoute, PortRequest, Relay, RelayError, RelayId, RelayPorts,
     Server, Shared, Transport,
@@ -56,7 +56,6 @@ pub fn complete_frame(buf: &[u8]) -> Result<Option<usize>, FrameError> {
 struct ConnRelays {
     settings: RelaySettings,
     sockets: Vec<(RelayId, UdpSocket)>,
-    next: RelayId,
 }
 
 impl RelayPorts for ConnRelays {
@@ -64,12 +63,13 @@ impl RelayPorts for ConnRelays {
         let std = socket::open_relay(&self.settings, family, port)?;
         let local = std.local_addr().map_err(|_| RelayError::Exhausted)?;
         let socket = UdpSocket::from_std(std).map_err(|_| RelayError::Exhausted)?;
-        self.next += 1;
-        self.sockets.push((self.next, socket));
-        Ok(Relay {
-            id: self.next,
-            local,
-        })
+        // The smallest free id: ids index the core's relay table, and a connection that
+        // allocates again and again must not grow it.
+        let id = (0..)
+            .find(|id| self.sockets.iter().all(|(i, _)| i != id))
+            .unwrap_or_default();
+        self.sockets.push((id, socket));
+        Ok(Relay { id, local })
     }
 
     fn release(&mut self, id: RelayId) {
@@ -204,9 +204,12 @@ impl Connection {
                         let pad = channel_data::padded(n) - n;
                         self.write.extend_from_slice(&[0u8; 3][..pad]);
                     }
-                    PeerRoute::Indication { .. } => self
-                        .write
-                        .extend_from_slice(&data_indication(peer, payload)),
+                    PeerRoute::Indication { .. } => {
+                        let (head, len, pad) = data_indication_parts(peer, n, rand::random());
+                        self.write.extend_from_slice(&head[..len]);
+                        self.write.extend_from_slice(payload);
+                        self.write.extend_from_slice(&[0u8; 3][..pad]);
+                    }
                 }
             }
         }
@@ -248,7 +251,6 @@ pub async fn serve_connection<S>(
         relays: ConnRelays {
             settings,
             sockets: Vec::new(),
-            next: 0,
         },
         read: BytesMut::with_capacity(INITIAL_READ_BUFFER),
         write: Vec::new(),

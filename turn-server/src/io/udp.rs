@@ -16,7 +16,7 @@ use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 
 use super::socket::{self, RelaySettings};
 use crate::proto::channel_data::{self, HEADER_LEN};
-use crate::proto::server::data_indication;
+use crate::proto::server::data_indication_parts;
 use crate::proto::{
     Family, FiveTuple, Now, Output, PeerRoute, PortRequest, Relay, RelayError, RelayId, RelayPorts,
     Server, Shared, Transport,
@@ -28,7 +28,10 @@ const LISTENER_BASE: usize = usize::MAX / 2;
 const SLOT: usize = 65_536;
 /// Batches drained from one socket before others get a turn.
 const BUDGET: usize = 16;
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A tenth of the state is swept this often: a full pass per second, and never a pause of a
+/// whole pass on the data thread.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+const SWEEP_PARTS: usize = 10;
 
 struct Listener {
     socket: UdpSocket,
@@ -151,10 +154,10 @@ impl Outbox {
         sock: Sock,
         to: SocketAddr,
         src_ip: Option<IpAddr>,
-        header: &[u8],
-        payload: &[u8],
+        // What goes before the payload, the payload, and what follows it.
+        parts: [&[u8]; 3],
     ) {
-        let len = header.len() + payload.len();
+        let len = parts.iter().map(|p| p.len()).sum::<usize>();
         let joins = self.trains.last().is_some_and(|t| {
             !t.closed
                 && t.sock == sock
@@ -182,8 +185,9 @@ impl Outbox {
                 closed: false,
             });
         }
-        self.buf.extend_from_slice(header);
-        self.buf.extend_from_slice(payload);
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
         if let Some(t) = self.trains.last_mut() {
             t.len += len;
             t.count += 1;
@@ -396,7 +400,8 @@ impl Shard {
             self.server.flush_stats();
             let now = Instant::now();
             if now >= next_sweep {
-                self.server.sweep(Now::system(), &mut self.relays);
+                self.server
+                    .sweep_part(Now::system(), &mut self.relays, SWEEP_PARTS);
                 self.relays.settings.reservations.purge(now);
                 next_sweep = now + SWEEP_EVERY;
             }
@@ -455,8 +460,13 @@ impl Shard {
                         listeners: &self.listeners,
                         relays: &self.relays,
                     };
-                    self.outbox
-                        .push(&sockets, Sock::Relay(relay), peer, None, &[], cd.payload);
+                    self.outbox.push(
+                        &sockets,
+                        Sock::Relay(relay),
+                        peer,
+                        None,
+                        [&[], cd.payload, &[]],
+                    );
                 }
             }
             return;
@@ -478,12 +488,11 @@ impl Shard {
                     Sock::Listener(index),
                     to.client,
                     src_ip,
-                    &[],
-                    &data,
+                    [&[], &data, &[]],
                 ),
                 Output::ToPeer { relay, peer, data } => {
                     self.outbox
-                        .push(&sockets, Sock::Relay(relay), peer, None, &[], &data)
+                        .push(&sockets, Sock::Relay(relay), peer, None, [&[], &data, &[]])
                 }
             }
         }
@@ -547,18 +556,17 @@ impl Shard {
                             Sock::Listener(index),
                             to.client,
                             src_ip,
-                            &h[..HEADER_LEN],
-                            payload,
+                            [&h[..HEADER_LEN], payload, &[]],
                         ),
                         None => {
-                            let data = data_indication(meta.addr, payload);
+                            let (head, n, pad) =
+                                data_indication_parts(meta.addr, payload.len(), rand::random());
                             self.outbox.push(
                                 &sockets,
                                 Sock::Listener(index),
                                 to.client,
                                 src_ip,
-                                &[],
-                                &data,
+                                [&head[..n], payload, &[0; 3][..pad]],
                             );
                         }
                     }

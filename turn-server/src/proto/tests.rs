@@ -548,6 +548,60 @@ fn refresh_extends_and_zero_deletes() {
 }
 
 #[test]
+fn partial_sweeps_take_their_share_and_a_full_pass_takes_all() {
+    let mut h = harness();
+    for port in 0..10u16 {
+        h.client.client = SocketAddr::from(([198, 51, 100, 1], 41_000 + port));
+        h.allocate();
+    }
+    assert_eq!(h.server.allocation_count(), 10);
+    h.advance(601);
+    h.server.sweep_part(h.now, &mut h.relays, 5);
+    assert_eq!(
+        h.server.allocation_count(),
+        8,
+        "a fifth of the slots per call"
+    );
+    for _ in 0..4 {
+        h.server.sweep_part(h.now, &mut h.relays, 5);
+    }
+    assert_eq!(h.server.allocation_count(), 0, "five calls make a pass");
+    assert_eq!(h.server.shared().quotas.total(), 0);
+    // Released slots are skipped and the cursor wraps.
+    h.server.sweep_part(h.now, &mut h.relays, 5);
+    h.server.sweep(h.now, &mut h.relays);
+}
+
+#[test]
+fn data_indications_written_by_hand_decode_like_stuns() {
+    for peer in ["203.0.113.9:5000", "[2001:db8::7]:61000"] {
+        let peer: SocketAddr = peer.parse().expect("addr");
+        for len in 0..9usize {
+            let payload: Vec<u8> = (0..len as u8).collect();
+            let txid = [7u8; 12];
+            let (head, n, pad) = crate::proto::server::data_indication_parts(peer, len, txid);
+            let mut bytes = head[..n].to_vec();
+            bytes.extend_from_slice(&payload);
+            bytes.resize(bytes.len() + pad, 0);
+            assert_eq!(bytes.len() % 4, 0);
+            let m = msg::decode(&bytes).map_err(|e| e.0).expect("decodes");
+            assert_eq!(m.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
+            assert_eq!(m.transaction_id.0, txid);
+            assert_eq!(msg::first(&m, ATTR_DATA).expect("DATA"), payload.as_slice());
+            let xor = msg::first(&m, ATTR_XOR_PEER_ADDRESS).expect("peer");
+            assert_eq!(msg::decode_xor_address(xor, &txid), Some(peer));
+            // The same bytes as the message `stun` builds but for its random transaction id
+            // (which an IPv6 address is XORed with too).
+            if peer.is_ipv4() {
+                let mut built = crate::proto::server::data_indication(peer, &payload);
+                built[8..20].copy_from_slice(&txid);
+                assert_eq!(bytes, built, "{peer} {len}");
+            }
+        }
+    }
+}
+
+#[test]
 fn allocations_expire_in_the_sweep() {
     let mut h = harness();
     h.allocate();

@@ -175,7 +175,10 @@ impl Server {
         });
         taken.commit();
         for relay in &bound {
-            self.by_relay.insert(relay.id, from);
+            if self.by_relay.len() <= relay.id {
+                self.by_relay.resize(relay.id + 1, None);
+            }
+            self.by_relay[relay.id] = Some(from);
         }
         self.allocations.insert(
             from,

@@ -111,7 +111,8 @@ pub enum PortRequest {
 }
 
 /// The I/O layer binds relay sockets on the core's behalf, in the configured relay range, and
-/// holds reserved ports (they may be claimed from any shard).
+/// holds reserved ports (they may be claimed from any shard). Relay ids are small and reused
+/// once released (slab indices): the core indexes a table by them.
 pub trait RelayPorts {
     fn allocate(&mut self, family: Family, port: PortRequest) -> Result<Relay, RelayError>;
     fn release(&mut self, id: RelayId);
@@ -328,7 +329,12 @@ impl Allocation {
 pub struct Server {
     shared: Arc<Shared>,
     allocations: HashMap<FiveTuple, Allocation>,
-    by_relay: HashMap<RelayId, FiveTuple>,
+    /// Indexed by `RelayId`, which the I/O layer keeps small and reuses (a slab index): the
+    /// peer-to-client path finds its allocation without hashing the relay id.
+    by_relay: Vec<Option<FiveTuple>>,
+    /// Where the next partial sweep starts in `by_relay`.
+    sweep_cursor: usize,
+    unauthorized_swept: Instant,
     unauthorized: SourceRateLimit,
     out: VecDeque<Output>,
     stats: RelayStats,
@@ -365,7 +371,9 @@ impl Server {
         Self {
             shared,
             allocations: HashMap::default(),
-            by_relay: HashMap::default(),
+            by_relay: Vec::new(),
+            sweep_cursor: 0,
+            unauthorized_swept: Instant::now(),
             unauthorized,
             out: VecDeque::new(),
             stats: RelayStats::default(),
@@ -498,10 +506,10 @@ impl Server {
         len: usize,
         now: Instant,
     ) -> PeerRoute {
-        let Some(ft) = self.by_relay.get(&relay) else {
+        let Some(ft) = self.by_relay.get(relay).copied().flatten() else {
             return PeerRoute::Drop;
         };
-        let Some(a) = self.allocations.get_mut(ft) else {
+        let Some(a) = self.allocations.get_mut(&ft) else {
             return PeerRoute::Drop;
         };
         if a.expires <= now || !a.permitted(peer.ip(), now) || !a.within_bandwidth(len, now) {
@@ -511,9 +519,9 @@ impl Server {
         self.stats.to_client_packets += 1;
         match a.channel_by_peer.get(&peer) {
             Some(&number) if a.channels.get(&number).is_some_and(|c| c.expires > now) => {
-                PeerRoute::Channel { to: *ft, number }
+                PeerRoute::Channel { to: ft, number }
             }
-            _ => PeerRoute::Indication { to: *ft },
+            _ => PeerRoute::Indication { to: ft },
         }
     }
 
@@ -546,25 +554,40 @@ impl Server {
     /// Drops expired allocations, permissions and channels; flushes relay counters. One call per
     /// shard every second or so replaces a timer per allocation.
     pub fn sweep(&mut self, now: Now, relays: &mut dyn RelayPorts) {
+        self.sweep_cursor = 0;
+        self.sweep_part(now, relays, 1);
+    }
+
+    /// Sweeps the next 1/`parts` of the allocations (in relay-slot order), so that a shard
+    /// holding many never stops relaying for a whole pass: `parts` calls make one.
+    pub fn sweep_part(&mut self, now: Now, relays: &mut dyn RelayPorts, parts: usize) {
         let t = now.instant;
         let strict = self.shared.config.strict_expiry;
-        let expired: Vec<FiveTuple> = self
-            .allocations
-            .iter()
-            .filter(|(_, a)| {
-                a.expires <= t || (strict && a.credential_expires.is_some_and(|e| e <= now.unix))
-            })
-            .map(|(ft, _)| *ft)
-            .collect();
-        for ft in expired {
-            self.remove_allocation(&ft, t, relays);
-        }
-        let m = &self.shared.metrics;
-        for a in self.allocations.values_mut() {
+        let len = self.by_relay.len();
+        let start = self.sweep_cursor.min(len);
+        let end = (start + len.div_ceil(parts.max(1))).min(len);
+        for id in start..end {
+            let Some(ft) = self.by_relay[id] else {
+                continue;
+            };
+            let Some(a) = self.allocations.get_mut(&ft) else {
+                continue;
+            };
+            if a.expires <= t || (strict && a.credential_expires.is_some_and(|e| e <= now.unix)) {
+                self.remove_allocation(&ft, t, relays);
+                continue;
+            }
+            let m = &self.shared.metrics;
             a.purge_permissions(t, m);
             a.purge_channels(t, m);
         }
-        self.unauthorized.sweep(t);
+        self.sweep_cursor = if end >= len { 0 } else { end };
+        if t.saturating_duration_since(self.unauthorized_swept) >= Duration::from_secs(1)
+            || parts == 1
+        {
+            self.unauthorized.sweep(t);
+            self.unauthorized_swept = t;
+        }
         self.flush_stats();
     }
 
@@ -591,7 +614,9 @@ impl Server {
             return;
         };
         for r in &a.relays {
-            self.by_relay.remove(&r.id);
+            if let Some(slot) = self.by_relay.get_mut(r.id) {
+                *slot = None;
+            }
             relays.release(r.id);
         }
         let m = &self.shared.metrics;
@@ -675,6 +700,50 @@ impl Server {
         }
         self.finish(r, reply.key, to);
     }
+}
+
+/// The longest part of a Data indication before its payload: the header, XOR-PEER-ADDRESS of an
+/// IPv6 peer and DATA's attribute header.
+pub const DATA_INDICATION_HEAD_MAX: usize = 20 + 24 + 4;
+
+/// A Data indication from `peer` (RFC 8656 §11.4) around a payload of `len` bytes, without
+/// `stun` and without allocating, for the relay paths: the bytes before the payload (the first
+/// `.1` of `.0`) and the padding after it (`.2` zero bytes). `data_indication` is the same
+/// message built by `stun`.
+pub fn data_indication_parts(
+    peer: SocketAddr,
+    len: usize,
+    txid: [u8; 12],
+) -> ([u8; DATA_INDICATION_HEAD_MAX], usize, usize) {
+    const COOKIE: [u8; 4] = 0x2112_A442u32.to_be_bytes();
+    let mut h = [0u8; DATA_INDICATION_HEAD_MAX];
+    let (family, addr_len) = if peer.is_ipv4() { (1u8, 4) } else { (2u8, 16) };
+    let pad = channel_data::padded(len) - len;
+    let body = (4 + 4 + addr_len) + 4 + len + pad;
+    let type_ = (METHOD_DATA, CLASS_INDICATION);
+    h[..2].copy_from_slice(&MessageType::new(type_.0, type_.1).value().to_be_bytes());
+    h[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+    h[4..8].copy_from_slice(&COOKIE);
+    h[8..20].copy_from_slice(&txid);
+    h[20..22].copy_from_slice(&ATTR_XOR_PEER_ADDRESS.value().to_be_bytes());
+    h[22..24].copy_from_slice(&((4 + addr_len) as u16).to_be_bytes());
+    h[25] = family;
+    h[26..28].copy_from_slice(&(peer.port() ^ 0x2112).to_be_bytes());
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&COOKIE);
+    key[4..].copy_from_slice(&txid);
+    let mut octets = [0u8; 16];
+    match peer.ip() {
+        IpAddr::V4(ip) => octets[..4].copy_from_slice(&ip.octets()),
+        IpAddr::V6(ip) => octets = ip.octets(),
+    }
+    for i in 0..addr_len {
+        h[28 + i] = octets[i] ^ key[i];
+    }
+    let at = 28 + addr_len;
+    h[at..at + 2].copy_from_slice(&ATTR_DATA.value().to_be_bytes());
+    h[at + 2..at + 4].copy_from_slice(&(len as u16).to_be_bytes());
+    (h, at + 4, pad)
 }
 
 /// A Data indication carrying `payload` from `peer` (used when no channel is bound).
