@@ -4,19 +4,23 @@
 //! allocation ends with the connection. Connections are admitted and timed out by
 //! `crate::limits`.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use std::os::fd::AsRawFd;
 
 use bytes::{Buf, BytesMut};
 use iceway_service::net::send_mmsg;
+use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSocketState};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -52,43 +56,89 @@ pub fn complete_frame(buf: &[u8]) -> Result<Option<usize>, FrameError> {
     Ok((buf.len() >= len).then_some(len))
 }
 
+/// A relay socket of a stream connection: readiness from tokio's reactor, batched receives
+/// with quinn-udp (which tells when the queue is empty, so readiness is cleared without a
+/// last `recvfrom` that fails).
+struct RelaySocket {
+    id: RelayId,
+    fd: AsyncFd<std::net::UdpSocket>,
+    state: UdpSocketState,
+}
+
 /// Relay sockets of one connection's allocation (at most one per family).
 struct ConnRelays {
     settings: RelaySettings,
-    sockets: Vec<(RelayId, UdpSocket)>,
+    sockets: Vec<RelaySocket>,
 }
 
 impl RelayPorts for ConnRelays {
     fn allocate(&mut self, family: Family, port: PortRequest) -> Result<Relay, RelayError> {
         let std = socket::open_relay(&self.settings, family, port)?;
         let local = std.local_addr().map_err(|_| RelayError::Exhausted)?;
-        let socket = UdpSocket::from_std(std).map_err(|_| RelayError::Exhausted)?;
+        let state = UdpSocketState::new((&std).into()).map_err(|_| RelayError::Exhausted)?;
+        socket::trim_control_messages(&std, local);
+        // SAFETY: the AsyncFd owns the std socket, whose descriptor stays open and the same
+        // until the AsyncFd is dropped (it is never taken out or replaced).
+        let fd = unsafe { AsyncFd::register_with_interest(std, Interest::READABLE) }
+            .map_err(|_| RelayError::Exhausted)?;
         // The smallest free id: ids index the core's relay table, and a connection that
         // allocates again and again must not grow it.
         let id = (0..)
-            .find(|id| self.sockets.iter().all(|(i, _)| i != id))
+            .find(|id| self.sockets.iter().all(|s| s.id != *id))
             .unwrap_or_default();
-        self.sockets.push((id, socket));
+        self.sockets.push(RelaySocket { id, fd, state });
         Ok(Relay { id, local })
     }
 
     fn release(&mut self, id: RelayId) {
-        self.sockets.retain(|(i, _)| *i != id);
+        self.sockets.retain(|s| s.id != id);
     }
 }
 
 /// Waits until a relay socket is readable; pending forever when there are none. The caller
 /// then drains them without waiting ([`Connection::drain_relays`]).
-async fn relay_readable(sockets: &[(RelayId, UdpSocket)]) {
+async fn relay_readable(sockets: &[RelaySocket]) {
     poll_fn(|cx| {
-        for (_, s) in sockets {
-            if s.poll_recv_ready(cx).is_ready() {
+        for s in sockets {
+            // The guard is dropped without clearing: the readiness stays for the drain.
+            if s.fd.poll_read_ready(cx).is_ready() {
                 return Poll::Ready(());
             }
         }
         Poll::Pending
     })
     .await
+}
+
+/// One batch of received datagrams (GRO-coalesced trains included), shared by the connections
+/// of a runtime thread: a connection holds no receive buffer of its own.
+struct RecvBatch {
+    slots: Vec<u8>,
+    meta: [RecvMeta; BATCH_SIZE],
+}
+
+impl RecvBatch {
+    fn new() -> Self {
+        Self {
+            slots: vec![0; RELAY_BUFFER * BATCH_SIZE],
+            meta: [RecvMeta::default(); BATCH_SIZE],
+        }
+    }
+
+    fn recv(&mut self, s: &RelaySocket) -> io::Result<usize> {
+        let mut rest: &mut [u8] = &mut self.slots;
+        let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+            let (slot, tail) = std::mem::take(&mut rest).split_at_mut(RELAY_BUFFER);
+            rest = tail;
+            IoSliceMut::new(slot)
+        });
+        s.state
+            .recv(s.fd.get_ref().into(), &mut iovs, &mut self.meta)
+    }
+}
+
+thread_local! {
+    static RECV: RefCell<Option<RecvBatch>> = const { RefCell::new(None) };
 }
 
 /// A new connection's read buffer: room for a typical STUN request; it grows for larger frames
@@ -117,8 +167,6 @@ struct Connection {
     /// Payloads for peers, sent once per wake-up: (relay, peer, start, len) into `to_peer_buf`.
     to_peer: Vec<(RelayId, SocketAddr, usize, usize)>,
     to_peer_buf: Vec<u8>,
-    /// Allocated with the first relay socket and freed with the last.
-    datagram: Vec<u8>,
 }
 
 impl Connection {
@@ -178,59 +226,94 @@ impl Connection {
         if self.relays.sockets.is_empty() {
             return;
         }
-        if self.datagram.is_empty() {
-            self.datagram = vec![0u8; RELAY_BUFFER];
-        }
+        let Connection {
+            server,
+            relays,
+            write,
+            ..
+        } = self;
+        // Readiness is already known here (or not): asking costs no syscall, and a Pending
+        // answer leaves a no-op waker that the next wait replaces.
+        let mut cx = Context::from_waker(Waker::noop());
         let now = Instant::now();
-        let mut taken = 0;
-        for i in 0..self.relays.sockets.len() {
-            while taken < RELAY_BUDGET {
-                let (id, socket) = &self.relays.sockets[i];
-                let id = *id;
-                let (n, peer) = match socket.try_recv_from(&mut self.datagram) {
-                    Ok(r) => r,
-                    Err(_) => break,
-                };
-                taken += 1;
-                let payload = &self.datagram[..n];
-                match self.server.route_from_peer(id, peer, n, now) {
-                    PeerRoute::Drop => {}
-                    PeerRoute::Channel { number, .. } => {
-                        let len = u16::try_from(n).unwrap_or(u16::MAX);
-                        self.write
-                            .extend_from_slice(&channel_data::header(number, len));
-                        self.write.extend_from_slice(payload);
-                        // RFC 8656 §12.5: padded to 4 bytes on a stream.
-                        let pad = channel_data::padded(n) - n;
-                        self.write.extend_from_slice(&[0u8; 3][..pad]);
+        RECV.with_borrow_mut(|batch| {
+            let batch = batch.get_or_insert_with(RecvBatch::new);
+            let mut taken = 0;
+            for s in &relays.sockets {
+                while taken < RELAY_BUDGET {
+                    let Poll::Ready(Ok(mut ready)) = s.fd.poll_read_ready(&mut cx) else {
+                        break;
+                    };
+                    let n = match batch.recv(s) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            if e.kind() == io::ErrorKind::WouldBlock {
+                                ready.clear_ready();
+                            }
+                            break;
+                        }
+                    };
+                    for (slot, meta) in batch.slots.chunks(RELAY_BUFFER).zip(&batch.meta).take(n) {
+                        let stride = meta.stride.max(1);
+                        for payload in slot[..meta.len].chunks(stride) {
+                            taken += 1;
+                            relay_to_client(server, write, s.id, meta.addr, payload, now);
+                        }
                     }
-                    PeerRoute::Indication { .. } => {
-                        let (head, len, pad) = data_indication_parts(peer, n, rand::random());
-                        self.write.extend_from_slice(&head[..len]);
-                        self.write.extend_from_slice(payload);
-                        self.write.extend_from_slice(&[0u8; 3][..pad]);
+                    if n < BATCH_SIZE {
+                        // A short batch emptied the queue: wait for the next edge.
+                        ready.clear_ready();
+                        break;
                     }
                 }
             }
-        }
+        });
     }
 
     /// Sends the peer batch: one sendmmsg per relay socket.
     fn flush_peers(&mut self) {
-        for (id, socket) in &self.relays.sockets {
+        for s in &self.relays.sockets {
             let buf = &self.to_peer_buf;
             let msgs = self
                 .to_peer
                 .iter()
-                .filter(|(relay, ..)| relay == id)
+                .filter(|(relay, ..)| *relay == s.id)
                 .map(|&(_, peer, start, len)| (&buf[start..start + len], Some(peer)));
             // Straight to the kernel: tokio's try_send_to refuses (WouldBlock) until its reactor
             // has seen a new socket writable, which would drop a fresh allocation's first
             // datagrams. A full socket buffer drops the rest, as the network would.
-            let _ = send_mmsg::<PEER_CHUNK>(socket.as_raw_fd(), msgs, libc::MSG_DONTWAIT);
+            let _ = send_mmsg::<PEER_CHUNK>(s.fd.as_raw_fd(), msgs, libc::MSG_DONTWAIT);
         }
         self.to_peer.clear();
         self.to_peer_buf.clear();
+    }
+}
+
+/// Appends what `peer` sent to relay `id` to the client's write buffer: a padded ChannelData
+/// (RFC 8656 §12.5) on a bound channel, else a Data indication.
+fn relay_to_client(
+    server: &mut Server,
+    write: &mut Vec<u8>,
+    id: RelayId,
+    peer: SocketAddr,
+    payload: &[u8],
+    now: Instant,
+) {
+    let n = payload.len();
+    match server.route_from_peer(id, peer, n, now) {
+        PeerRoute::Drop => {}
+        PeerRoute::Channel { number, .. } => {
+            let len = u16::try_from(n).unwrap_or(u16::MAX);
+            write.extend_from_slice(&channel_data::header(number, len));
+            write.extend_from_slice(payload);
+            write.extend_from_slice(&[0u8; 3][..channel_data::padded(n) - n]);
+        }
+        PeerRoute::Indication { .. } => {
+            let (head, len, pad) = data_indication_parts(peer, n, rand::random());
+            write.extend_from_slice(&head[..len]);
+            write.extend_from_slice(payload);
+            write.extend_from_slice(&[0u8; 3][..pad]);
+        }
     }
 }
 
@@ -256,7 +339,6 @@ pub async fn serve_connection<S>(
         write: Vec::new(),
         to_peer: Vec::new(),
         to_peer_buf: Vec::new(),
-        datagram: Vec::new(),
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -265,9 +347,6 @@ pub async fn serve_connection<S>(
     tokio::pin!(timer);
     let expired = loop {
         let has_allocation = conn.server.allocation_count() > 0;
-        if conn.relays.sockets.is_empty() && !conn.datagram.is_empty() {
-            conn.datagram = Vec::new();
-        }
         if has_allocation && conn.read.capacity() < ACTIVE_READ_BUFFER {
             conn.read.reserve(ACTIVE_READ_BUFFER - conn.read.len());
         }
