@@ -67,8 +67,7 @@ impl AuthServer {
         let state = api_state(cfg, &mut reloader)?.with_metrics(ApiMetrics::register(registry)?);
         reloader.register_metrics(registry)?;
         let addr = cfg.auth.listen;
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = iceway_service::net::tcp_listener(addr)
             .map_err(|source| ServeError::Bind { addr, source })?;
         Ok(Self {
             listener,

@@ -45,8 +45,7 @@ impl TlsFront {
         .context("the dev server certificate")?;
         // Bytes pass through to an HTTP/1.1 server: HTTP/2 would not reach it as such.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = iceway_service::net::tcp_listener(addr)
             .with_context(|| format!("cannot listen on {addr} (HTTPS)"))?;
         Ok(Self {
             listener,

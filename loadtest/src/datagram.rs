@@ -101,7 +101,7 @@ fn client_sockets(
     n: usize,
     bind: &[IpAddr],
     server: SocketAddr,
-    kind: TransportKind,
+    kind: &TransportKind,
 ) -> Result<Vec<StdTransport>, LoadError> {
     let fallback = default_bind(server);
     let bind = if bind.is_empty() { &fallback } else { bind };
@@ -147,10 +147,10 @@ pub fn run_turn(opts: &TurnOptions) -> Result<Report, LoadError> {
         .peer
         .or(echo.as_ref().map(|e| e.addr()))
         .unwrap_or(opts.echo_bind);
-    if opts.protocol == TurnProtocol::Ceiling && opts.transport == TransportKind::Tcp {
+    if opts.protocol == TurnProtocol::Ceiling && !matches!(opts.transport, TransportKind::Udp) {
         return Err(LoadError::CeilingIsUdpOnly);
     }
-    let sockets = client_sockets(opts.allocations, &opts.bind, opts.server, opts.transport)?;
+    let sockets = client_sockets(opts.allocations, &opts.bind, opts.server, &opts.transport)?;
     let now = SystemTime::now();
     let mut flows = Vec::with_capacity(sockets.len());
     for (i, socket) in sockets.into_iter().enumerate() {
@@ -189,10 +189,7 @@ pub fn run_turn(opts: &TurnOptions) -> Result<Report, LoadError> {
     };
     Ok(report(
         "turn",
-        &match opts.transport {
-            TransportKind::Udp => opts.protocol.name().to_string(),
-            TransportKind::Tcp => format!("{}/tcp", opts.protocol.name()),
-        },
+        &protocol_name(opts.protocol.name(), &opts.transport),
         opts.server,
         shape(opts.allocations, &opts.driver),
         outcome,
@@ -202,7 +199,7 @@ pub fn run_turn(opts: &TurnOptions) -> Result<Report, LoadError> {
 }
 
 pub fn run_stun(opts: &StunOptions) -> Result<Report, LoadError> {
-    let sockets = client_sockets(opts.sockets, &opts.bind, opts.server, opts.transport)?;
+    let sockets = client_sockets(opts.sockets, &opts.bind, opts.server, &opts.transport)?;
     let flows = sockets
         .into_iter()
         .map(|socket| FlowSpec {
@@ -214,16 +211,21 @@ pub fn run_stun(opts: &StunOptions) -> Result<Report, LoadError> {
     let outcome = driver::run(flows, &opts.driver)?;
     Ok(report(
         "stun",
-        match opts.transport {
-            TransportKind::Udp => "stun-binding",
-            TransportKind::Tcp => "stun-binding/tcp",
-        },
+        &protocol_name("stun-binding", &opts.transport),
         opts.server,
         shape(opts.sockets, &opts.driver),
         outcome,
         None,
         opts.driver.server_pid,
     ))
+}
+
+/// "turn-channel", "turn-channel/tcp", "stun-binding/tls", …
+fn protocol_name(base: &str, transport: &TransportKind) -> String {
+    match transport {
+        TransportKind::Udp => base.to_string(),
+        other => format!("{base}/{}", other.label()),
+    }
 }
 
 /// `relayed`: None for STUN; Some(to_peer count if known) for TURN.

@@ -360,6 +360,7 @@ fn setup_phase(
         }
     }
     if handshakes.iter().all(|h| h.is_none()) {
+        establish(sockets, timeout, &mut result)?;
         return Ok(result);
     }
     let mut poll = Poll::new()?;
@@ -384,6 +385,10 @@ fn setup_phase(
         while active < concurrency && next_to_start < n {
             let i = next_to_start;
             next_to_start += 1;
+            // A flow whose TLS handshake already failed is not started.
+            if !matches!(state[i], SetupState::Waiting) {
+                continue;
+            }
             let Some(h) = handshakes[i].as_mut() else {
                 continue;
             };
@@ -413,10 +418,12 @@ fn setup_phase(
             let drained = match sockets[i].drain(&mut rb, |p| packets.push(p.to_vec())) {
                 Ok(d) => d,
                 Err(e) => {
-                    if matches!(state[i], SetupState::Active { .. }) {
-                        fail(&mut result, format!("transport: {}", e.kind()));
+                    // Waiting flows' TLS handshakes run too (all sockets are polled).
+                    let was_active = matches!(state[i], SetupState::Active { .. });
+                    if was_active || matches!(state[i], SetupState::Waiting) {
+                        fail(&mut result, transport_key(&e));
                         state[i] = SetupState::Failed;
-                        active -= 1;
+                        active -= usize::from(was_active);
                         finished += 1;
                     }
                     continue;
@@ -505,7 +512,18 @@ fn setup_phase(
                     continue;
                 }
                 if let Some(h) = handshakes[i].as_ref() {
-                    let _ = sockets[i].send(&[h.last_request()]);
+                    // A full buffer is a lost retransmission; anything else (a TLS handshake
+                    // past its deadline) ends the attempt.
+                    match sockets[i].send(&[h.last_request()]) {
+                        Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                            fail(&mut result, transport_key(&e));
+                            state[i] = SetupState::Failed;
+                            active -= 1;
+                            finished += 1;
+                            continue;
+                        }
+                        _ => {}
+                    }
                 }
                 state[i] = SetupState::Active {
                     started,
@@ -527,6 +545,75 @@ fn setup_phase(
         s.deregister(poll.registry());
     }
     Ok(result)
+}
+
+/// Flows without a control-plane handshake (STUN): their TLS handshakes finish here, so the
+/// data window measures traffic, not handshakes. UDP and TCP have nothing to wait for.
+fn establish(
+    sockets: &mut [Transport],
+    timeout: Duration,
+    result: &mut SetupResult,
+) -> io::Result<()> {
+    let mut pending: Vec<usize> = (0..sockets.len())
+        .filter(|&i| !sockets[i].established())
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut poll = Poll::new()?;
+    for (i, s) in sockets.iter_mut().enumerate() {
+        s.register(poll.registry(), Token(i))?;
+    }
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut events = Events::with_capacity(1024);
+    let mut rb = RecvBatch::new();
+    let fail = |result: &mut SetupResult, i: usize, why: String| {
+        result.ready[i] = false;
+        *result.errors.entry(why).or_insert(0) += 1;
+    };
+    while !pending.is_empty() && Instant::now() < deadline {
+        poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+        for ev in events.iter() {
+            let i = ev.token().0;
+            // Nothing was sent yet, so nothing but the handshake comes back.
+            if let Err(e) = sockets[i].drain(&mut rb, |_| {}) {
+                if result.ready[i] {
+                    fail(result, i, transport_key(&e));
+                }
+            }
+        }
+        // Flushing also fails handshakes past their deadline.
+        pending.retain(|&i| {
+            if !result.ready[i] {
+                return false;
+            }
+            match sockets[i].flush() {
+                Ok(()) => !sockets[i].established(),
+                Err(e) => {
+                    fail(result, i, transport_key(&e));
+                    false
+                }
+            }
+        });
+    }
+    for i in pending {
+        fail(result, i, "setup timeout".into());
+    }
+    result.seconds = started.elapsed().as_secs_f64();
+    for s in sockets.iter_mut() {
+        s.deregister(poll.registry());
+    }
+    Ok(())
+}
+
+/// OS errors by kind ("transport: connection reset"); the transport's own (TLS alerts,
+/// deadlines, a closed stream) by what they say.
+fn transport_key(e: &io::Error) -> String {
+    match e.get_ref() {
+        Some(inner) => format!("transport: {inner}"),
+        None => format!("transport: {}", e.kind()),
+    }
 }
 
 pub(crate) fn error_key(e: &HandshakeError) -> String {

@@ -15,4 +15,5 @@ pub mod render;
 pub mod signal;
 pub mod stats;
 pub mod sysstat;
+pub mod tls;
 pub mod transport;

@@ -13,8 +13,10 @@ use iceway_loadtest::datagram::{self, StunOptions, TurnOptions, TurnProtocol};
 use iceway_loadtest::driver::DriverConfig;
 use iceway_loadtest::engine::{LoadPlan, Pace};
 use iceway_loadtest::render;
+use iceway_loadtest::signal::storm::StormOptions;
 use iceway_loadtest::signal::{SignalOptions, SignalProtocol, run_signal};
 use iceway_loadtest::stats::Report;
+use iceway_loadtest::tls::{TlsClient, Trust};
 use iceway_loadtest::transport::TransportKind;
 
 #[derive(Parser)]
@@ -42,11 +44,14 @@ enum Mode {
 enum SignalProtocolArg {
     Iceway,
     Peerjs,
+    /// The bare WebSocket relay `ceiling-ws` (first frame `bind <me> <partner>`).
+    Ceiling,
 }
 
 #[derive(Args)]
 struct SignalArgs {
-    /// ws://IP:PORT/v1/ws (Iceway) or ws://IP:PORT/peerjs (peerjs-server).
+    /// ws://IP:PORT/v1/ws (Iceway), ws://IP:PORT/peerjs (peerjs-server) or ws://IP:PORT/
+    /// (ceiling-ws).
     #[arg(long)]
     url: String,
     #[arg(long, value_enum, default_value = "iceway")]
@@ -90,6 +95,21 @@ struct SignalArgs {
     no_progress: bool,
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     interval: Duration,
+    /// Reconnect storm: once every client is connected to --url, SIGTERM --storm-drain-pid
+    /// (the server at --url) and reconnect each client, once, to this URL as its socket ends.
+    /// No traffic is sent (--rate is not used); --server-pid should be this URL's server.
+    #[arg(long, requires = "storm_drain_pid")]
+    storm_url: Option<String>,
+    /// The process to SIGTERM to start the storm.
+    #[arg(long, requires = "storm_url")]
+    storm_drain_pid: Option<u32>,
+    /// Bound from the SIGTERM to the last client greeted again; later ones count as failed.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    storm_timeout: Duration,
+    /// SIGKILL --storm-drain-pid this long after the SIGTERM (a server with no drain of its
+    /// own, as an orchestrator would at the end of the grace period).
+    #[arg(long, requires = "storm_url", value_parser = humantime::parse_duration)]
+    storm_kill_after: Option<Duration>,
 }
 
 #[derive(Args, Clone)]
@@ -147,14 +167,49 @@ enum ProtocolArg {
 enum TransportArg {
     Udp,
     Tcp,
+    /// TURN over TLS (RFC 8656 §3.1), e.g. to port 5349; see --tls-ca / --tls-insecure.
+    Tls,
 }
 
-impl From<TransportArg> for TransportKind {
-    fn from(t: TransportArg) -> Self {
-        match t {
+/// Client ↔ server transport and, for TLS, which certificate to trust.
+#[derive(Args)]
+struct TransportArgs {
+    /// Client ↔ server transport (the relay towards the peer is UDP either way).
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: TransportArg,
+    /// TLS: trust server certificates issued by the PEM certificate(s) in this file (a bench
+    /// CA, or the server's self-signed certificate).
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_insecure")]
+    tls_ca: Option<PathBuf>,
+    /// TLS: accept any server certificate. For benchmarks against your own server only: it
+    /// gives no protection against an impostor.
+    #[arg(long)]
+    tls_insecure: bool,
+    /// TLS: the server name sent as SNI, and that the certificate must carry.
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    tls_name: String,
+}
+
+impl TransportArgs {
+    fn kind(&self) -> anyhow::Result<TransportKind> {
+        let tls_flags = self.tls_ca.is_some() || self.tls_insecure;
+        Ok(match self.transport {
+            TransportArg::Udp | TransportArg::Tcp if tls_flags => {
+                bail!("--tls-ca and --tls-insecure go with --transport tls")
+            }
             TransportArg::Udp => TransportKind::Udp,
             TransportArg::Tcp => TransportKind::Tcp,
-        }
+            TransportArg::Tls => {
+                let trust = match (&self.tls_ca, self.tls_insecure) {
+                    (Some(ca), _) => Trust::CaFile(ca.clone()),
+                    (None, true) => Trust::Insecure,
+                    (None, false) => {
+                        bail!("--transport tls needs --tls-ca FILE (or --tls-insecure)")
+                    }
+                };
+                TransportKind::Tls(TlsClient::new(&trust, &self.tls_name)?)
+            }
+        })
     }
 }
 
@@ -173,9 +228,8 @@ struct TurnArgs {
     allocations: usize,
     #[arg(long, value_enum, default_value = "channel")]
     protocol: ProtocolArg,
-    /// Client ↔ server transport (the relay towards the peer is UDP either way).
-    #[arg(long, value_enum, default_value = "udp")]
-    transport: TransportArg,
+    #[command(flatten)]
+    transport: TransportArgs,
     /// Payload bytes per packet (at least 12: sequence number and send time).
     #[arg(long, default_value_t = 120)]
     size: usize,
@@ -223,8 +277,8 @@ struct StunArgs {
     /// Client sockets.
     #[arg(long, default_value_t = 16)]
     sockets: usize,
-    #[arg(long, value_enum, default_value = "udp")]
-    transport: TransportArg,
+    #[command(flatten)]
+    transport: TransportArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -350,7 +404,7 @@ fn run() -> anyhow::Result<()> {
                     ProtocolArg::Ceiling => TurnProtocol::Ceiling,
                 },
                 allocations: args.allocations,
-                transport: args.transport.into(),
+                transport: args.transport.kind()?,
                 credentials: credentials(&args)?,
                 peer: args.peer,
                 echo_bind: args.echo_bind,
@@ -364,7 +418,7 @@ fn run() -> anyhow::Result<()> {
             let opts = StunOptions {
                 server: args.server,
                 sockets: args.sockets,
-                transport: args.transport.into(),
+                transport: args.transport.kind()?,
                 bind: args.common.bind.clone(),
                 driver: driver_config(&args.common, 0, (1, Duration::from_secs(1))),
             };
@@ -384,6 +438,7 @@ fn run() -> anyhow::Result<()> {
             let protocol = match args.protocol {
                 SignalProtocolArg::Iceway => SignalProtocol::Iceway,
                 SignalProtocolArg::Peerjs => SignalProtocol::PeerJs,
+                SignalProtocolArg::Ceiling => SignalProtocol::Ceiling,
             };
             if protocol == SignalProtocol::Iceway && jwt_secret.is_empty() {
                 bail!("the Iceway protocol needs --jwt-secret or --jwt-secret-file");
@@ -405,6 +460,14 @@ fn run() -> anyhow::Result<()> {
                 threads: args.threads,
                 progress: !args.no_progress && !args.json,
                 interval: args.interval.max(Duration::from_millis(10)),
+                storm: args.storm_url.clone().zip(args.storm_drain_pid).map(
+                    |(reconnect_url, drain_pid)| StormOptions {
+                        reconnect_url,
+                        drain_pid,
+                        timeout: args.storm_timeout,
+                        kill_after: args.storm_kill_after,
+                    },
+                ),
             };
             let report = run_signal(&opts)?;
             write_output(&report, args.json, args.report.as_deref())

@@ -277,6 +277,38 @@ pub struct SignalReport {
     pub watch_to_answer_us: Percentiles,
     pub connections_held: u64,
     pub errors: BTreeMap<String, u64>,
+    /// A reconnect storm's outcome (`--storm-url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormReport>,
+}
+
+/// Every client dropped by one server at once and reconnecting to another.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StormReport {
+    /// Clients connected (and greeted) before the drain.
+    pub clients: u64,
+    /// Sockets the drained server ended, by how ("close 1001", "reset", "eof", ...).
+    pub lost: u64,
+    pub lost_by: BTreeMap<String, u64>,
+    /// Sockets that ended before the drain was signalled (each also counts as a failure).
+    pub lost_before_drain: u64,
+    /// Clients greeted again (`welcome` / `OPEN` / `bound`) by the second server.
+    pub reconnected: u64,
+    /// Clients not greeted again: a failed reconnect, or a socket never ended by the drain
+    /// within the storm's time bound. Each client tries once; nothing is retried.
+    pub failed: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// Drain signalled → first socket lost.
+    pub first_loss_seconds: f64,
+    /// First socket lost → last client greeted again: how long the storm took.
+    pub storm_seconds: f64,
+    /// Drain signalled → last client greeted again.
+    pub seconds_from_signal: f64,
+    /// Per client: its socket lost → greeted again.
+    pub reconnect_us: Percentiles,
+    /// The second server's CPU from the drain signal to the last greeting.
+    pub server_cpu_seconds: Option<f64>,
+    pub server_cpu_us_per_connect: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ use iceway_loadtest::datagram::{StunOptions, TurnOptions, TurnProtocol, run_stun
 use iceway_loadtest::driver::DriverConfig;
 use iceway_loadtest::engine::{LoadPlan, Pace};
 use iceway_loadtest::stats::Report;
+use iceway_loadtest::tls::{TlsClient, Trust};
 use iceway_loadtest::transport::TransportKind;
 
 fn config(pace: Pace, payload: usize, server_pid: u32) -> DriverConfig {
@@ -319,6 +320,52 @@ fn stun_over_tcp_against_iceway_turn_adds_up() {
         driver: config(Pace::Flood { window: 8 }, 0, server.pid()),
     };
     let r = run_stun(&opts).expect("stun load over TCP runs");
+    assert_adds_up(&r);
+}
+
+#[test]
+fn turn_over_tls_against_iceway_turn_adds_up() {
+    let turn = common::iceway_turn_tls("tls-secret-0123456789\n");
+    let trust = Trust::CaFile(turn.ca.clone());
+    let mut opts = turn_options(
+        turn.tls_addr,
+        TurnProtocol::Channel,
+        8,
+        rest("tls-secret-0123456789"),
+        config(Pace::Flood { window: 4 }, 120, turn.server.pid()),
+    );
+    opts.transport = TransportKind::Tls(TlsClient::new(&trust, "localhost").expect("TLS client"));
+    let r = run_turn(&opts).expect("turn load over TLS runs");
+    assert_eq!(r.protocol, "turn-channel/tls");
+    assert_relay_adds_up(&r, 8);
+
+    // A client that trusts another certificate makes no allocation, and says why.
+    let other = common::iceway_turn_tls("tls-secret-0123456789\n");
+    opts.transport = TransportKind::Tls(
+        TlsClient::new(&Trust::CaFile(other.ca.clone()), "localhost").expect("TLS client"),
+    );
+    opts.driver.server_pid = None;
+    let err = run_turn(&opts).expect_err("the certificate is not trusted");
+    assert!(
+        err.to_string().contains("invalid peer certificate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stun_over_tls_against_iceway_turn_adds_up() {
+    let turn = common::iceway_turn_tls("some-secret-0123456789\n");
+    let opts = StunOptions {
+        server: turn.tls_addr,
+        sockets: 4,
+        transport: TransportKind::Tls(
+            TlsClient::new(&Trust::Insecure, "localhost").expect("TLS client"),
+        ),
+        bind: vec![],
+        driver: config(Pace::Flood { window: 8 }, 0, turn.server.pid()),
+    };
+    let r = run_stun(&opts).expect("stun load over TLS runs");
+    assert_eq!(r.protocol, "stun-binding/tls");
     assert_adds_up(&r);
 }
 

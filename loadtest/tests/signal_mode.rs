@@ -36,6 +36,7 @@ fn options(url: String, protocol: SignalProtocol, pid: u32, rate: f64) -> Signal
         threads: 2,
         progress: false,
         interval: Duration::from_millis(100),
+        storm: None,
     }
 }
 
@@ -178,4 +179,41 @@ fn cli_refuses_a_plan_over_the_open_file_limit() {
         err.contains("RLIMIT_NOFILE") && err.contains("--pairs"),
         "{err}"
     );
+}
+
+#[test]
+fn drained_replica_sends_every_client_to_the_other_and_all_are_welcomed() {
+    // Replica A drains at once on SIGTERM (no grace) and closes every socket 1001.
+    let a = common::iceway_signal_with(&[("ICEWAY_DRAIN__TIMEOUT", "0s")]);
+    let b = common::iceway_signal();
+    let mut opts = options(
+        format!("ws://{}/v1/ws", a.addr),
+        SignalProtocol::Iceway,
+        b.pid(),
+        0.0,
+    );
+    opts.storm = Some(iceway_loadtest::signal::storm::StormOptions {
+        reconnect_url: format!("ws://{}/v1/ws", b.addr),
+        drain_pid: a.pid(),
+        timeout: Duration::from_secs(30),
+        kill_after: None,
+    });
+    let r = run_signal(&opts).expect("the storm runs");
+    let storm = r
+        .signal
+        .as_ref()
+        .and_then(|s| s.storm.clone())
+        .expect("a storm section");
+    assert_eq!(storm.clients, 2 * PAIRS as u64, "{storm:?}");
+    assert_eq!(
+        storm.lost_by.get("close 1001"),
+        Some(&storm.clients),
+        "every socket is closed going-away: {storm:?}"
+    );
+    assert_eq!(
+        (storm.reconnected, storm.failed),
+        (storm.clients, 0),
+        "{storm:?}"
+    );
+    assert!(storm.errors.is_empty(), "{storm:?}");
 }

@@ -39,7 +39,7 @@ impl AdminServer {
         registry: Registry,
         shutdown: Shutdown,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::net::tcp_listener(addr)?;
         tracing::info!(addr = %listener.local_addr()?, "admin listening");
         Ok(Self {
             listener,

@@ -1,5 +1,6 @@
 //! Batched UDP sends with sendmmsg(2), shared by the TURN relay's per-shard outbox and the load
-//! generator so both hand the kernel many datagrams per syscall through one implementation.
+//! generator so both hand the kernel many datagrams per syscall through one implementation; and
+//! the TCP listener every service binds.
 //!
 //! Linux only, like the rest of the data plane. Nothing is allocated per batch: the headers,
 //! iovecs and socket addresses of one chunk live in stack arrays of `N` entries, `N` chosen by
@@ -55,6 +56,26 @@ pub fn send_mmsg<'a, const N: usize>(
         }
     }
     Ok(sent)
+}
+
+/// Handshakes the kernel completes before they are accepted. std's and tokio's `bind` listen
+/// with 128: every client of a drained replica coming back at once overflows that, and each
+/// handshake dropped then waits a second for its SYN to be sent again. The kernel caps it at
+/// `net.core.somaxconn` (4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with a [`LISTEN_BACKLOG`] accept queue. Must be called inside a
+/// tokio runtime.
+pub fn tcp_listener(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's bind: a restarted server takes its port back from connections in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// One message of [`send_mmsg_with`]: `data` to `to`, from the source address `src` (needed on a

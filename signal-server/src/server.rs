@@ -178,13 +178,12 @@ impl SignalServer {
             ),
             None => Arc::new(MemoryRouter::new()),
         };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| SignalError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = iceway_service::net::tcp_listener(config.listen).map_err(|source| {
+            SignalError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
         let per_minute = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         let upgrades = IpLimiter::new(RateLimit {
             per_minute: per_minute(config.upgrades_per_minute),

@@ -944,3 +944,29 @@ async fn a_client_closed_for_silence_can_still_resume_its_session() {
     // No peer-left reached the camera: its next frame is the pong.
     camera.ping_pong().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_reconnects_beyond_128_handshakes_waits_in_the_listen_queue() {
+    // Bound but not serving yet: every handshake the kernel completes waits to be accepted. A
+    // listen queue of 128 (std's and tokio's `bind`) would drop the SYNs past it, and each of
+    // those clients would wait a second for its retransmit.
+    let secret = secret_file();
+    let config = test_config(&secret);
+    let server = iceway_signal::SignalServer::bind(&config, &prometheus::Registry::new())
+        .await
+        .expect("bind");
+    let addr = server.local_addr();
+    let connects = (0..600).map(|_| {
+        tokio::time::timeout(
+            Duration::from_millis(700),
+            tokio::net::TcpStream::connect(addr),
+        )
+    });
+    let streams = futures_util::future::join_all(connects).await;
+    let queued = streams.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    assert_eq!(
+        queued, 600,
+        "handshakes completed before the server accepts any"
+    );
+    drop(server);
+}

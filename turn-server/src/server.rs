@@ -123,9 +123,8 @@ impl TurnServer {
         let mut tcp = Vec::new();
         let mut udp: Vec<Vec<std::net::UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
         for addr in &t.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind {
+            let listener =
+                iceway_service::net::tcp_listener(*addr).map_err(|source| ServeError::Bind {
                     key: "turn.listen (tcp)",
                     addr: *addr,
                     source,
@@ -148,14 +147,13 @@ impl TurnServer {
         if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
             let acceptor = tls_acceptor(cert, key, &mut reloader)?;
             for addr in &t.tls_listen {
-                let listener =
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServeError::Bind {
-                            key: "turn.tls_listen",
-                            addr: *addr,
-                            source,
-                        })?;
+                let listener = iceway_service::net::tcp_listener(*addr).map_err(|source| {
+                    ServeError::Bind {
+                        key: "turn.tls_listen",
+                        addr: *addr,
+                        source,
+                    }
+                })?;
                 tls.push((listener, acceptor.clone()));
             }
         }

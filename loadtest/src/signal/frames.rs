@@ -5,6 +5,11 @@
 //! → camera gets the relayed `answer` (negotiated). PeerJS has no presence: viewer `OFFER` →
 //! camera `ANSWER` → viewer gets the relayed `ANSWER` (negotiated). Traffic is stamped
 //! `candidate` frames, camera → viewer, in both.
+//!
+//! The bare WebSocket relay (`ceiling-ws`, `--protocol ceiling`) has no protocol beyond its
+//! first frame, `bind <me> <partner>` (answered `bound <me>`); every later frame goes to the
+//! partner unchanged. Over it the load sends Iceway's own offer/answer/candidate JSON, so the
+//! frames are the same size: viewer `offer` → camera `answer` → viewer (negotiated).
 
 use serde_json::{Value, json};
 
@@ -12,6 +17,8 @@ use serde_json::{Value, json};
 pub enum SignalProtocol {
     Iceway,
     PeerJs,
+    /// The bare relay of `ceiling-ws`.
+    Ceiling,
 }
 
 /// What a connection task does with one incoming frame.
@@ -34,6 +41,12 @@ const ANSWER_SDP: &str = "v=0 loadtest answer";
 
 /// Reads one text frame received by a camera (`is_camera`) or a viewer.
 pub fn on_frame(protocol: SignalProtocol, is_camera: bool, text: &str) -> Step {
+    if let (SignalProtocol::Ceiling, Some(code)) = (protocol, text.strip_prefix("error ")) {
+        return Step {
+            error: Some(code.to_string()),
+            ..Step::default()
+        };
+    }
     let Ok(v) = serde_json::from_str::<Value>(text) else {
         return Step {
             error: Some("unparsable frame".into()),
@@ -55,12 +68,19 @@ pub fn on_frame(protocol: SignalProtocol, is_camera: bool, text: &str) -> Step {
             reply: Some(json!({"type": "answer", "to": s("from"), "sdp": ANSWER_SDP}).to_string()),
             ..Step::default()
         },
-        (SignalProtocol::Iceway, true, "answer") | (SignalProtocol::PeerJs, false, "ANSWER") => {
+        (SignalProtocol::Ceiling, true, "offer") => {
+            let viewer = s("from");
             Step {
-                negotiated: true,
+                reply: Some(json!({"type": "answer", "to": viewer, "sdp": ANSWER_SDP}).to_string()),
+                viewer: Some(viewer),
                 ..Step::default()
             }
         }
+        (SignalProtocol::Iceway, true, "answer")
+        | (SignalProtocol::PeerJs | SignalProtocol::Ceiling, false, "ANSWER" | "answer") => Step {
+            negotiated: true,
+            ..Step::default()
+        },
         (SignalProtocol::PeerJs, true, "OFFER") => {
             let viewer = s("src");
             Step {
@@ -72,7 +92,7 @@ pub fn on_frame(protocol: SignalProtocol, is_camera: bool, text: &str) -> Step {
                 ..Step::default()
             }
         }
-        (SignalProtocol::Iceway, false, "candidate") => Step {
+        (SignalProtocol::Iceway | SignalProtocol::Ceiling, false, "candidate") => Step {
             stamp_ns: v["candidate"].as_str().and_then(parse_stamp),
             ..Step::default()
         },
@@ -94,6 +114,15 @@ pub fn on_frame(protocol: SignalProtocol, is_camera: bool, text: &str) -> Step {
 
 /// The greeting a fresh connection waits for: Ok(id the peer is known by), or Err(error code).
 pub fn on_greeting(protocol: SignalProtocol, name: &str, text: &str) -> Result<String, String> {
+    if protocol == SignalProtocol::Ceiling {
+        return match text.strip_prefix("bound ") {
+            Some(me) if me == name => Ok(name.to_string()),
+            _ => Err(format!(
+                "unexpected greeting {:?}",
+                text.chars().take(40).collect::<String>()
+            )),
+        };
+    }
     let v: Value = serde_json::from_str(text).map_err(|_| "greeting not JSON".to_string())?;
     match (protocol, v["type"].as_str()) {
         (SignalProtocol::Iceway, Some("welcome")) => v["session"]
@@ -117,10 +146,14 @@ pub fn publish(protocol: SignalProtocol) -> Option<String> {
     (protocol == SignalProtocol::Iceway).then(|| json!({"type": "publish"}).to_string())
 }
 
-/// The viewer's first move: Iceway watches the camera by name; PeerJS offers to its peer id.
-pub fn start(protocol: SignalProtocol, camera_name: &str, camera_id: &str) -> String {
+/// The viewer's first move: Iceway watches the camera by name; PeerJS offers to its peer id;
+/// over the bare relay the offer says who it is from (nothing adds `from` on the way).
+pub fn start(protocol: SignalProtocol, camera_name: &str, camera_id: &str, viewer: &str) -> String {
     match protocol {
         SignalProtocol::Iceway => json!({"type": "watch", "camera": camera_name}).to_string(),
+        SignalProtocol::Ceiling => {
+            json!({"type": "offer", "to": camera_id, "from": viewer, "sdp": OFFER_SDP}).to_string()
+        }
         SignalProtocol::PeerJs => {
             json!({"type": "OFFER", "dst": camera_id, "payload": {"sdp": OFFER_SDP}}).to_string()
         }
@@ -138,13 +171,32 @@ pub fn candidate(
 ) -> String {
     let cand = stamp(seq, sent_ns, size);
     match protocol {
-        SignalProtocol::Iceway => json!({"type": "candidate", "to": to, "candidate": cand,
+        SignalProtocol::Iceway | SignalProtocol::Ceiling => {
+            json!({"type": "candidate", "to": to, "candidate": cand,
             "sdpMid": "0", "sdpMLineIndex": 0})
-        .to_string(),
+            .to_string()
+        }
         SignalProtocol::PeerJs => json!({"type": "CANDIDATE", "dst": to,
             "payload": {"candidate": cand, "sdpMid": "0", "sdpMLineIndex": 0}})
         .to_string(),
     }
+}
+
+/// The bare relay's first frame: who this connection is and whose frames it exchanges.
+pub fn ceiling_bind(me: &str, partner: &str) -> String {
+    format!("bind {me} {partner}")
+}
+
+/// `bind <me> <partner>`: two non-empty names without spaces.
+pub fn parse_ceiling_bind(text: &str) -> Option<(&str, &str)> {
+    let mut words = text.strip_prefix("bind ")?.split(' ');
+    let (me, partner) = (words.next()?, words.next()?);
+    (words.next().is_none() && !me.is_empty() && !partner.is_empty()).then_some((me, partner))
+}
+
+/// The relay's answer to a bind: the greeting the load waits for.
+pub fn ceiling_bound(me: &str) -> String {
+    format!("bound {me}")
 }
 
 fn stamp(seq: u64, sent_ns: u64, size: usize) -> String {
@@ -209,6 +261,47 @@ mod tests {
         assert!(step.reply.is_some_and(|r| r.contains("ANSWER")));
         let answer = r#"{"type":"ANSWER","src":"cam-1","dst":"view-1","payload":{}}"#;
         assert!(on_frame(SignalProtocol::PeerJs, false, answer).negotiated);
+    }
+
+    #[test]
+    fn ceiling_binds_then_negotiates_offer_answer_at_the_viewer() {
+        let bind = ceiling_bind("cam-1", "view-1");
+        assert_eq!(parse_ceiling_bind(&bind), Some(("cam-1", "view-1")));
+        for bad in [
+            "bind cam-1",
+            "bind  view-1",
+            "bind a b c",
+            "bound a b",
+            "bind a ",
+        ] {
+            assert_eq!(parse_ceiling_bind(bad), None, "{bad:?}");
+        }
+        let greeting = ceiling_bound("cam-1");
+        assert_eq!(
+            on_greeting(SignalProtocol::Ceiling, "cam-1", &greeting),
+            Ok("cam-1".into())
+        );
+        assert!(on_greeting(SignalProtocol::Ceiling, "cam-2", &greeting).is_err());
+        // Frames cross the relay unchanged: what the viewer sends is what the camera reads.
+        let offer = start(SignalProtocol::Ceiling, "cam-1", "cam-1", "view-1");
+        let step = on_frame(SignalProtocol::Ceiling, true, &offer);
+        assert_eq!(step.viewer.as_deref(), Some("view-1"));
+        let answer = step.reply.expect("camera answers");
+        assert!(on_frame(SignalProtocol::Ceiling, false, &answer).negotiated);
+        assert!(!on_frame(SignalProtocol::Ceiling, true, &answer).negotiated);
+        let c = candidate(SignalProtocol::Ceiling, "view-1", 3, 99, 500);
+        assert_eq!(
+            on_frame(SignalProtocol::Ceiling, false, &c).stamp_ns,
+            Some(99)
+        );
+        // The same bytes as Iceway's candidate: the relays are compared on equal frames.
+        assert_eq!(c, candidate(SignalProtocol::Iceway, "view-1", 3, 99, 500));
+        assert_eq!(
+            on_frame(SignalProtocol::Ceiling, false, "error no-partner")
+                .error
+                .as_deref(),
+            Some("no-partner")
+        );
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! latency (send → relayed receipt, one clock: both ends live in this process). With `rate` 0
 //! the pairs only hold their connections for `duration` (the idle shape: RSS per connection).
 //!
-//! Two protocols: Iceway's (DESIGN §3, a distinct-`sub` HS256 app token on the upgrade) and
-//! peerjs-server's (`--protocol peerjs`), for side-by-side numbers with the same load.
+//! Three protocols: Iceway's (DESIGN §3, a distinct-`sub` HS256 app token on the upgrade),
+//! peerjs-server's (`--protocol peerjs`), for side-by-side numbers with the same load, and the
+//! bare relay of `ceiling-ws` (`--protocol ceiling`), the most any WebSocket relay on this stack
+//! could do. With `storm` set, the run is a reconnect storm instead (see [`storm`]).
 
 pub mod fd_limit;
 pub mod frames;
+pub mod storm;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -64,6 +67,9 @@ pub struct SignalOptions {
     pub threads: usize,
     pub progress: bool,
     pub interval: Duration,
+    /// A reconnect storm instead of traffic: every client is dropped by the server at `url`
+    /// and reconnects to another.
+    pub storm: Option<storm::StormOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +82,12 @@ pub enum SignalError {
     Runtime(std::io::Error),
     #[error("no connection succeeded; errors: {0}")]
     NothingConnected(String),
+    #[error("cannot signal the server to drain (pid {pid}): {source}")]
+    Drain {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// 127.0.0.1 to 127.0.0.8.
@@ -94,7 +106,13 @@ pub fn run_signal(opts: &SignalOptions) -> Result<Report, SignalError> {
         .enable_all()
         .build()
         .map_err(SignalError::Runtime)?;
-    rt.block_on(run_async(opts, server))
+    match &opts.storm {
+        Some(storm) => {
+            target_addr(&storm.reconnect_url)?;
+            rt.block_on(storm::run(opts, storm))
+        }
+        None => rt.block_on(run_async(opts, server)),
+    }
 }
 
 fn target_addr(url: &str) -> Result<SocketAddr, SignalError> {
@@ -165,21 +183,77 @@ struct Conn {
     reader: tokio::task::JoinHandle<Option<Histogram<u64>>>,
 }
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
-/// Opens one WebSocket from `bind` and waits for the greeting; returns it with the id the peer
-/// is known by, or an error code for the report.
-async fn connect(
+/// Who one connection of the plan is.
+pub(crate) struct Peer {
+    pub name: String,
+    pub role: Role,
+    /// A viewer's token `cams`.
+    pub cams: Vec<String>,
+    /// The bare relay's partner: the pair's other end.
+    pub partner: String,
+}
+
+/// The names of one run's cameras and viewers: distinct per run (a tag from the clock), so
+/// reruns against one server never collide.
+pub(crate) struct Names {
+    tag: String,
+}
+
+impl Names {
+    pub fn new() -> Self {
+        let tag = format!(
+            "{:x}",
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() % 0xffff_ffff)
+                .unwrap_or(0)
+        );
+        Self { tag }
+    }
+
+    pub fn camera(&self, i: usize) -> String {
+        format!("cam-{}-{i}", self.tag)
+    }
+
+    pub fn viewer(&self, i: usize) -> String {
+        format!("view-{}-{i}", self.tag)
+    }
+
+    pub fn peer(&self, i: usize, is_camera: bool) -> Peer {
+        let (camera, viewer) = (self.camera(i), self.viewer(i));
+        if is_camera {
+            Peer {
+                name: camera,
+                role: Role::Camera,
+                cams: vec![],
+                partner: viewer,
+            }
+        } else {
+            Peer {
+                name: viewer,
+                role: Role::Viewer,
+                cams: vec![camera.clone()],
+                partner: camera,
+            }
+        }
+    }
+}
+
+/// Opens one WebSocket from `bind` to `url` and waits for the greeting; returns it with the id
+/// the peer is known by, or an error code for the report.
+pub(crate) async fn connect(
     opts: &SignalOptions,
+    url: &str,
     bind: IpAddr,
-    server: SocketAddr,
-    name: &str,
-    role: Role,
-    cams: Vec<String>,
+    peer: &Peer,
 ) -> Result<(Ws, String), String> {
+    let server = target_addr(url).map_err(|e| e.to_string())?;
+    let name = peer.name.as_str();
     let url = match opts.protocol {
-        SignalProtocol::Iceway => opts.url.clone(),
-        SignalProtocol::PeerJs => format!("{}?key=peerjs&id={name}&token=t{name}", opts.url),
+        SignalProtocol::Iceway | SignalProtocol::Ceiling => url.to_string(),
+        SignalProtocol::PeerJs => format!("{url}?key=peerjs&id={name}&token=t{name}"),
     };
     let mut req = url
         .as_str()
@@ -188,8 +262,8 @@ async fn connect(
     if opts.protocol == SignalProtocol::Iceway {
         let claims = AppClaims::new(
             name,
-            role,
-            cams,
+            peer.role,
+            peer.cams.clone(),
             SystemTime::now(),
             Duration::from_secs(3600),
         );
@@ -226,6 +300,11 @@ async fn connect(
             tokio_tungstenite::tungstenite::Error::Http(r) => format!("http {}", r.status()),
             other => format!("handshake: {other}"),
         })?;
+    if opts.protocol == SignalProtocol::Ceiling {
+        ws.send(Message::text(frames::ceiling_bind(name, &peer.partner)))
+            .await
+            .map_err(|e| format!("bind: {e}"))?;
+    }
     let greeting = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
         .map_err(|_| "no greeting within 10 s".to_string())?;
@@ -337,13 +416,47 @@ fn spawn_conn(
     Conn { tx, id, reader }
 }
 
-async fn run_async(opts: &SignalOptions, server: SocketAddr) -> Result<Report, SignalError> {
-    let bind = match (opts.bind.is_empty(), server) {
+/// Where client sockets come from: `opts.bind`, or for a loopback server 127.0.0.1–8.
+pub(crate) fn source_addresses(opts: &SignalOptions, server: SocketAddr) -> Vec<IpAddr> {
+    match (opts.bind.is_empty(), server) {
         (false, _) => opts.bind.clone(),
         (true, SocketAddr::V4(a)) if a.ip().is_loopback() => loopback_spread(),
         (true, SocketAddr::V4(_)) => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
         (true, SocketAddr::V6(_)) => vec![IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)],
-    };
+    }
+}
+
+/// The cameras (or viewers) of the plan connecting to `url`, `connect_concurrency` at a time,
+/// each bounded by `deadline`: (pair index, connect → greeting, result), as they finish.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn connect_all<'a>(
+    opts: &'a SignalOptions,
+    url: &'a str,
+    bind: &'a [IpAddr],
+    names: &'a Names,
+    is_camera: bool,
+    deadline: tokio::time::Instant,
+    attempted: &'a AtomicU64,
+    progress: &'a Progress,
+) -> impl futures_util::Stream<Item = (usize, Duration, Result<(Ws, String), String>)> + 'a {
+    futures_util::stream::iter(0..opts.pairs)
+        .map(move |i| {
+            let src = bind[(2 * i + usize::from(!is_camera)) % bind.len()];
+            async move {
+                let peer = names.peer(i, is_camera);
+                let t = Instant::now();
+                let r = tokio::time::timeout_at(deadline, connect(opts, url, src, &peer))
+                    .await
+                    .unwrap_or_else(|_| Err("connect timeout".into()));
+                progress.setup(attempted.fetch_add(1, Ordering::Relaxed) + 1);
+                (i, t.elapsed(), r)
+            }
+        })
+        .buffer_unordered(opts.connect_concurrency.max(1))
+}
+
+async fn run_async(opts: &SignalOptions, server: SocketAddr) -> Result<Report, SignalError> {
+    let bind = source_addresses(opts, server);
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         protocol: opts.protocol,
@@ -359,50 +472,25 @@ async fn run_async(opts: &SignalOptions, server: SocketAddr) -> Result<Report, S
     let progress = Progress::new(opts.progress, (n * 2) as u64, opts.duration);
     let rss_before = opts.server_pid.and_then(rss_kb);
     let pairs: Vec<Arc<PairState>> = (0..n).map(|_| Arc::default()).collect();
-    // Distinct names (and so token subs) per run, so reruns against one server never collide.
-    let tag = format!(
-        "{:x}",
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() % 0xffff_ffff)
-            .unwrap_or(0)
-    );
-    let camera_name = |i: usize| format!("cam-{tag}-{i}");
-
+    let names = Names::new();
     // Connect: cameras first (they publish), then viewers, a bounded number at a time.
     let connect_started = Instant::now();
     let connect_deadline = tokio::time::Instant::now() + opts.setup_timeout;
-    let attempted = Arc::new(AtomicU64::new(0));
+    let attempted = AtomicU64::new(0);
     let mut setup_latency = new_histogram();
     let mut cameras: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
     let mut viewers: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
     for is_camera in [true, false] {
-        let mut results = futures_util::stream::iter(0..n)
-            .map(|i| {
-                let (bind, attempted, progress) = (&bind, attempted.clone(), &progress);
-                let (name, role, cams) = if is_camera {
-                    (camera_name(i), Role::Camera, vec![])
-                } else {
-                    (
-                        format!("view-{tag}-{i}"),
-                        Role::Viewer,
-                        vec![camera_name(i)],
-                    )
-                };
-                let src = bind[(2 * i + usize::from(!is_camera)) % bind.len()];
-                async move {
-                    let t = Instant::now();
-                    let r = tokio::time::timeout_at(
-                        connect_deadline,
-                        connect(opts, src, server, &name, role, cams),
-                    )
-                    .await
-                    .unwrap_or_else(|_| Err("connect timeout".into()));
-                    progress.setup(attempted.fetch_add(1, Ordering::Relaxed) + 1);
-                    (i, t.elapsed(), r)
-                }
-            })
-            .buffer_unordered(opts.connect_concurrency.max(1));
+        let mut results = connect_all(
+            opts,
+            &opts.url,
+            &bind,
+            &names,
+            is_camera,
+            connect_deadline,
+            &attempted,
+            &progress,
+        );
         while let Some((i, took, r)) = results.next().await {
             match r {
                 Ok((ws, id)) => {
@@ -442,7 +530,7 @@ async fn run_async(opts: &SignalOptions, server: SocketAddr) -> Result<Report, S
         if let Ok(mut g) = pairs[i].watch_sent.lock() {
             *g = Some(Instant::now());
         }
-        let first = frames::start(opts.protocol, &camera_name(i), &cam.id);
+        let first = frames::start(opts.protocol, &names.camera(i), &cam.id, &viewer.id);
         let _ = viewer.tx.send(Message::text(first));
     }
     let negotiate_deadline = tokio::time::Instant::now() + opts.setup_timeout;
@@ -560,10 +648,7 @@ async fn run_async(opts: &SignalOptions, server: SocketAddr) -> Result<Report, S
     });
     Ok(Report {
         mode: "signal".into(),
-        protocol: match opts.protocol {
-            SignalProtocol::Iceway => "iceway-ws".into(),
-            SignalProtocol::PeerJs => "peerjs".into(),
-        },
+        protocol: protocol_name(opts.protocol).into(),
         target: opts.url.clone(),
         load: LoadShape {
             flows: n as u64,
@@ -620,8 +705,17 @@ async fn run_async(opts: &SignalOptions, server: SocketAddr) -> Result<Report, S
             watch_to_answer_us: Percentiles::from_ns(&watch_to_answer),
             connections_held: held,
             errors,
+            storm: None,
         }),
     })
+}
+
+pub(crate) fn protocol_name(p: SignalProtocol) -> &'static str {
+    match p {
+        SignalProtocol::Iceway => "iceway-ws",
+        SignalProtocol::PeerJs => "peerjs",
+        SignalProtocol::Ceiling => "ceiling-ws",
+    }
 }
 
 #[cfg(test)]
@@ -660,6 +754,7 @@ mod tests {
             threads: 1,
             progress: false,
             interval: Duration::from_millis(100),
+            storm: None,
         };
         assert!(matches!(run_signal(&opts), Err(SignalError::FdLimit(_))));
     }

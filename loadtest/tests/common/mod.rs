@@ -16,12 +16,18 @@ pub const STARTUP: Duration = Duration::from_secs(15);
 
 /// The ceiling relay built with this crate; it prints "listening on ADDR".
 pub fn ceiling(bin: &Path) -> Server {
+    listening_on(bin, "ceiling-relay")
+}
+
+/// A ceiling (`ceiling-relay`, `ceiling-ws`) on a free loopback port: it prints "listening on
+/// ADDR" first.
+pub fn listening_on(bin: &Path, name: &str) -> Server {
     let mut proc = Proc::spawn(
         Command::new(bin)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
-        "ceiling-relay",
+        name,
     );
     let stdout = proc.child_mut().stdout.take().expect("piped stdout");
     let line = iceway_testkit::read_first_line(stdout, STARTUP);
@@ -29,7 +35,7 @@ pub fn ceiling(bin: &Path) -> Server {
         .as_deref()
         .and_then(|l| l.trim().strip_prefix("listening on "))
         .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line from ceiling-relay: {line:?}"));
+        .unwrap_or_else(|| panic!("unexpected first line from {name}: {line:?}"));
     Server::new(proc, addr, None)
 }
 
@@ -61,6 +67,11 @@ pub const SIGNAL_JWT_SECRET: &str = "loadtest-signal-secret-0123456789abcdef";
 
 /// iceway-signal on a free loopback port with an HS256 app-token key.
 pub fn iceway_signal() -> Server {
+    iceway_signal_with(&[])
+}
+
+/// As [`iceway_signal`], with extra `ICEWAY_...` settings in its environment.
+pub fn iceway_signal_with(env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("jwt");
     std::fs::write(&key, SIGNAL_JWT_SECRET).expect("write key");
@@ -76,6 +87,7 @@ pub fn iceway_signal() -> Server {
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .arg("--jwt-secret-file")
         .arg(&key)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null()),
         "iceway-signal",
@@ -108,4 +120,46 @@ pub fn iceway_turn(secret_lines: &str, users: &[&str]) -> Server {
         cmd.args(["--user", u]);
     }
     iceway_testkit::coturn::spawn_stun_server(cmd, "iceway-turn", port, dir)
+}
+
+/// iceway-turn with a TLS listener beside its UDP/TCP one, presenting a self-signed
+/// certificate for "localhost" (the CA file a client should trust is `ca`).
+pub struct TlsTurn {
+    pub server: Server,
+    pub tls_addr: SocketAddr,
+    pub ca: std::path::PathBuf,
+}
+
+pub fn iceway_turn_tls(secret_lines: &str) -> TlsTurn {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let (ca, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&ca, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key, cert.signing_key.serialize_pem()).expect("write key");
+    let secret_file = dir.path().join("secrets");
+    std::fs::write(&secret_file, secret_lines).expect("write secrets");
+    let (port, tls_port, admin) = (free_port(), free_port(), free_port());
+    let mut cmd = Command::new(iceway_turn_bin());
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--realm", "iceway-test", "--relay-range", "40000-60000"])
+        .args(["--allow-peers", "127.0.0.0/8"])
+        .arg("--secret-file")
+        .arg(&secret_file)
+        .arg("--tls-cert")
+        .arg(&ca)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("ICEWAY_TURN__TLS_LISTEN", format!("127.0.0.1:{tls_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut proc = Proc::spawn(&mut cmd, "iceway-turn");
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    iceway_testkit::wait_for_stun(([127, 0, 0, 1], port).into(), &mut proc, STARTUP);
+    wait_for_tcp(tls_addr, &mut proc);
+    TlsTurn {
+        server: Server::new(proc, ([127, 0, 0, 1], port).into(), Some(dir)),
+        tls_addr,
+        ca,
+    }
 }
