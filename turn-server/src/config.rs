@@ -150,8 +150,12 @@ pub struct TurnConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub stun_only: bool,
-    /// UDP shards (threads with their own SO_REUSEPORT socket); 0 = one per CPU.
+    /// UDP shards (threads with their own SO_REUSEPORT socket); 0 = half the CPUs, at least
+    /// one ([`auto_threads`]).
     pub threads: usize,
+    /// Runtime threads serving TCP and TLS clients (and the admin endpoints); 0 = half the
+    /// CPUs, at least one. Read by the `iceway-turn` binary, which builds its runtime.
+    pub stream_threads: usize,
     /// SO_RCVBUF / SO_SNDBUF asked for on the client listeners' UDP sockets (all clients).
     pub socket_buffer_bytes: usize,
     /// SO_RCVBUF / SO_SNDBUF of each allocation's relay socket (one client's peers): what a
@@ -227,6 +231,7 @@ impl Default for TurnConfig {
             tls_key: None,
             stun_only: false,
             threads: 0,
+            stream_threads: 0,
             socket_buffer_bytes: 4 << 20,
             relay_socket_buffer_bytes: 512 << 10,
             unauthorized_per_sec: defaults::DEFAULT_UNAUTHORIZED_PER_SEC,
@@ -237,6 +242,15 @@ impl Default for TurnConfig {
             stream_idle_timeout: Duration::from_secs(60),
         }
     }
+}
+
+/// The thread count `0` stands for: half the CPUs, at least one. A relay's CPU is mostly the
+/// kernel's (sending, delivering, waking up) and every thread wakes on its own: at the loads of
+/// real calls, a second thread per core adds wake-ups, not capacity (docs/benchmarks.md, issue
+/// 15: one shard instead of two on 2 CPUs relays 1.3x as much paced media per CPU-second), and
+/// the UDP shards and the stream runtime together still get every CPU.
+pub fn auto_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// The port of a `HOST:PORT` STUN server (`[V6]:PORT` for an IPv6 literal), if well formed.

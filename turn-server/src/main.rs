@@ -5,8 +5,7 @@ use iceway_service::{AdminServer, Shutdown, settle};
 use iceway_turn::config::{Cli, Config};
 use iceway_turn::server::TurnServer;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let cfg = match settle(
         "iceway-turn",
@@ -18,7 +17,22 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     iceway_service::init_tracing(cfg.log.format);
-    match run(cfg).await {
+    let workers = match cfg.turn.stream_threads {
+        0 => iceway_turn::config::auto_threads(),
+        n => n,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "iceway-turn failed: cannot start its runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "iceway-turn failed");

@@ -113,7 +113,7 @@ impl TurnServer {
         let shared = Arc::new(Shared::new(t.core(), credentials, policy, metrics));
         let settings = relay_settings(t)?;
         let threads = match t.threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            0 => crate::config::auto_threads(),
             n => n,
         };
         // TCP binds first and exclusively: SO_REUSEPORT would let a second process on the same
