@@ -143,6 +143,34 @@ fn the_wildcard_listener_answers_from_the_address_each_client_used() {
     }
 }
 
+/// The same for `[::]`: answers leave from the IPv6 address they were sent to (IPV6_PKTINFO).
+#[test]
+fn the_ipv6_wildcard_listener_answers_from_the_address_used() {
+    let Ok(probe) = std::net::UdpSocket::bind("[::1]:0") else {
+        return; // no IPv6 loopback on this machine
+    };
+    drop(probe);
+    let server = TurnServer::start(ServerOptions {
+        listen_ip: Some("[::]"),
+        ..Default::default()
+    });
+    let client = std::net::UdpSocket::bind("[::1]:0").expect("bind");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let to = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, server.port));
+    for _ in 0..3 {
+        let m = request(stun::message::METHOD_BINDING);
+        client.send_to(&m.raw, to).expect("send");
+        let mut buf = [0u8; 1500];
+        let (n, from) = client.recv_from(&mut buf).expect("a Binding answer");
+        assert_eq!(from, to, "answered from another address");
+        let mut r = stun::message::Message::new();
+        r.unmarshal_binary(&buf[..n]).expect("decodes");
+        assert_eq!(r.transaction_id, m.transaction_id);
+    }
+}
+
 #[test]
 fn send_indications_relay_without_loss() {
     let server = interop_server();
