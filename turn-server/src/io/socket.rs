@@ -2,12 +2,13 @@
 //! buffers with a warning when the kernel caps them.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::RelayRange;
@@ -69,6 +70,52 @@ impl Reservations {
 
     pub fn is_empty(&self) -> bool {
         self.held.lock().is_empty()
+    }
+}
+
+/// What one receive slot holds: a GRO-coalesced train or one datagram of the largest size.
+pub const SLOT: usize = 65_536;
+
+/// One `recvmmsg` batch (quinn-udp, GRO trains included), reused for every receive of a UDP
+/// shard or of a runtime thread's stream connections.
+pub struct RecvBatch {
+    slots: Vec<u8>,
+    meta: [RecvMeta; BATCH_SIZE],
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self {
+            slots: vec![0; SLOT * BATCH_SIZE],
+            meta: [RecvMeta::default(); BATCH_SIZE],
+        }
+    }
+}
+
+impl RecvBatch {
+    /// Fills up to `BATCH_SIZE` slots; fewer means the socket's queue is empty now.
+    pub fn recv(&mut self, socket: UdpSockRef<'_>, state: &UdpSocketState) -> io::Result<usize> {
+        let mut rest: &mut [u8] = &mut self.slots;
+        let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+            let (slot, tail) = std::mem::take(&mut rest).split_at_mut(SLOT);
+            rest = tail;
+            IoSliceMut::new(slot)
+        });
+        state.recv(socket, &mut iovs, &mut self.meta)
+    }
+
+    /// Every datagram of the first `n` slots (trains cut at their stride), with its slot's
+    /// metadata.
+    pub fn datagrams(&self, n: usize) -> impl Iterator<Item = (&RecvMeta, &[u8])> {
+        self.slots
+            .chunks(SLOT)
+            .zip(&self.meta)
+            .take(n)
+            .flat_map(|(slot, meta)| {
+                slot[..meta.len]
+                    .chunks(meta.stride.max(1))
+                    .map(move |d| (meta, d))
+            })
     }
 }
 

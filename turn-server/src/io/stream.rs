@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 
 use bytes::{Buf, BytesMut};
 use iceway_service::net::send_mmsg;
-use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSocketState};
+use quinn_udp::{BATCH_SIZE, UdpSocketState};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,7 +25,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::socket::{self, RelaySettings};
+use super::socket::{self, RecvBatch, RelaySettings, SLOT};
 use crate::limits::{AcceptBackoff, Expiry, Refusal, StreamConnections, StreamDeadlines};
 use crate::proto::channel_data::{self, is_channel_data, stream_frame_len};
 use crate::proto::server::data_indication_parts;
@@ -110,34 +110,8 @@ async fn relay_readable(sockets: &[RelaySocket]) {
     .await
 }
 
-/// One batch of received datagrams (GRO-coalesced trains included), shared by the connections
-/// of a runtime thread: a connection holds no receive buffer of its own.
-struct RecvBatch {
-    slots: Vec<u8>,
-    meta: [RecvMeta; BATCH_SIZE],
-}
-
-impl RecvBatch {
-    fn new() -> Self {
-        Self {
-            slots: vec![0; RELAY_BUFFER * BATCH_SIZE],
-            meta: [RecvMeta::default(); BATCH_SIZE],
-        }
-    }
-
-    fn recv(&mut self, s: &RelaySocket) -> io::Result<usize> {
-        let mut rest: &mut [u8] = &mut self.slots;
-        let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
-            let (slot, tail) = std::mem::take(&mut rest).split_at_mut(RELAY_BUFFER);
-            rest = tail;
-            IoSliceMut::new(slot)
-        });
-        s.state
-            .recv(s.fd.get_ref().into(), &mut iovs, &mut self.meta)
-    }
-}
-
 thread_local! {
+    /// The receive batch of this runtime thread's connections: none holds one of its own.
     static RECV: RefCell<Option<RecvBatch>> = const { RefCell::new(None) };
 }
 
@@ -146,8 +120,6 @@ thread_local! {
 const INITIAL_READ_BUFFER: usize = 512;
 /// What one read asks for once the connection holds an allocation.
 const ACTIVE_READ_BUFFER: usize = 16 * 1024;
-/// The largest UDP payload a relay socket can receive.
-const RELAY_BUFFER: usize = 65_536;
 /// Datagrams taken from the relay sockets per wake-up before the client's writes go out: the
 /// write buffer stays bounded (about this many payloads) and the client keeps its turn.
 const RELAY_BUDGET: usize = 64;
@@ -237,14 +209,14 @@ impl Connection {
         let mut cx = Context::from_waker(Waker::noop());
         let now = Instant::now();
         RECV.with_borrow_mut(|batch| {
-            let batch = batch.get_or_insert_with(RecvBatch::new);
+            let batch = batch.get_or_insert_with(RecvBatch::default);
             let mut taken = 0;
             for s in &relays.sockets {
                 while taken < RELAY_BUDGET {
                     let Poll::Ready(Ok(mut ready)) = s.fd.poll_read_ready(&mut cx) else {
                         break;
                     };
-                    let n = match batch.recv(s) {
+                    let n = match batch.recv(s.fd.get_ref().into(), &s.state) {
                         Ok(n) => n,
                         Err(e) => {
                             if e.kind() == io::ErrorKind::WouldBlock {
@@ -253,12 +225,9 @@ impl Connection {
                             break;
                         }
                     };
-                    for (slot, meta) in batch.slots.chunks(RELAY_BUFFER).zip(&batch.meta).take(n) {
-                        let stride = meta.stride.max(1);
-                        for payload in slot[..meta.len].chunks(stride) {
-                            taken += 1;
-                            relay_to_client(server, write, s.id, meta.addr, payload, now);
-                        }
+                    for (meta, payload) in batch.datagrams(n) {
+                        taken += 1;
+                        relay_to_client(server, write, s.id, meta.addr, payload, now);
                     }
                     if n < BATCH_SIZE {
                         // A short batch emptied the queue: wait for the next edge.
@@ -393,7 +362,7 @@ pub async fn serve_connection<S>(
                 break None;
             }
             conn.write.clear();
-            if conn.write.capacity() > 4 * ACTIVE_READ_BUFFER + RELAY_BUDGET * RELAY_BUFFER {
+            if conn.write.capacity() > 4 * ACTIVE_READ_BUFFER + RELAY_BUDGET * SLOT {
                 conn.write = Vec::new();
             }
         }

@@ -2,7 +2,7 @@
 //! relay sockets, and one mio poll over all of them. Nothing on the per-packet path is shared
 //! with other shards: no lock, no task hop, no timer per allocation (one sweep per second).
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use iceway_service::net::{Outgoing, send_mmsg_with};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
-use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::{BATCH_SIZE, Transmit, UdpSocketState};
 
-use super::socket::{self, RelaySettings};
+use super::socket::{self, RecvBatch, RelaySettings, SLOT};
 use crate::proto::channel_data::{self, HEADER_LEN};
 use crate::proto::server::data_indication_parts;
 use crate::proto::{
@@ -24,8 +24,6 @@ use crate::proto::{
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX / 2;
-/// One slot holds a GRO-coalesced batch or one maximum-size datagram.
-const SLOT: usize = 65_536;
 /// Batches drained from one socket before others get a turn.
 const BUDGET: usize = 16;
 /// A tenth of the state is swept this often: a full pass per second, and never a pause of a
@@ -325,34 +323,10 @@ struct Shard {
     stop: Arc<AtomicBool>,
 }
 
-struct RecvBufs {
-    slots: Vec<u8>,
-    meta: [RecvMeta; BATCH_SIZE],
-}
-
-impl RecvBufs {
-    fn new() -> Self {
-        Self {
-            slots: vec![0; SLOT * BATCH_SIZE],
-            meta: [RecvMeta::default(); BATCH_SIZE],
-        }
-    }
-
-    fn recv(&mut self, socket: &UdpSocket, state: &UdpSocketState) -> io::Result<usize> {
-        let mut rest: &mut [u8] = &mut self.slots;
-        let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
-            let (slot, tail) = std::mem::take(&mut rest).split_at_mut(SLOT);
-            rest = tail;
-            IoSliceMut::new(slot)
-        });
-        state.recv(socket.into(), &mut iovs, &mut self.meta)
-    }
-}
-
 impl Shard {
     fn run(&mut self) {
         let mut events = Events::with_capacity(1024);
-        let mut bufs = RecvBufs::new();
+        let mut bufs = RecvBatch::default();
         let mut pending: Vec<Token> = Vec::new();
         let mut ready: Vec<Token> = Vec::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
@@ -410,13 +384,13 @@ impl Shard {
     }
 
     /// Returns true when the budget ran out before the socket was empty.
-    fn drain_listener(&mut self, index: usize, bufs: &mut RecvBufs) -> bool {
+    fn drain_listener(&mut self, index: usize, bufs: &mut RecvBatch) -> bool {
         for _ in 0..BUDGET {
             let Some(l) = self.listeners.get(index) else {
                 return false;
             };
             let local = l.local;
-            let n = match bufs.recv(&l.socket, &l.state) {
+            let n = match bufs.recv((&l.socket).into(), &l.state) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
@@ -425,7 +399,7 @@ impl Shard {
                 }
             };
             let now = Now::system();
-            for (slot, meta) in bufs.slots.chunks(SLOT).zip(&bufs.meta).take(n) {
+            for (meta, datagram) in bufs.datagrams(n) {
                 let server_addr = match meta.dst_ip {
                     Some(ip) if local.ip().is_unspecified() => SocketAddr::new(ip, local.port()),
                     _ => local,
@@ -435,10 +409,7 @@ impl Shard {
                     server: server_addr,
                     transport: Transport::Udp,
                 };
-                let stride = meta.stride.max(1);
-                for datagram in slot[..meta.len].chunks(stride) {
-                    self.client_datagram(index, &ft, datagram, now);
-                }
+                self.client_datagram(index, &ft, datagram, now);
             }
             if n < BATCH_SIZE {
                 // A short batch emptied the queue; a later datagram raises a new edge.
@@ -515,12 +486,12 @@ impl Shard {
             })
     }
 
-    fn drain_relay(&mut self, id: RelayId, bufs: &mut RecvBufs) -> bool {
+    fn drain_relay(&mut self, id: RelayId, bufs: &mut RecvBatch) -> bool {
         for _ in 0..BUDGET {
             let Some(Some(r)) = self.relays.slots.get(id) else {
                 return false;
             };
-            let n = match bufs.recv(&r.socket, &r.state) {
+            let n = match bufs.recv((&r.socket).into(), &r.state) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
@@ -529,46 +500,43 @@ impl Shard {
                 }
             };
             let now = Instant::now();
-            for (slot, meta) in bufs.slots.chunks(SLOT).zip(&bufs.meta).take(n) {
-                let stride = meta.stride.max(1);
-                for payload in slot[..meta.len].chunks(stride) {
-                    let (to, header) =
-                        match self
-                            .server
-                            .route_from_peer(id, meta.addr, payload.len(), now)
-                        {
-                            PeerRoute::Drop => continue,
-                            PeerRoute::Channel { to, number } => {
-                                (to, Some(channel_data::header(number, payload.len() as u16)))
-                            }
-                            PeerRoute::Indication { to } => (to, None),
-                        };
-                    let Some((index, src_ip)) = self.listener_for(to.server) else {
-                        continue;
+            for (meta, payload) in bufs.datagrams(n) {
+                let (to, header) =
+                    match self
+                        .server
+                        .route_from_peer(id, meta.addr, payload.len(), now)
+                    {
+                        PeerRoute::Drop => continue,
+                        PeerRoute::Channel { to, number } => {
+                            (to, Some(channel_data::header(number, payload.len() as u16)))
+                        }
+                        PeerRoute::Indication { to } => (to, None),
                     };
-                    let sockets = Sockets {
-                        listeners: &self.listeners,
-                        relays: &self.relays,
-                    };
-                    match header {
-                        Some(h) => self.outbox.push(
+                let Some((index, src_ip)) = self.listener_for(to.server) else {
+                    continue;
+                };
+                let sockets = Sockets {
+                    listeners: &self.listeners,
+                    relays: &self.relays,
+                };
+                match header {
+                    Some(h) => self.outbox.push(
+                        &sockets,
+                        Sock::Listener(index),
+                        to.client,
+                        src_ip,
+                        [&h[..HEADER_LEN], payload, &[]],
+                    ),
+                    None => {
+                        let (head, len, pad) =
+                            data_indication_parts(meta.addr, payload.len(), rand::random());
+                        self.outbox.push(
                             &sockets,
                             Sock::Listener(index),
                             to.client,
                             src_ip,
-                            [&h[..HEADER_LEN], payload, &[]],
-                        ),
-                        None => {
-                            let (head, n, pad) =
-                                data_indication_parts(meta.addr, payload.len(), rand::random());
-                            self.outbox.push(
-                                &sockets,
-                                Sock::Listener(index),
-                                to.client,
-                                src_ip,
-                                [&head[..n], payload, &[0; 3][..pad]],
-                            );
-                        }
+                            [&head[..len], payload, &[0; 3][..pad]],
+                        );
                     }
                 }
             }
