@@ -126,6 +126,81 @@ const RELAY_BUDGET: usize = 64;
 /// Datagrams per sendmmsg towards peers.
 const PEER_CHUNK: usize = 32;
 
+/// The frames one wake-up has for the client, back to back, and where each ends.
+#[derive(Default)]
+struct ClientFrames {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl ClientFrames {
+    /// Appends one frame made of `parts`.
+    fn push(&mut self, parts: &[&[u8]]) {
+        for part in parts {
+            self.bytes.extend_from_slice(part);
+        }
+        self.ends.push(self.bytes.len());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        // A burst of large datagrams does not pin its buffer for the connection's life.
+        if self.bytes.capacity() > 4 * ACTIVE_READ_BUFFER + RELAY_BUDGET * SLOT {
+            self.bytes = Vec::new();
+        }
+    }
+}
+
+/// A client's stream and how a wake-up's frames are written to it: together, not a write (a
+/// syscall) per frame.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Writes `bytes`, frames ending at `ends`, and flushes.
+    fn send_frames<'a>(
+        &'a mut self,
+        bytes: &'a [u8],
+        ends: &'a [usize],
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a;
+}
+
+impl ClientStream for tokio::net::TcpStream {
+    fn send_frames<'a>(
+        &'a mut self,
+        bytes: &'a [u8],
+        _ends: &'a [usize],
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a {
+        self.write_all(bytes)
+    }
+}
+
+/// Over TLS every frame gets a record of its own (a frame over 16 KiB, several), and the
+/// records leave together in one write. Coalescing frames into one record would save a record
+/// header and tag per frame, but clients that take each record as one message lose every frame
+/// after the first: coturn's `turnutils_uclient` reads one message per `SSL_read`, which stops
+/// at a record boundary (it lost a tenth of its packets to coalesced records under load).
+impl<IO> ClientStream for tokio_rustls::server::TlsStream<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn send_frames(&mut self, bytes: &[u8], ends: &[usize]) -> io::Result<()> {
+        let tls = self.get_mut().1;
+        // No cap on what rustls holds, so that no frame is cut short at the cap and split
+        // across records; what it holds is one wake-up's frames (bounded by the relay
+        // budget), and the flush below waits until they are written.
+        tls.set_buffer_limit(None);
+        let mut start = 0;
+        for &end in ends {
+            io::Write::write_all(&mut tls.writer(), &bytes[start..end])?;
+            start = end;
+        }
+        self.flush().await
+    }
+}
+
 /// One connection's buffers and relay sockets, reused for its whole life: nothing is allocated
 /// per frame or per datagram on the relay paths.
 struct Connection {
@@ -134,8 +209,8 @@ struct Connection {
     relays: ConnRelays,
     /// Frames from the client not yet complete.
     read: BytesMut,
-    /// Bytes for the client, written once per wake-up (one TLS record per 16 KiB).
-    write: Vec<u8>,
+    /// Frames for the client, written once per wake-up.
+    write: ClientFrames,
     /// Payloads for peers, sent once per wake-up: (relay, peer, start, len) into `to_peer_buf`.
     to_peer: Vec<(RelayId, SocketAddr, usize, usize)>,
     to_peer_buf: Vec<u8>,
@@ -183,7 +258,7 @@ impl Connection {
     fn take_outputs(&mut self) {
         while let Some(out) = self.server.poll_output() {
             match out {
-                Output::ToClient { data, .. } => self.write.extend_from_slice(&data),
+                Output::ToClient { data, .. } => self.write.push(&[&data]),
                 Output::ToPeer { relay, peer, data } => {
                     let start = self.to_peer_buf.len();
                     self.to_peer_buf.extend_from_slice(&data);
@@ -262,7 +337,7 @@ impl Connection {
 /// (RFC 8656 §12.5) on a bound channel, else a Data indication.
 fn relay_to_client(
     server: &mut Server,
-    write: &mut Vec<u8>,
+    write: &mut ClientFrames,
     id: RelayId,
     peer: SocketAddr,
     payload: &[u8],
@@ -273,30 +348,28 @@ fn relay_to_client(
         PeerRoute::Drop => {}
         PeerRoute::Channel { number, .. } => {
             let len = u16::try_from(n).unwrap_or(u16::MAX);
-            write.extend_from_slice(&channel_data::header(number, len));
-            write.extend_from_slice(payload);
-            write.extend_from_slice(&[0u8; 3][..channel_data::padded(n) - n]);
+            write.push(&[
+                &channel_data::header(number, len),
+                payload,
+                &[0u8; 3][..channel_data::padded(n) - n],
+            ]);
         }
         PeerRoute::Indication { .. } => {
             let (head, len, pad) = data_indication_parts(peer, n, rand::random());
-            write.extend_from_slice(&head[..len]);
-            write.extend_from_slice(payload);
-            write.extend_from_slice(&[0u8; 3][..pad]);
+            write.push(&[&head[..len], payload, &[0u8; 3][..pad]]);
         }
     }
 }
 
 /// Serves one connection until the client closes it, a deadline of `deadlines` passes, or `stop`.
-pub async fn serve_connection<S>(
+pub async fn serve_connection<S: ClientStream>(
     mut stream: S,
     ft: FiveTuple,
     shared: Arc<Shared>,
     settings: RelaySettings,
     mut deadlines: StreamDeadlines,
     stop: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let mut conn = Connection {
         ft,
         server: Server::new(Arc::clone(&shared)),
@@ -305,7 +378,7 @@ pub async fn serve_connection<S>(
             sockets: Vec::new(),
         },
         read: BytesMut::with_capacity(INITIAL_READ_BUFFER),
-        write: Vec::new(),
+        write: ClientFrames::default(),
         to_peer: Vec::new(),
         to_peer_buf: Vec::new(),
     };
@@ -354,17 +427,14 @@ pub async fn serve_connection<S>(
         conn.flush_peers();
         conn.server.flush_stats();
         if !conn.write.is_empty() {
-            let sent = async {
-                stream.write_all(&conn.write).await?;
-                stream.flush().await
-            };
-            if sent.await.is_err() {
+            if stream
+                .send_frames(&conn.write.bytes, &conn.write.ends)
+                .await
+                .is_err()
+            {
                 break None;
             }
             conn.write.clear();
-            if conn.write.capacity() > 4 * ACTIVE_READ_BUFFER + RELAY_BUDGET * SLOT {
-                conn.write = Vec::new();
-            }
         }
     };
     if let Some(why) = expired {
