@@ -174,6 +174,9 @@ pub struct TurnConfig {
     /// Longest silence on a connection that holds no allocation.
     #[serde(with = "iceway_service::duration")]
     pub stream_idle_timeout: Duration,
+    /// Longest one write to a TCP/TLS client may take before the connection is closed.
+    #[serde(with = "iceway_service::duration")]
+    pub stream_write_timeout: Duration,
 }
 
 impl std::fmt::Debug for TurnConfig {
@@ -240,6 +243,7 @@ impl Default for TurnConfig {
             stream_max_connections_per_ip: 256,
             stream_first_message_timeout: Duration::from_secs(10),
             stream_idle_timeout: Duration::from_secs(60),
+            stream_write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -405,6 +409,10 @@ impl TurnConfig {
                 self.stream_idle_timeout.is_zero(),
             ),
             (
+                "turn.stream_write_timeout",
+                self.stream_write_timeout.is_zero(),
+            ),
+            (
                 "turn.external_ip_stun_timeout",
                 self.external_ip_stun_timeout.is_zero(),
             ),
@@ -480,6 +488,7 @@ impl TurnConfig {
             max_connections_per_ip: self.stream_max_connections_per_ip,
             first_message_timeout: self.stream_first_message_timeout,
             idle_timeout: self.stream_idle_timeout,
+            write_timeout: self.stream_write_timeout,
         }
     }
 
@@ -562,6 +571,7 @@ mod tests {
                 max_connections_per_ip: 256,
                 first_message_timeout: Duration::from_secs(10),
                 idle_timeout: Duration::from_secs(60),
+                write_timeout: Duration::from_secs(10),
             }
         );
         assert!(
@@ -654,6 +664,7 @@ mod tests {
             "ICEWAY_TURN__STREAM_MAX_CONNECTIONS_PER_IP",
             "ICEWAY_TURN__STREAM_FIRST_MESSAGE_TIMEOUT",
             "ICEWAY_TURN__STREAM_IDLE_TIMEOUT",
+            "ICEWAY_TURN__STREAM_WRITE_TIMEOUT",
         ] {
             let env = HashMap::from([(var.to_owned(), "0".to_owned())]);
             let err = Config::load_with_env(&cli(&["--stun-only"]), Some(env)).expect_err(var);

@@ -1,6 +1,6 @@
 //! Limits on TURN's TCP and TLS connections, as state without sockets or clocks of its own: who
 //! may hold a connection (a global and a per-source cap), when a connection must have spoken or
-//! be closed (first-message and idle deadlines), and how long the accept loop waits after an
+//! be closed (first-message, idle and write deadlines), and how long the accept loop waits after an
 //! accept error. `io::stream` drives them.
 
 use std::collections::HashMap;
@@ -20,6 +20,9 @@ pub struct StreamLimits {
     pub first_message_timeout: Duration,
     /// Without an allocation, the longest silence between two frames.
     pub idle_timeout: Duration,
+    /// The longest one write to the client may take: a client that stops reading cannot hold
+    /// its connection, allocation and relay port by leaving our writes pending.
+    pub write_timeout: Duration,
 }
 
 /// Why a new connection was closed at once.
@@ -40,11 +43,12 @@ impl Refusal {
 }
 
 /// Every `reason` label of `iceway_turn_stream_rejected_total`, for initialising the series.
-pub const REJECT_REASONS: [&str; 5] = [
+pub const REJECT_REASONS: [&str; 6] = [
     "global_cap",
     "per_ip_cap",
     "first_message_timeout",
     "idle_timeout",
+    "write_timeout",
     "accept_error",
 ];
 
@@ -152,6 +156,7 @@ impl Drop for StreamSlot {
 pub enum Expiry {
     FirstMessage,
     Idle,
+    Write,
 }
 
 impl Expiry {
@@ -160,6 +165,7 @@ impl Expiry {
         match self {
             Self::FirstMessage => "first_message_timeout",
             Self::Idle => "idle_timeout",
+            Self::Write => "write_timeout",
         }
     }
 }
@@ -172,6 +178,7 @@ impl Expiry {
 pub struct StreamDeadlines {
     first_message_by: Instant,
     idle_timeout: Duration,
+    write_timeout: Duration,
     greeted: bool,
     last_frame: Instant,
 }
@@ -181,6 +188,7 @@ impl StreamDeadlines {
         Self {
             first_message_by: accepted + limits.first_message_timeout,
             idle_timeout: limits.idle_timeout,
+            write_timeout: limits.write_timeout,
             greeted: false,
             last_frame: accepted,
         }
@@ -189,6 +197,11 @@ impl StreamDeadlines {
     /// When the TLS handshake must be done: the first message's deadline covers it too.
     pub fn handshake_by(&self) -> Instant {
         self.first_message_by
+    }
+
+    /// When a write to the client that starts at `now` must be done.
+    pub fn write_by(&self, now: Instant) -> Instant {
+        now + self.write_timeout
     }
 
     /// A complete frame arrived. Only a STUN message (with the magic cookie) meets the
@@ -292,6 +305,7 @@ mod tests {
             max_connections_per_ip: per_ip,
             first_message_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(3),
         }
     }
 

@@ -335,6 +335,68 @@ fn a_live_allocation_keeps_its_quiet_connection_open_until_it_is_deleted() {
     wait_metric(&server, GAUGE, 0.0, Duration::from_secs(20));
 }
 
+#[test]
+fn a_client_that_stops_reading_is_closed_by_the_write_deadline_and_its_relay_port_comes_back() {
+    raise_nofile_limit();
+    let server = TurnServer::start(ServerOptions {
+        args: vec!["--allow-peers", "127.0.0.0/8"],
+        env: vec![("ICEWAY_TURN__STREAM_WRITE_TIMEOUT", "1s".into())],
+        ..Default::default()
+    });
+    // A receive window of a few KiB: the server's writes stall once its send buffer is full.
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    sock.connect_timeout(&SockAddr::from(server.addr), Duration::from_secs(5))
+        .expect("connect");
+    let stream = TcpStream::from(sock);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut client = StreamClient { stream };
+    let nonce = client.nonce();
+    let r = client.ask(&sign(allocate_request(), USER, PASSWORD, &nonce));
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "Allocate: {r}");
+    let v = r.get(ATTR_XOR_RELAYED_ADDRESS).expect("relayed address");
+    let relayed = iceway_turn::proto::message::decode_xor_address(&v, &r.transaction_id.0)
+        .expect("an address");
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
+    let mut m = request(METHOD_CREATE_PERMISSION);
+    xor_peer(&mut m, peer.local_addr().expect("peer addr"));
+    let r = client.ask(&sign(m, USER, PASSWORD, &nonce));
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "CreatePermission: {r}");
+    assert_eq!(server.metric("iceway_turn_allocations "), 1.0);
+
+    // The client reads nothing from here on; the peer sends 10 MB/s until the server gives up
+    // on the client (bounded: 30 s).
+    let payload = [7u8; 1000];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.metric(&rejected("write_timeout")) == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "a client that does not read still holds its connection"
+        );
+        for _ in 0..200 {
+            let _ = peer.send_to(&payload, relayed);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_metric(&server, GAUGE, 0.0, Duration::from_secs(10));
+    wait_metric(
+        &server,
+        "iceway_turn_allocations ",
+        0.0,
+        Duration::from_secs(10),
+    );
+    // The relay port is closed: what the peer sends now is refused by the kernel.
+    peer.connect(relayed).expect("connect the peer");
+    peer.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = peer.send(&payload);
+    let mut buf = [0u8; 16];
+    let e = peer.recv(&mut buf).expect_err("nothing comes back");
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+}
+
 /// A TLS client trusting only `cert`: one Binding over the connection, then it is dropped.
 fn tls_binding_ok(
     from: IpAddr,

@@ -427,14 +427,16 @@ pub async fn serve_connection<S: ClientStream>(
         conn.flush_peers();
         conn.server.flush_stats();
         if !conn.write.is_empty() {
-            if stream
-                .send_frames(&conn.write.bytes, &conn.write.ends)
-                .await
-                .is_err()
-            {
-                break None;
+            let by = deadlines.write_by(Instant::now()).into();
+            let sent = tokio::select! {
+                r = tokio::time::timeout_at(by, stream.send_frames(&conn.write.bytes, &conn.write.ends)) => r,
+                _ = stop.cancelled() => break None,
+            };
+            match sent {
+                Ok(Ok(())) => conn.write.clear(),
+                Ok(Err(_)) => break None,
+                Err(_) => break Some(Expiry::Write),
             }
-            conn.write.clear();
         }
     };
     if let Some(why) = expired {
