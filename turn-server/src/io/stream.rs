@@ -428,7 +428,10 @@ pub async fn serve_connection<S: ClientStream>(
         conn.server.flush_stats();
         if !conn.write.is_empty() {
             let by = deadlines.write_by(Instant::now()).into();
+            // Biased: a write the socket takes at once never polls (registers with) the stop
+            // token or the timer.
             let sent = tokio::select! {
+                biased;
                 r = tokio::time::timeout_at(by, stream.send_frames(&conn.write.bytes, &conn.write.ends)) => r,
                 _ = stop.cancelled() => break None,
             };
