@@ -142,7 +142,7 @@ pub struct TurnConfig {
     #[serde(with = "iceway_service::duration")]
     pub nonce_lifetime: Duration,
     pub strict_expiry: bool,
-    /// Also accept RFC 5766's channel numbers 0x5000-0x7FFE. Off by default (RFC 8656 §12 allows
+    /// Also accept RFC 5766's channel numbers 0x5000-0x7FFF. Off by default (RFC 8656 §12 allows
     /// 0x4000-0x4FFF only, as newer coturn does); coturn's older turnutils_uclient picks
     /// numbers up to 0x7FFF and needs it.
     pub rfc5766_channel_numbers: bool,

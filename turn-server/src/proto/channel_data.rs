@@ -4,8 +4,9 @@
 /// Channel numbers a client may bind (RFC 8656 §12).
 pub const CHANNEL_MIN: u16 = 0x4000;
 pub const CHANNEL_MAX: u16 = 0x4FFF;
-/// RFC 5766 allowed up to 0x7FFE, and coturn's clients still pick numbers there.
-pub const CHANNEL_MAX_RFC5766: u16 = 0x7FFE;
+/// RFC 5766 §11 allowed 0x4000 through 0x7FFF (its "16,383 possible values" is one short of that
+/// range), coturn accepts 0x7FFF, and its clients pick numbers up to it.
+pub const CHANNEL_MAX_RFC5766: u16 = 0x7FFF;
 pub const HEADER_LEN: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

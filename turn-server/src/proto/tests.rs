@@ -821,9 +821,13 @@ fn stun_only_answers_binding_only() {
 
 #[test]
 fn channel_numbers_default_to_the_rfc8656_range() {
-    for (max, expect) in [
-        (CoreConfig::default().channel_max, Some(400)),
-        (super::channel_data::CHANNEL_MAX_RFC5766, None),
+    for (max, number, expect) in [
+        (CoreConfig::default().channel_max, [0x70, 0x0d], Some(400)),
+        (super::channel_data::CHANNEL_MAX_RFC5766, [0x70, 0x0d], None),
+        // The last number of RFC 5766's range, which uclient picks one bind in 16,384.
+        (super::channel_data::CHANNEL_MAX_RFC5766, [0x7f, 0xff], None),
+        (CoreConfig::default().channel_max, [0x4f, 0xff], None),
+        (CoreConfig::default().channel_max, [0x50, 0x00], Some(400)),
     ] {
         let mut h = harness_with(
             CoreConfig {
@@ -835,11 +839,11 @@ fn channel_numbers_default_to_the_rfc8656_range() {
         let (_, nonce) = h.allocate();
         let r = h.ask(
             &Req::new(METHOD_CHANNEL_BIND)
-                .attr(ATTR_CHANNEL_NUMBER, &[0x70, 0x0d, 0, 0])
+                .attr(ATTR_CHANNEL_NUMBER, &[number[0], number[1], 0, 0])
                 .peer("198.51.100.9:7000")
                 .auth("alice", "pw", &nonce),
         );
-        assert_eq!(code(&r), expect);
+        assert_eq!(code(&r), expect, "{number:02x?} with max {max:#x}");
     }
 }
 

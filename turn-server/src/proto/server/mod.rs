@@ -159,7 +159,7 @@ pub struct CoreConfig {
     /// Sources the 401 limiter tracks per shard before newcomers share one bucket.
     pub unauthorized_max_sources: usize,
     pub stun_only: bool,
-    /// Highest bindable channel number: 0x4FFF (RFC 8656) or 0x7FFE (RFC 5766, what coturn's
+    /// Highest bindable channel number: 0x4FFF (RFC 8656) or 0x7FFF (RFC 5766, what coturn's
     /// clients use).
     pub channel_max: u16,
 }
