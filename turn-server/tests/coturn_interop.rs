@@ -281,23 +281,12 @@ fn stun_only_mode_answers_binding_and_refuses_allocate() {
 
 #[test]
 fn tls_clients_relay_without_loss() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-        .expect("cert");
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let cert = TestCert::new();
+    let mut args = vec!["--allow-peers", "127.0.0.0/8"];
+    args.extend(cert.args());
     let tls_port = free_port();
     let server = TurnServer::start(ServerOptions {
-        args: vec![
-            "--allow-peers",
-            "127.0.0.0/8",
-            "--tls-cert",
-            cert_path.to_str().expect("utf8 path"),
-            "--tls-key",
-            key_path.to_str().expect("utf8 path"),
-        ],
+        args,
         env: vec![
             ("ICEWAY_TURN__TLS_LISTEN", format!("127.0.0.1:{tls_port}")),
             ("ICEWAY_TURN__RFC5766_CHANNEL_NUMBERS", "true".into()),

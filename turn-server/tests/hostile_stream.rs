@@ -430,19 +430,9 @@ fn tls_binding_ok(
 #[test]
 fn tls_connections_share_the_caps_and_a_stalled_handshake_meets_the_deadline() {
     raise_nofile_limit();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let cert = TestCert::new();
     let server = TurnServer::start(ServerOptions {
-        args: vec![
-            "--tls-cert",
-            cert_path.to_str().expect("utf8 path"),
-            "--tls-key",
-            key_path.to_str().expect("utf8 path"),
-        ],
+        args: cert.args().to_vec(),
         env: vec![
             ("ICEWAY_TURN__TLS_LISTEN", "127.0.0.1:0".into()),
             ("ICEWAY_TURN__STREAM_MAX_CONNECTIONS", "100".into()),
@@ -453,7 +443,7 @@ fn tls_connections_share_the_caps_and_a_stalled_handshake_meets_the_deadline() {
         ..Default::default()
     });
     let tls = server.tls_addr.expect("TLS listener");
-    let der = cert.cert.der().clone();
+    let der = cert.der.clone();
 
     // Five plain TCP connections and five TLS connections from one address fill its cap of ten:
     // both listeners count against the same cap.

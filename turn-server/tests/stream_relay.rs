@@ -164,27 +164,16 @@ fn frames_in_bursts_and_cut_across_segments_relay_in_order_and_come_back_padded(
 
 #[test]
 fn over_tls_every_frame_of_a_burst_comes_in_a_record_of_its_own() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
-    let tls_port = free_port();
+    let cert = TestCert::new();
+    let mut args = vec!["--allow-peers", "127.0.0.0/8"];
+    args.extend(cert.args());
     let server = TurnServer::start(ServerOptions {
-        args: vec![
-            "--allow-peers",
-            "127.0.0.0/8",
-            "--tls-cert",
-            cert_path.to_str().expect("utf8 path"),
-            "--tls-key",
-            key_path.to_str().expect("utf8 path"),
-        ],
-        env: vec![("ICEWAY_TURN__TLS_LISTEN", format!("127.0.0.1:{tls_port}"))],
+        args,
+        env: vec![("ICEWAY_TURN__TLS_LISTEN", "127.0.0.1:0".into())],
         ..Default::default()
     });
     let addr = server.tls_addr.expect("a TLS listener");
-    let mut wire = TlsWire::connect(addr, cert.cert.der().clone());
+    let mut wire = TlsWire::connect(addr, cert.der.clone());
     relay_bursts(&mut wire);
 }
 

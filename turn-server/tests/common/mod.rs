@@ -484,3 +484,40 @@ pub fn udp_ports(pid: u32) -> Vec<u16> {
     }
     ports
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1 with its key, written as PEM files for
+/// `--tls-cert` / `--tls-key`; the files last as long as this value.
+pub struct TestCert {
+    pub der: rustls::pki_types::CertificateDer<'static>,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCert {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("cert");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, made.cert.pem()).expect("write cert");
+        std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key");
+        Self {
+            der: made.cert.der().clone(),
+            cert,
+            key,
+            _dir: dir,
+        }
+    }
+
+    /// `--tls-cert FILE --tls-key FILE`.
+    pub fn args(&self) -> [&str; 4] {
+        [
+            "--tls-cert",
+            self.cert.to_str().expect("utf8 path"),
+            "--tls-key",
+            self.key.to_str().expect("utf8 path"),
+        ]
+    }
+}
